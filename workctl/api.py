@@ -1,0 +1,155 @@
+"""The library API: ``Workctl`` — everything the CLI does, usable without it.
+
+    from workctl import Workctl
+    with Workctl("workctl.db") as wc:
+        order = wc.propose("user.data.sync", {"source": "crm", "user_ids": [1, 2, 3]})
+        item = wc.checkout(agent="agent-1")["item"]
+        wc.submit(item["id"], result, agent="agent-1")
+        wc.approve(order["order"]["id"])
+
+Every method returns the JSON-shaped dict documented in the README and raises ``WorkctlError``
+subclasses (each with its exit code); SQLite errors surface as ``StoreError`` (exit 8).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import sqlite3
+from typing import Any, Callable, TypeVar
+
+from . import leases, orders, queries
+from .clock import Clock, clock_from_env
+from .config import Config, load_config
+from .lifecycle import Actor
+from .session import Session
+from .store import connect, default_db_path, translate
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def default_agent() -> str:
+    user = os.environ.get("USER") or os.environ.get("LOGNAME") or "agent"
+    return f"{user}@{os.uname().nodename}"
+
+
+def _store_errors(method: F) -> F:
+    @functools.wraps(method)
+    def wrapper(self: Workctl, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(self, *args, **kwargs)
+        except sqlite3.Error as exc:
+            raise translate(exc, self.db_path) from exc
+    return wrapper  # type: ignore[return-value]
+
+
+class Workctl:
+    def __init__(self, db: str | os.PathLike[str] | None = None, *, config: Config | None = None,
+                 clock: Clock | None = None, user: str | None = None):
+        self.db_path = str(db or default_db_path())
+        self.config = config if config is not None else load_config()
+        self.clock = clock or clock_from_env()
+        self.user = user or os.environ.get("USER") or "operator"
+        self._session: Session | None = None
+
+    # -- plumbing --------------------------------------------------------------------------------
+    @property
+    def session(self) -> Session:
+        if self._session is None:
+            conn = connect(self.db_path)
+            conn.row_factory = sqlite3.Row
+            self._session = Session(conn, self.db_path, self.config, self.clock)
+        return self._session
+
+    def close(self) -> None:
+        if self._session is not None:
+            self._session.conn.close()
+            self._session = None
+
+    def __enter__(self) -> Workctl:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _operator(self) -> Actor:
+        return Actor("user", self.user)
+
+    # -- order types -----------------------------------------------------------------------------
+    def types(self) -> list[dict[str, Any]]:
+        from .types import list_types
+        return [t.describe() for t in list_types()]
+
+    def type_schema(self, name: str) -> dict[str, Any]:
+        from .types import get_type
+        order_type = get_type(name)
+        return {"name": order_type.name, "description": order_type.description, "schema": order_type.schema}
+
+    # -- the lifecycle ---------------------------------------------------------------------------
+    @_store_errors
+    def propose(self, type_name: str, payload: Any, *, priority: int = 0,
+                idempotency_key: str | None = None) -> dict[str, Any]:
+        return orders.propose(self.session, type_name, payload, priority=priority, actor=self._operator(),
+                              idempotency_key=idempotency_key)
+
+    @_store_errors
+    def checkout(self, order_id: str | None = None, *, agent: str | None = None, type_name: str | None = None,
+                 ttl: int | None = None) -> dict[str, Any]:
+        return leases.checkout(self.session, agent=agent or default_agent(), order_id=order_id,
+                               type_name=type_name, ttl=ttl)
+
+    @_store_errors
+    def heartbeat(self, item_id: str, *, agent: str | None = None, ttl: int | None = None,
+                  lease_token: str | None = None) -> dict[str, Any]:
+        return leases.heartbeat(self.session, item_id, agent=agent or default_agent(), ttl=ttl, token=lease_token)
+
+    @_store_errors
+    def release(self, item_id: str, *, agent: str | None = None, error: str | None = None,
+                lease_token: str | None = None) -> dict[str, Any]:
+        return leases.release(self.session, item_id, agent=agent or default_agent(), error=error,
+                              token=lease_token)
+
+    @_store_errors
+    def submit(self, item_id: str, result: Any, *, agent: str | None = None, lease_token: str | None = None,
+               idempotency_key: str | None = None) -> dict[str, Any]:
+        return orders.submit(self.session, item_id, result, agent=agent or default_agent(), token=lease_token,
+                             idempotency_key=idempotency_key)
+
+    @_store_errors
+    def approve(self, order_id: str, *, dry_run: bool = False,
+                idempotency_key: str | None = None) -> dict[str, Any]:
+        return orders.approve(self.session, order_id, actor=self._operator(), dry_run=dry_run,
+                              idempotency_key=idempotency_key)
+
+    @_store_errors
+    def reject(self, order_id: str, *, reason: str, requeue: bool = False,
+               idempotency_key: str | None = None) -> dict[str, Any]:
+        return orders.reject(self.session, order_id, reason=reason, requeue=requeue, actor=self._operator(),
+                             idempotency_key=idempotency_key)
+
+    @_store_errors
+    def retry(self, item_id: str | None = None, *, order_id: str | None = None) -> dict[str, Any]:
+        return orders.retry(self.session, item_id=item_id, order_id=order_id, actor=self._operator())
+
+    @_store_errors
+    def maintain(self) -> dict[str, Any]:
+        return orders.maintain(self.session)
+
+    # -- views -----------------------------------------------------------------------------------
+    @_store_errors
+    def status(self, order_id: str | None = None) -> dict[str, Any]:
+        return queries.status(self.session, order_id)
+
+    @_store_errors
+    def orders(self, *, state: str | None = None, type_name: str | None = None,
+               limit: int = 100) -> list[dict[str, Any]]:
+        return list(queries.list_orders(self.session, state=state, type_name=type_name, limit=limit))
+
+    @_store_errors
+    def show(self, order_id: str) -> dict[str, Any]:
+        return queries.show(self.session, order_id)
+
+    @_store_errors
+    def log(self, order_id: str, *, after_id: int = 0) -> list[dict[str, Any]]:
+        return queries.log(self.session, order_id, after_id=after_id)
+

@@ -1,0 +1,59 @@
+"""Time, injected. The core never reads the wall clock itself; it calls a ``Clock``.
+
+Timestamps are stored and printed as fixed-width UTC ISO-8601 strings with a ``Z`` suffix
+(``2026-11-28T15:10:42.123456Z``), so they compare correctly as text inside SQLite indexes.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import datetime, timedelta, timezone
+from typing import Callable
+
+Clock = Callable[[], datetime]
+
+_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
+
+
+def system_clock() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def fixed_clock(at: datetime) -> Clock:
+    return lambda: at
+
+
+class ManualClock:
+    """A clock tests move by hand: ``clock.advance(seconds=601)`` instead of sleeping."""
+
+    def __init__(self, start: datetime | str = "2026-01-01T00:00:00Z"):
+        self.now = parse(start) if isinstance(start, str) else start
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now = self.now + timedelta(seconds=seconds)
+
+
+def clock_from_env() -> Clock:
+    """``WORKCTL_NOW`` pins the time (like faketime), so process-level tests need no sleeps."""
+    pinned = os.environ.get("WORKCTL_NOW")
+    if pinned:
+        return fixed_clock(parse(pinned))
+    return system_clock
+
+
+def iso(moment: datetime) -> str:
+    return moment.astimezone(timezone.utc).strftime(_FORMAT)
+
+
+def parse(text: str) -> datetime:
+    value = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=timezone.utc)
+    return value.astimezone(timezone.utc)
+
+
+def after(moment: datetime, seconds: float) -> str:
+    return iso(moment + timedelta(seconds=seconds))

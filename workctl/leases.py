@@ -1,0 +1,195 @@
+"""Leases: the atomic claim (checkout), heartbeat, release, and reclaiming expired leases.
+
+Every follow-up write is fenced: ``WHERE id = ? AND state = 'leased' AND leased_by = ? AND
+lease_expires_at > now [AND lease_token = ?]``. Zero rows means the lease is gone, and nothing was
+written; the caller then reads the row once to say precisely why.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from typing import Any
+
+from .clock import after
+from .errors import Conflict, IllegalTransition, LeaseLost, NoWork
+from .lifecycle import Actor, append_event, dumps, move_item, refresh_order
+from .session import Session, loads
+from .store import write_tx
+
+_LEASE_CLEARED = {"leased_by": None, "lease_token": None, "lease_expires_at": None, "visible_at": ""}
+_FENCE = " AND leased_by = ? AND lease_expires_at > ?"
+_CLAIM_COLUMNS = "id, order_id, state, attempts, max_attempts, leased_by"
+# The claim: the first claimable item in priority-then-age order, by one seek on a partial index
+# that holds only queued/leased rows (see migrations). visible_at <= now admits queued rows ('') and
+# leases that have expired.
+_CLAIM_ANY = (f"SELECT {_CLAIM_COLUMNS} FROM items WHERE state IN ('queued', 'leased') AND visible_at <= ? "
+              "ORDER BY priority DESC, n LIMIT 1")
+_CLAIM_ORDER = (f"SELECT {_CLAIM_COLUMNS} FROM items WHERE state IN ('queued', 'leased') AND order_id = ? "
+                "AND visible_at <= ? ORDER BY n LIMIT 1")
+_CLAIM_TYPE = (f"SELECT {_CLAIM_COLUMNS} FROM items WHERE state IN ('queued', 'leased') AND type = ? "
+               "AND visible_at <= ? ORDER BY priority DESC, n LIMIT 1")
+
+
+def new_token() -> str:
+    return os.urandom(16).hex()
+
+
+def claim_query(order_id: str | None, type_name: str | None, now: str) -> tuple[str, tuple[Any, ...]]:
+    if order_id:
+        return _CLAIM_ORDER, (order_id, now)
+    if type_name:
+        return _CLAIM_TYPE, (type_name, now)
+    return _CLAIM_ANY, (now,)
+
+
+def checkout(s: Session, *, agent: str, order_id: str | None = None, type_name: str | None = None,
+             ttl: int | None = None) -> dict[str, Any]:
+    """Lease the next claimable item; raise NoWork (exit 3) when there is none."""
+    ttl = int(ttl or s.config.ttl_seconds)
+    if order_id:
+        s.order_row(order_id)  # NotFound before taking any lock
+    now = s.now()
+    expires = after(s.clock(), ttl)
+    sql, params = claim_query(order_id, type_name, now)
+    claimed = None
+    with write_tx(s.conn) as conn:
+        while claimed is None:
+            row = conn.execute(sql, params).fetchone()
+            if row is None:
+                break
+            item_id, item_order, state, attempts, max_attempts, holder = row
+            if state == "leased":  # an expired lease: reclaimed by this claim, no sweeper needed
+                if attempts >= max_attempts:
+                    _exhaust(conn, item_id, item_order, state, attempts, now, holder)
+                    continue
+                move_item(conn, item_id=item_id, order_id=item_order, current="leased", target="queued",
+                          now=now, actor=Actor.system(), event="lease_expired",
+                          payload={"agent": holder, "attempts": attempts}, sets=_LEASE_CLEARED)
+            elif attempts >= max_attempts:  # requeued for rework with no attempts left
+                _exhaust(conn, item_id, item_order, "queued", attempts, now, None)
+                continue
+            token = new_token()
+            move_item(conn, item_id=item_id, order_id=item_order, current="queued", target="leased",
+                      now=now, actor=Actor("agent", agent),
+                      payload={"lease_expires_at": expires, "attempt": attempts + 1},
+                      sets={"attempts": attempts + 1, "leased_by": agent, "lease_token": token,
+                            "lease_expires_at": expires, "visible_at": expires, "last_heartbeat_at": now})
+            refresh_order(conn, item_order, now=now)
+            claimed = item_id, token
+    if claimed is None:
+        scope = f"order {order_id}" if order_id else (f"type {type_name}" if type_name else "any order")
+        raise NoWork(f"no items available to check out ({scope})")
+    row = s.item_row(claimed[0])
+    return {"item": {
+        "id": row["id"], "order_id": row["order_id"], "type": row["type"], "state": row["state"],
+        "input": loads(row["input"]), "attempts": row["attempts"], "max_attempts": row["max_attempts"],
+        "lease_expires_at": row["lease_expires_at"],
+        "heartbeat_every_seconds": s.config.heartbeat_every_seconds, "lease_token": claimed[1]}}
+
+
+def _exhaust(conn: sqlite3.Connection, item_id: str, order_id: str, state: str, attempts: int, now: str,
+             holder: str | None) -> None:
+    error = {"code": "max_attempts_exceeded", "message": f"gave up after {attempts} attempts",
+             "last_agent": holder}
+    move_item(conn, item_id=item_id, order_id=order_id, current=state, target="failed", now=now,
+              actor=Actor.system(), payload=error, sets={**_LEASE_CLEARED, "error": dumps(error)})
+    refresh_order(conn, order_id, now=now)
+
+
+def lease_problem(row: sqlite3.Row, agent: str, token: str | None, now: str) -> Conflict:
+    """Why a fenced write to this item by this agent cannot proceed."""
+    item = row["id"]
+    if row["state"] != "leased":
+        return IllegalTransition(f"item {item} is '{row['state']}', not leased; check it out first",
+                                 code="not_leased")
+    if row["leased_by"] != agent:
+        return Conflict(f"item {item} is leased by agent '{row['leased_by']}', not '{agent}'",
+                        code="lease_held_by_other")
+    if row["lease_expires_at"] <= now:
+        return LeaseLost(f"lease on item {item} expired at {row['lease_expires_at']}; check out again",
+                         code="lease_expired")
+    if token is not None and row["lease_token"] != token:
+        return LeaseLost(f"lease token for item {item} is stale: the item was checked out again since",
+                         code="stale_lease_token")
+    return Conflict(f"item {item} changed concurrently; retry", code="lease_lost")
+
+
+def fence(agent: str, token: str | None, now: str) -> tuple[str, tuple[Any, ...]]:
+    if token is None:
+        return _FENCE, (agent, now)
+    return _FENCE + " AND lease_token = ?", (agent, now, token)
+
+
+def check_lease(s: Session, item_id: str, agent: str, token: str | None) -> sqlite3.Row:
+    """Read-only pre-check (no lock) so bad requests fail fast; the fenced write re-checks."""
+    row = s.item_row(item_id)
+    now = s.now()
+    if (row["state"] == "leased" and row["leased_by"] == agent and row["lease_expires_at"] > now
+            and (token is None or row["lease_token"] == token)):
+        return row
+    raise lease_problem(row, agent, token, now)
+
+
+def heartbeat(s: Session, item_id: str, *, agent: str, ttl: int | None = None,
+              token: str | None = None) -> dict[str, Any]:
+    ttl = int(ttl or s.config.ttl_seconds)
+    check_lease(s, item_id, agent, token)
+    now = s.now()
+    expires = after(s.clock(), ttl)
+    guard, guard_params = fence(agent, token, now)
+    with write_tx(s.conn) as conn:
+        cursor = conn.execute(
+            "UPDATE items SET lease_expires_at = ?, visible_at = ?, last_heartbeat_at = ?, updated_at = ? "
+            f"WHERE id = ? AND state = 'leased'{guard}", (expires, expires, now, now, item_id, *guard_params))
+        if cursor.rowcount != 1:
+            raise lease_problem(s.item_row(item_id), agent, token, now)
+        row = s.item_row(item_id)
+        append_event(conn, now=now, actor=Actor("agent", agent), event="heartbeat", entity="item",
+                     order_id=row["order_id"], item_id=item_id, payload={"lease_expires_at": expires})
+    return {"item": {"id": item_id, "state": "leased", "lease_expires_at": expires,
+                     "heartbeat_every_seconds": s.config.heartbeat_every_seconds}}
+
+
+def release(s: Session, item_id: str, *, agent: str, error: str | None = None,
+            token: str | None = None) -> dict[str, Any]:
+    """Give the lease back. Without an error the attempt does not count; with one it does, and an
+    item that has used its last attempt fails instead of going back to the queue."""
+    row = check_lease(s, item_id, agent, token)
+    now = s.now()
+    guard, guard_params = fence(agent, token, now)
+    attempts = row["attempts"] if error else max(row["attempts"] - 1, 0)
+    failed = bool(error) and attempts >= row["max_attempts"]
+    record = {"code": "released_with_error", "message": error, "agent": agent} if error else None
+    target = "failed" if failed else "queued"
+    with write_tx(s.conn) as conn:
+        moved = move_item(conn, item_id=item_id, order_id=row["order_id"], current="leased", target=target,
+                          now=now, actor=Actor("agent", agent), event="failed" if failed else "released",
+                          payload={"error": error, "attempts": attempts} if error else {"attempts": attempts},
+                          sets={**_LEASE_CLEARED, "attempts": attempts,
+                                "error": dumps(record) if record else row["error"]},
+                          guard=guard, guard_params=guard_params)
+        if not moved:
+            raise lease_problem(s.item_row(item_id), agent, token, now)
+        order_state = refresh_order(conn, row["order_id"], now=now)
+    return {"item": {"id": item_id, "state": target, "attempts": attempts, "max_attempts": row["max_attempts"]},
+            "order": {"id": row["order_id"], "state": order_state}}
+
+
+def reclaim_expired(conn: sqlite3.Connection, now: str) -> dict[str, int]:
+    """maintain's bulk sweep: expired leases go back to the queue, or fail at max_attempts."""
+    rows = conn.execute(
+        "SELECT id, order_id, attempts, max_attempts, leased_by FROM items "
+        "WHERE state = 'leased' AND lease_expires_at <= ?", (now,)).fetchall()
+    counts = {"reclaimed": 0, "failed": 0}
+    for item_id, order_id, attempts, max_attempts, holder in rows:
+        if attempts >= max_attempts:
+            _exhaust(conn, item_id, order_id, "leased", attempts, now, holder)
+            counts["failed"] += 1
+        else:
+            move_item(conn, item_id=item_id, order_id=order_id, current="leased", target="queued", now=now,
+                      actor=Actor.system(), event="lease_expired",
+                      payload={"agent": holder, "attempts": attempts}, sets=_LEASE_CLEARED)
+            refresh_order(conn, order_id, now=now)
+            counts["reclaimed"] += 1
+    return counts

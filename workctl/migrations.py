@@ -1,0 +1,117 @@
+"""The store's schema as named, ordered migrations (sqlite-utils ``Migrations``).
+
+Applied migrations are never edited; new ones are only appended. ``MIGRATION_NAMES`` is what the
+store's cheap start-up check compares against ``_sqlite_migrations`` with the stdlib driver, so that a
+process that finds the schema current never imports sqlite-utils (about 100 ms of start-up).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Callable
+
+if TYPE_CHECKING:
+    from sqlite_utils import Database
+    from sqlite_utils.migrations import Migrations
+
+MIGRATION_SET = "workctl"
+
+
+def m001_initial(db: Database) -> None:
+    statements = [
+        """CREATE TABLE orders (
+            id TEXT PRIMARY KEY,
+            type TEXT NOT NULL,
+            state TEXT NOT NULL,
+            priority INTEGER NOT NULL DEFAULT 0,
+            payload TEXT NOT NULL,
+            requested_by TEXT NOT NULL,
+            item_count INTEGER NOT NULL,
+            diff TEXT,
+            error TEXT,
+            created_at TEXT NOT NULL,
+            updated_at TEXT NOT NULL,
+            submitted_at TEXT,
+            approved_at TEXT,
+            applied_at TEXT,
+            completed_at TEXT
+        )""",
+        "CREATE INDEX orders_state_type ON orders(state, type)",
+        "CREATE INDEX orders_created ON orders(created_at)",
+        # n is the rowid: creation order, the "oldest first" of the claim.
+        """CREATE TABLE items (
+            n INTEGER PRIMARY KEY,
+            id TEXT NOT NULL UNIQUE,
+            order_id TEXT NOT NULL REFERENCES orders(id),
+            seq INTEGER NOT NULL,
+            type TEXT NOT NULL,
+            state TEXT NOT NULL,
+            priority INTEGER NOT NULL DEFAULT 0,
+            input TEXT NOT NULL,
+            result TEXT,
+            error TEXT,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            max_attempts INTEGER NOT NULL,
+            leased_by TEXT,
+            lease_token TEXT,
+            lease_expires_at TEXT,
+            last_heartbeat_at TEXT,
+            visible_at TEXT NOT NULL DEFAULT '',
+            submitted_by TEXT,
+            created_at TEXT NOT NULL,
+            updated_at TEXT NOT NULL
+        )""",
+        # The claim indexes hold only claimable rows (queued, or leased and maybe expired), so a claim
+        # is one seek whatever the history; visible_at ('' when queued, the lease expiry when leased)
+        # is the single "claimable when <= now" column.
+        "CREATE INDEX items_claim ON items(priority DESC, n) WHERE state IN ('queued', 'leased')",
+        "CREATE INDEX items_claim_order ON items(order_id, n) WHERE state IN ('queued', 'leased')",
+        "CREATE INDEX items_claim_type ON items(type, priority DESC, n) WHERE state IN ('queued', 'leased')",
+        "CREATE INDEX items_order_seq ON items(order_id, seq)",
+        # Order-state derivation asks "does this order have an item in state S?": one seek each.
+        "CREATE INDEX items_order_state ON items(order_id, state)",
+        "CREATE INDEX items_state ON items(state, lease_expires_at)",
+        # The audit trail; deliberately without foreign keys so it outlives what it describes.
+        """CREATE TABLE events (
+            id INTEGER PRIMARY KEY,
+            order_id TEXT,
+            item_id TEXT,
+            entity TEXT NOT NULL,
+            event TEXT NOT NULL,
+            from_state TEXT,
+            to_state TEXT,
+            actor_type TEXT NOT NULL,
+            actor_id TEXT NOT NULL,
+            payload TEXT,
+            created_at TEXT NOT NULL
+        )""",
+        "CREATE INDEX events_order ON events(order_id, id)",
+        "CREATE INDEX events_item ON events(item_id, id)",
+        "CREATE INDEX events_created ON events(created_at)",
+        """CREATE TABLE idempotency_keys (
+            scope TEXT NOT NULL,
+            key_hash TEXT NOT NULL,
+            fingerprint TEXT NOT NULL,
+            response TEXT NOT NULL,
+            exit_code INTEGER NOT NULL DEFAULT 0,
+            created_at TEXT NOT NULL,
+            PRIMARY KEY (scope, key_hash)
+        )""",
+        "CREATE INDEX idempotency_created ON idempotency_keys(created_at)",
+    ]
+    for statement in statements:
+        db.execute(statement)
+
+
+# Append only. The names are the contract with databases already in the field.
+MIGRATIONS: list[Callable[[Database], None]] = [m001_initial]
+MIGRATION_NAMES: tuple[str, ...] = tuple(fn.__name__ for fn in MIGRATIONS)
+
+
+def build() -> Migrations:
+    """The sqlite-utils migration set (imports sqlite-utils: only call when something is pending)."""
+    from sqlite_utils.migrations import Migrations
+
+    migrations = Migrations(MIGRATION_SET)
+    for fn in MIGRATIONS:
+        migrations()(fn)
+    return migrations

@@ -1,0 +1,85 @@
+"""Read-only views: status, order listings, order detail and the audit log."""
+
+from __future__ import annotations
+
+from typing import Any, Iterator
+
+from .lifecycle import ITEM_DONE_STATES, ITEM_STATES, ORDER_STATES
+from .session import Session, item_summary, loads, order_summary
+
+
+def status(s: Session, order_id: str | None = None, *, events: int = 10) -> dict[str, Any]:
+    if order_id:
+        return order_status(s, order_id, events=events)
+    conn, now = s.conn, s.now()
+    orders = dict.fromkeys(ORDER_STATES, 0)
+    orders.update(conn.execute("SELECT state, count(*) FROM orders GROUP BY state").fetchall())
+    items = dict.fromkeys(ITEM_STATES, 0)
+    items.update(conn.execute("SELECT state, count(*) FROM items GROUP BY state").fetchall())
+    held, expired = conn.execute(
+        "SELECT coalesce(sum(lease_expires_at > ?1), 0), coalesce(sum(lease_expires_at <= ?1), 0) "
+        "FROM items WHERE state = 'leased'", (now,)).fetchone()
+    return {"orders": orders, "items": items,
+            "leases": {"held": held, "expired_waiting": expired}, "as_of": now}
+
+
+def order_status(s: Session, order_id: str, *, events: int = 10) -> dict[str, Any]:
+    order = order_summary(s.order_row(order_id))
+    items = [item_summary(r) for r in s.conn.execute(
+        "SELECT * FROM items WHERE order_id = ? ORDER BY seq", (order_id,))]
+    done = sum(1 for it in items if it["state"] in ITEM_DONE_STATES)
+    return {"order": order, "items": items, "progress": {"done": done, "total": len(items)},
+            "events": list(reversed(log(s, order_id, limit=events, newest_first=True)))}
+
+
+def list_orders(s: Session, *, state: str | None = None, type_name: str | None = None,
+                limit: int = 100) -> Iterator[dict[str, Any]]:
+    clauses, params = [], []
+    if state:
+        clauses.append("state = ?")
+        params.append(state)
+    if type_name:
+        clauses.append("type = ?")
+        params.append(type_name)
+    where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+    params.append(limit)
+    for row in s.conn.execute(f"SELECT * FROM orders {where} ORDER BY created_at DESC, rowid DESC LIMIT ?",
+                              params):
+        yield order_summary(row)
+
+
+def show(s: Session, order_id: str) -> dict[str, Any]:
+    row = s.order_row(order_id)
+    order = order_summary(row)
+    order.update({"diff": loads(row["diff"]), "error": loads(row["error"]),
+                  "submitted_at": row["submitted_at"], "approved_at": row["approved_at"],
+                  "applied_at": row["applied_at"], "completed_at": row["completed_at"]})
+    items = []
+    for r in s.conn.execute("SELECT * FROM items WHERE order_id = ? ORDER BY seq", (order_id,)):
+        item = item_summary(r)
+        item.update({"input": loads(r["input"]), "result": loads(r["result"])})
+        items.append(item)
+    return {"order": order, "items": items}
+
+
+def _event(row: tuple[Any, ...]) -> dict[str, Any]:
+    keys = ("id", "order_id", "item_id", "entity", "event", "from", "to", "actor_type", "actor_id",
+            "payload", "created_at")
+    event = dict(zip(keys, row))
+    event["payload"] = loads(event["payload"])
+    return event
+
+
+_EVENT_COLUMNS = ("id, order_id, item_id, entity, event, from_state, to_state, actor_type, actor_id, "
+                  "payload, created_at")
+
+
+def log(s: Session, order_id: str, *, after_id: int = 0, limit: int | None = None,
+        newest_first: bool = False) -> list[dict[str, Any]]:
+    """Every event of the order and its items, oldest first (or the newest ``limit``)."""
+    s.order_row(order_id)
+    direction = "DESC" if newest_first else "ASC"
+    sql = (f"SELECT {_EVENT_COLUMNS} FROM events WHERE order_id = ? AND id > ? ORDER BY id {direction}"
+           + (" LIMIT ?" if limit else ""))
+    params: list[Any] = [order_id, after_id] + ([limit] if limit else [])
+    return [_event(row) for row in s.conn.execute(sql, params)]

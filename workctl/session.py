@@ -1,0 +1,54 @@
+"""A Session is one open store plus the injected clock and config: what every core operation runs on."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from dataclasses import dataclass
+from typing import Any
+
+from .clock import Clock, iso
+from .config import Config
+from .errors import NotFound
+
+
+@dataclass
+class Session:
+    conn: sqlite3.Connection
+    db_path: str
+    config: Config
+    clock: Clock
+
+    def now(self) -> str:
+        return iso(self.clock())
+
+    def order_row(self, order_id: str) -> sqlite3.Row:
+        row = self.conn.execute("SELECT * FROM orders WHERE id = ?", (order_id,)).fetchone()
+        if row is None:
+            raise NotFound(f"no order with id '{order_id}'", code="order_not_found")
+        return row
+
+    def item_row(self, item_id: str) -> sqlite3.Row:
+        row = self.conn.execute("SELECT * FROM items WHERE id = ?", (item_id,)).fetchone()
+        if row is None:
+            raise NotFound(f"no item with id '{item_id}'", code="item_not_found")
+        return row
+
+
+def loads(text: str | None) -> Any:
+    return None if text is None else json.loads(text)
+
+
+def order_summary(row: sqlite3.Row) -> dict[str, Any]:
+    return {"id": row["id"], "type": row["type"], "state": row["state"], "priority": row["priority"],
+            "payload": loads(row["payload"]), "item_count": row["item_count"],
+            "requested_by": row["requested_by"], "created_at": row["created_at"],
+            "updated_at": row["updated_at"]}
+
+
+def item_summary(row: sqlite3.Row) -> dict[str, Any]:
+    return {"id": row["id"], "order_id": row["order_id"], "seq": row["seq"], "type": row["type"],
+            "state": row["state"], "attempts": row["attempts"], "max_attempts": row["max_attempts"],
+            "leased_by": row["leased_by"], "lease_expires_at": row["lease_expires_at"],
+            "submitted_by": row["submitted_by"], "error": loads(row["error"]),
+            "updated_at": row["updated_at"]}

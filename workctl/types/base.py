@@ -1,0 +1,87 @@
+"""The OrderType base class: schema, plan, submission validation, approval check, apply → diff.
+
+A type is stateless; everything it needs arrives as arguments. The engine guarantees the order of
+calls: ``validate_payload`` → ``prepare`` (at propose, before any lock) → ``plan``; ``validate_submission``
+(at submit, before the lock); ``can_approve`` → ``apply`` (inside approve's transaction) → ``after_apply``
+(after commit).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Iterator, Mapping
+
+from ..errors import Invalid
+
+Problem = dict[str, str]  # {"path": "synced_users.3.verified", "message": "…"}
+
+
+@dataclass(frozen=True)
+class PlannedItem:
+    input: dict[str, Any]
+    max_attempts: int = 3
+
+
+@dataclass
+class ApplyContext:
+    """What ``apply`` may touch: the target database connection (inside an open transaction)."""
+
+    target: sqlite3.Connection
+    settings: Mapping[str, Any] = field(default_factory=dict)
+    dry_run: bool = False
+
+
+class OrderType:
+    name: str = ""
+    description: str = ""
+    schema: dict[str, Any] = {"type": "object"}
+
+    def validate_payload(self, payload: Any) -> None:
+        """Full JSON Schema validation; every error is reported with its JSON path (exit 5)."""
+        import jsonschema  # heavy (~90 ms): only propose pays for it
+
+        validator_cls = jsonschema.validators.validator_for(self.schema)
+        validator = validator_cls(self.schema, format_checker=validator_cls.FORMAT_CHECKER)
+        errors = sorted(validator.iter_errors(payload), key=lambda e: [str(p) for p in e.absolute_path])
+        if errors:
+            details = [{"path": _json_path(err.absolute_path), "message": err.message} for err in errors]
+            summary = "; ".join(f"{d['path']}: {d['message']}" for d in details[:5])
+            more = f" (and {len(details) - 5} more)" if len(details) > 5 else ""
+            raise Invalid(f"payload does not match the {self.name} schema: {summary}{more}",
+                          code="payload_invalid", details=details)
+
+    def prepare(self, payload: dict[str, Any], settings: Mapping[str, Any]) -> dict[str, Any]:
+        """Fill defaults and run checks the schema cannot express; return the payload to store."""
+        return payload
+
+    def plan(self, payload: dict[str, Any]) -> Iterator[PlannedItem]:
+        """The work items of an order; the default is one item holding the whole payload."""
+        yield PlannedItem(input=payload, max_attempts=int(payload.get("max_attempts", 3)))
+
+    def validate_submission(self, item_input: dict[str, Any], result: Any,
+                            payload: dict[str, Any]) -> list[Problem]:
+        """Every problem with the agent's result; an empty list accepts it."""
+        if not isinstance(result, dict):
+            return [{"path": "", "message": "result must be a JSON object"}]
+        return []
+
+    def can_approve(self, payload: dict[str, Any], results: list[Any]) -> list[Problem]:
+        return []
+
+    def apply(self, ctx: ApplyContext, order: Mapping[str, Any],
+              items: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
+        """Apply the submitted results (or, with ``ctx.dry_run``, only compute); return the diff."""
+        count = sum(1 for _ in items)
+        return {"before": {"applied_items": 0}, "after": {"applied_items": count},
+                "summary": f"Accepted {count} items", "changes": []}
+
+    def after_apply(self, order: Mapping[str, Any], diff: Mapping[str, Any]) -> None:
+        """Runs after the apply committed (cache invalidation, notifications); must not raise."""
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, "description": self.description}
+
+
+def _json_path(parts: Iterable[Any]) -> str:
+    return ".".join(str(p) for p in parts) or "$"

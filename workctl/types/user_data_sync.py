@@ -1,0 +1,262 @@
+"""``user.data.sync``: the seed's order type — sync fields of local users from crm, analytics or billing.
+
+Propose checks every requested field against the target database's ``users`` table (an existing
+column, not ``id``, not on the deny-list), so nothing user-supplied ever reaches SQL text except as
+a checked, quoted identifier. Submit checks each batch result by hand (no jsonschema on the hot
+path). Apply reads the affected rows once, writes only the fields whose value changes with one
+``executemany`` per set of changed columns, and returns the diff with per-field changes.
+"""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+from typing import Any, Iterable, Iterator, Mapping
+
+from ..errors import Invalid
+from .base import ApplyContext, OrderType, PlannedItem, Problem
+
+SOURCES = ("crm", "analytics", "billing")
+# What each source returns when the order names no fields (intersected with the allowed columns).
+SOURCE_FIELDS: dict[str, tuple[str, ...]] = {
+    "crm": ("email", "phone", "company", "name"),
+    "analytics": ("last_seen", "sessions", "plan"),
+    "billing": ("plan", "mrr", "currency"),
+}
+# Substrings of column names that are never synced unless the config says otherwise.
+DEFAULT_DENY = ("password", "passwd", "secret", "token", "api_key", "apikey", "hash", "salt",
+                "admin", "role", "permission", "superuser", "is_staff")
+IDENTIFIER = r"^[A-Za-z_][A-Za-z0-9_]{0,63}$"
+MAX_VALUE_CHARS = 65_536
+
+
+def quote(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def allowed_columns(conn: sqlite3.Connection, deny: Iterable[str] = DEFAULT_DENY) -> list[str]:
+    """Columns of ``users`` that a sync may write: existing, not the key, not deny-listed."""
+    columns = [row[1] for row in conn.execute("SELECT * FROM pragma_table_info('users')")]
+    if not columns:
+        raise Invalid("the target database has no 'users' table to sync into", code="no_users_table")
+    deny_lower = [d.lower() for d in deny]
+    return [c for c in columns
+            if c.lower() != "id" and not any(d in c.lower() for d in deny_lower)
+            and re.match(IDENTIFIER, c)]
+
+
+class UserDataSync(OrderType):
+    name = "user.data.sync"
+    description = "Sync fields of local users from an external source (crm, analytics, billing) in batches."
+    schema = {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["source", "user_ids"],
+        "properties": {
+            "source": {"type": "string", "enum": list(SOURCES)},
+            "user_ids": {"type": "array", "minItems": 1, "maxItems": 1_000_000, "uniqueItems": True,
+                         "items": {"type": "integer", "minimum": 1, "maximum": 2**63 - 1}},
+            "fields": {"type": "array", "minItems": 1, "maxItems": 200, "uniqueItems": True,
+                       "items": {"type": "string", "pattern": IDENTIFIER}},
+            "batch_size": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 50},
+            "max_attempts": {"type": "integer", "minimum": 1, "maximum": 100, "default": 3},
+            "min_success_ratio": {"type": "number", "minimum": 0, "maximum": 1, "default": 1.0},
+        },
+    }
+
+    # -- propose -------------------------------------------------------------------------------
+    def prepare(self, payload: dict[str, Any], settings: Mapping[str, Any]) -> dict[str, Any]:
+        target: sqlite3.Connection = settings["target"]
+        deny = settings.get("deny_fields", DEFAULT_DENY)
+        allowed = allowed_columns(target, deny)
+        prepared = dict(payload)
+        if "fields" in payload:
+            problems = [
+                {"path": f"fields.{i}",
+                 "message": f"'{name}' is not a column the sync may write (allowed: {', '.join(allowed)})"}
+                for i, name in enumerate(payload["fields"]) if name not in allowed
+            ]
+            if problems:
+                raise Invalid("fields not allowed: " + "; ".join(p["message"] for p in problems[:3]),
+                              code="field_not_allowed", details=problems)
+        else:
+            defaults = [f for f in SOURCE_FIELDS[payload["source"]] if f in allowed]
+            if not defaults:
+                raise Invalid(f"no 'fields' given and none of {payload['source']}'s fields "
+                              f"({', '.join(SOURCE_FIELDS[payload['source']])}) is an allowed column",
+                              code="field_not_allowed", details=[{"path": "fields", "message": "required here"}])
+            prepared["fields"] = defaults
+        prepared.setdefault("batch_size", 50)
+        prepared.setdefault("max_attempts", 3)
+        prepared.setdefault("min_success_ratio", 1.0)
+        return prepared
+
+    def plan(self, payload: dict[str, Any]) -> Iterator[PlannedItem]:
+        ids, size = payload["user_ids"], payload["batch_size"]
+        for start in range(0, len(ids), size):
+            yield PlannedItem(
+                input={"source": payload["source"], "user_ids": ids[start:start + size],
+                       "fields": payload["fields"]},
+                max_attempts=payload["max_attempts"],
+            )
+
+    # -- submit --------------------------------------------------------------------------------
+    def validate_submission(self, item_input: dict[str, Any], result: Any,
+                            payload: dict[str, Any]) -> list[Problem]:
+        if not isinstance(result, dict):
+            return [{"path": "$", "message": "result must be a JSON object"}]
+        problems: list[Problem] = []
+
+        def bad(path: str, message: str) -> None:
+            problems.append({"path": path, "message": message})
+
+        for key in result:
+            if key not in ("success", "synced_users", "failed_users", "errors"):
+                bad(key, "unknown key (allowed: success, synced_users, failed_users, errors)")
+        if not isinstance(result.get("success"), bool):
+            bad("success", "required, must be true or false")
+        synced = result.get("synced_users")
+        if not isinstance(synced, list):
+            bad("synced_users", "required, must be an array")
+            synced = []
+        failed = result.get("failed_users", [])
+        if not isinstance(failed, list):
+            bad("failed_users", "must be an array")
+            failed = []
+        if "errors" in result and not isinstance(result["errors"], list):
+            bad("errors", "must be an array")
+
+        batch = item_input["user_ids"]
+        batch_set = set(batch)
+        fields = set(item_input["fields"])
+        seen: dict[int, str] = {}
+
+        def account(path: str, user_id: Any) -> bool:
+            if not _is_int(user_id):
+                bad(f"{path}.user_id", "required, must be an integer")
+                return False
+            if user_id not in batch_set:
+                bad(f"{path}.user_id", f"user {user_id} is not in this batch")
+                return False
+            if user_id in seen:
+                bad(f"{path}.user_id", f"user {user_id} appears more than once (first at {seen[user_id]})")
+                return False
+            seen[user_id] = path
+            return True
+
+        synced_ok = 0
+        for i, entry in enumerate(synced):
+            path = f"synced_users.{i}"
+            if not isinstance(entry, dict):
+                bad(path, "must be an object {user_id, data, verified}")
+                continue
+            for key in entry:
+                if key not in ("user_id", "data", "verified"):
+                    bad(f"{path}.{key}", "unknown key (allowed: user_id, data, verified)")
+            counted = account(path, entry.get("user_id"))
+            if entry.get("verified") is not True:
+                bad(f"{path}.verified", "every synced user must be verified (verified: true)")
+            data = entry.get("data")
+            if not isinstance(data, dict):
+                bad(f"{path}.data", "required, must be an object of field: value")
+                continue
+            for field, value in data.items():
+                if field not in fields:
+                    bad(f"{path}.data.{field}", f"'{field}' was not requested (fields: {', '.join(sorted(fields))})")
+                elif not _is_scalar(value):
+                    bad(f"{path}.data.{field}", "must be a string, number, boolean or null")
+                elif isinstance(value, str) and len(value) > MAX_VALUE_CHARS:
+                    bad(f"{path}.data.{field}", f"longer than {MAX_VALUE_CHARS} characters")
+            if counted:
+                synced_ok += 1
+        for i, entry in enumerate(failed):
+            path = f"failed_users.{i}"
+            if not isinstance(entry, dict):
+                bad(path, "must be an object {user_id, error}")
+                continue
+            account(path, entry.get("user_id"))
+            if not isinstance(entry.get("error"), str) or not entry["error"]:
+                bad(f"{path}.error", "required, must be a non-empty string")
+
+        missing = [uid for uid in batch if uid not in seen]
+        if missing:
+            shown = ", ".join(str(u) for u in missing[:10]) + (" …" if len(missing) > 10 else "")
+            bad("synced_users", f"{len(missing)} batch users missing from the result ({shown}); every "
+                                "batch user must appear exactly once, in synced_users or failed_users")
+        minimum = float(payload.get("min_success_ratio", 1.0))
+        if batch and not problems and synced_ok / len(batch) < minimum:
+            bad("failed_users", f"success ratio {synced_ok}/{len(batch)} = {synced_ok / len(batch):.2f} is "
+                                f"below the order's min_success_ratio {minimum:g}")
+        return problems
+
+    # -- approve -------------------------------------------------------------------------------
+    def apply(self, ctx: ApplyContext, order: Mapping[str, Any],
+              items: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
+        payload = order["payload"]
+        conn = ctx.target
+        allowed = set(allowed_columns(conn, ctx.settings.get("deny_fields", DEFAULT_DENY)))
+        fields = [f for f in payload["fields"] if f in allowed]
+        lost = sorted(set(payload["fields"]) - allowed)
+        if lost:
+            raise Invalid(f"fields are no longer allowed columns of users: {', '.join(lost)}",
+                          code="field_not_allowed")
+
+        incoming: dict[int, dict[str, Any]] = {}
+        failed: list[dict[str, Any]] = []
+        for item in items:
+            result = item["result"] or {}
+            for entry in result.get("synced_users", []):
+                incoming[entry["user_id"]] = entry["data"]
+            failed.extend(result.get("failed_users", []))
+
+        from ..lifecycle import dumps
+
+        current: dict[int, tuple[Any, ...]] = {}
+        select = (f"SELECT id, {', '.join(quote(f) for f in fields)} FROM users "
+                  "WHERE id IN (SELECT value FROM json_each(?))")
+        for row in conn.execute(select, (dumps(list(incoming)),)):
+            current[row[0]] = row[1:]
+
+        position = {f: i for i, f in enumerate(fields)}
+        changes: list[dict[str, Any]] = []
+        groups: dict[tuple[str, ...], list[list[Any]]] = {}
+        missing: list[int] = []
+        unchanged = 0
+        for user_id, data in incoming.items():
+            row = current.get(user_id)
+            if row is None:
+                missing.append(user_id)
+                continue
+            changed = {f: v for f, v in data.items() if row[position[f]] != v}
+            if not changed:
+                unchanged += 1
+                continue
+            names = tuple(sorted(changed))
+            groups.setdefault(names, []).append([changed[n] for n in names] + [user_id])
+            changes.extend({"user_id": user_id, "field": n, "old": row[position[n]], "new": changed[n]}
+                           for n in names)
+
+        if not ctx.dry_run:
+            for names, rows in groups.items():
+                assignments = ", ".join(f"{quote(n)} = ?" for n in names)
+                conn.executemany(f"UPDATE users SET {assignments} WHERE id = ?", rows)
+
+        updated = sum(len(rows) for rows in groups.values())
+        return {
+            "before": {"updated_count": 0},
+            "after": {"updated_count": updated},
+            "summary": f"Synced data for {updated} users from {payload['source']}",
+            "changes": changes,
+            "stats": {"users": len(payload["user_ids"]), "synced": len(incoming), "updated": updated,
+                      "unchanged": unchanged, "missing_locally": len(missing), "failed": len(failed)},
+            "missing_user_ids": sorted(missing),
+        }
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_scalar(value: Any) -> bool:
+    return value is None or isinstance(value, (str, int, float, bool))
