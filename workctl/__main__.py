@@ -1,0 +1,3 @@
+from workctl.cli import run
+
+run()

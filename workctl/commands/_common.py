@@ -1,0 +1,69 @@
+"""What every command shares: global options, the Workctl it works on, and the error boundary."""
+
+from __future__ import annotations
+
+import functools
+import os
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Annotated, Any, Callable, TypeVar
+
+import typer
+
+from .. import output
+from ..errors import ExitCode, WorkctlError
+
+if TYPE_CHECKING:
+    from ..api import Workctl
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+Json = Annotated[bool, typer.Option("--json", help="Print exactly one JSON document on stdout.")]
+Nl = Annotated[bool, typer.Option("--nl", help="Print one JSON object per line (newline-delimited JSON).")]
+Agent = Annotated[str | None, typer.Option("--agent", envvar="WORKCTL_AGENT_ID", show_default=False,
+                                           help="Agent id (default USER@HOSTNAME).")]
+IdempotencyKey = Annotated[str | None, typer.Option(
+    "--idempotency-key", help="Replays with the same key and request return the stored response.")]
+LeaseToken = Annotated[str | None, typer.Option(
+    "--lease-token", envvar="WORKCTL_LEASE_TOKEN", show_default=False,
+    help="Fence with the token from checkout: refused if the item was checked out again since.")]
+Ttl = Annotated[int | None, typer.Option("--ttl", min=1, help="Lease length in seconds (default 600).")]
+
+
+@dataclass(frozen=True)
+class Globals:
+    db: str | None = None
+    config: str | None = None
+
+
+def open_workctl(ctx: typer.Context) -> Workctl:
+    from ..api import Workctl
+    from ..config import load_config
+
+    options: Globals = ctx.obj or Globals()
+    return Workctl(options.db, config=load_config(options.config))
+
+
+def boundary(fn: F) -> F:
+    """The CLI's one error boundary: WorkctlError → message (+ JSON error document) + its exit code."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        as_json = bool(kwargs.get("json_") or kwargs.get("nl"))
+        try:
+            return fn(*args, **kwargs)
+        except WorkctlError as exc:
+            output.error(exc, as_json=as_json)
+            raise typer.Exit(int(exc.exit_code)) from None
+        except KeyboardInterrupt:
+            raise typer.Exit(int(ExitCode.INTERRUPTED)) from None
+        except (typer.Exit, typer.Abort):
+            raise
+        except Exception as exc:
+            if os.environ.get("WORKCTL_DEBUG"):
+                raise
+            bug = WorkctlError(f"unexpected {type(exc).__name__}: {exc} (this is a bug; set WORKCTL_DEBUG=1 "
+                               "for a traceback)", code="internal_error")
+            output.error(bug, as_json=as_json)
+            raise typer.Exit(int(ExitCode.ERROR)) from None
+
+    return wrapper  # type: ignore[return-value]

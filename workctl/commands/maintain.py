@@ -1,0 +1,19 @@
+"""workctl maintain [--json]"""
+
+from __future__ import annotations
+
+import typer
+
+from .. import output
+from ._common import Json, boundary, open_workctl
+
+
+@boundary
+def maintain(ctx: typer.Context, json_: Json = False) -> None:
+    """Reclaim expired leases, dead-letter failed items, purge old idempotency keys and events."""
+    with open_workctl(ctx) as wc:
+        result = wc.maintain()
+    if json_:
+        output.print_json(result)
+        return
+    output.line(", ".join(f"{name.replace('_', ' ')}: {count}" for name, count in result.items()))

@@ -1,0 +1,38 @@
+"""workctl types [--json] / workctl types show TYPE [--json]"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from .. import output
+from ._common import Json, boundary, open_workctl
+
+app = typer.Typer(help="List registered order types, or show one's JSON Schema.", invoke_without_command=True)
+
+
+@app.callback()
+@boundary
+def types(ctx: typer.Context, json_: Json = False) -> None:
+    """List the registered order types."""
+    if ctx.invoked_subcommand:
+        return
+    listed = open_workctl(ctx).types()
+    if json_:
+        output.print_json({"types": listed})
+        return
+    output.table(None, ["type", "description"], [(t["name"], t["description"]) for t in listed])
+
+
+@app.command("show")
+@boundary
+def show(ctx: typer.Context, type_name: Annotated[str, typer.Argument(metavar="TYPE")], json_: Json = False) -> None:
+    """Show an order type's JSON Schema."""
+    described = open_workctl(ctx).type_schema(type_name)
+    if json_:
+        output.print_json(described)
+        return
+    output.line(f"{described['name']}: {described['description']}")
+    import json
+    output.line(json.dumps(described["schema"], indent=2))
