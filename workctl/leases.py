@@ -49,6 +49,9 @@ def checkout(s: Session, *, agent: str, order_id: str | None = None, type_name: 
     ttl = int(ttl or s.config.ttl_seconds)
     if order_id:
         s.order_row(order_id)  # NotFound before taking any lock
+    if type_name:
+        from .types import get_type
+        get_type(type_name)  # an unknown type is exit 4, not "no work"
     now = s.now()
     expires = after(s.clock(), ttl)
     sql, params = claim_query(order_id, type_name, now)
