@@ -127,3 +127,17 @@ def events(db: str | Path, where: str = "1", params: tuple[Any, ...] = ()) -> li
         return [dict(r) for r in conn.execute(f"SELECT * FROM events WHERE {where} ORDER BY id", params)]
     finally:
         conn.close()
+
+
+def rows(db: str | Path, table: str, order_by: str = "rowid") -> list[tuple[Any, ...]]:
+    """Every row of a table as plain tuples (for "nothing changed" comparisons)."""
+    conn = sqlite3.connect(str(db))
+    try:
+        return conn.execute(f"SELECT * FROM {table} ORDER BY {order_by}").fetchall()
+    finally:
+        conn.close()
+
+
+def snapshot(db: str | Path) -> dict[str, list[tuple[Any, ...]]]:
+    """The whole workflow state of a store: orders, items, events and idempotency keys."""
+    return {table: rows(db, table) for table in ("orders", "items", "events", "idempotency_keys")}
