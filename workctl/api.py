@@ -150,6 +150,32 @@ class Workctl:
         return queries.show(self.session, order_id)
 
     @_store_errors
+    def pending_sync_sources(self, order_id: str | None = None) -> list[str]:
+        return queries.pending_sources(self.session, "user.data.sync", order_id)
+
+    @_store_errors
+    def pending_item_count(self, order_id: str | None = None, type_name: str | None = None) -> int:
+        return queries.pending_items(self.session, order_id=order_id, type_name=type_name)
+
+    @_store_errors
+    def local_user_ids(self) -> list[int]:
+        """Ids of the users table in the target database (for ``sync --users all``)."""
+        return orders.local_user_ids(self.session)
+
+    # -- agents that run inside workctl ----------------------------------------------------------
+    @_store_errors
+    def sync(self, options: Any, *, listener: Any = None) -> dict[str, Any]:
+        """Run the fetch loop (see workctl.sync); returns the run's report."""
+        from .sync import Syncer
+        return Syncer(self, options, listener=listener).run().to_dict()
+
+    @_store_errors
+    def run_exec(self, options: Any, *, listener: Any = None) -> dict[str, Any]:
+        """Run a shell command per item (see workctl.runner); returns the run's report."""
+        from .runner import Runner
+        return Runner(self, options, listener=listener).run().to_dict()
+
+    @_store_errors
     def log(self, order_id: str, *, after_id: int = 0) -> list[dict[str, Any]]:
         return queries.log(self.session, order_id, after_id=after_id)
 

@@ -9,8 +9,8 @@ from typing import Annotated
 import typer
 
 from . import __version__
-from .commands import (approve, checkout, heartbeat, log, maintain, orders, propose, reject, release, retry,
-                       show, status, submit, types)
+from .commands import (approve, checkout, demo, heartbeat, log, maintain, orders, propose, reject, release,
+                       retry, run, show, sources, status, submit, sync, types)
 from .commands._common import Globals
 from .errors import ExitCode
 
@@ -43,9 +43,10 @@ def main_options(
 
 
 app.add_typer(types.app, name="types")
-for command in (propose.propose, checkout.checkout, heartbeat.heartbeat, release.release, submit.submit,
+app.add_typer(sources.app, name="sources")
+for command in (demo.demo, propose.propose, checkout.checkout, heartbeat.heartbeat, release.release, submit.submit,
                 approve.approve, reject.reject, status.status, orders.orders, show.show, log.log,
-                maintain.maintain, retry.retry):
+                maintain.maintain, retry.retry, sync.sync, run.run):
     app.command(command.__name__)(command)
 
 

@@ -142,6 +142,14 @@ class target_connection:
             self.conn.close()
 
 
+def local_user_ids(s: Session) -> list[int]:
+    with target_connection(s) as target:
+        try:
+            return [row[0] for row in target.execute("SELECT id FROM users ORDER BY id")]
+        except sqlite3.OperationalError as exc:
+            raise Invalid(f"the target database has no users table: {exc}", code="no_users_table") from exc
+
+
 def connect_target(path: str) -> sqlite3.Connection:
     conn = sqlite3.connect(path, timeout=30, isolation_level=None)
     conn.execute("PRAGMA busy_timeout = 30000")

@@ -83,3 +83,28 @@ def log(s: Session, order_id: str, *, after_id: int = 0, limit: int | None = Non
            + (" LIMIT ?" if limit else ""))
     params: list[Any] = [order_id, after_id] + ([limit] if limit else [])
     return [_event(row) for row in s.conn.execute(sql, params)]
+
+
+def pending_sources(s: Session, type_name: str, order_id: str | None = None) -> list[str]:
+    """The distinct payload sources of orders of this type that still have work to hand out."""
+    if order_id:
+        row = s.order_row(order_id)
+        if row["type"] != type_name:
+            from .errors import Invalid
+            raise Invalid(f"order {order_id} is a {row['type']} order; this command handles {type_name}",
+                          code="wrong_order_type")
+        return [loads(row["payload"])["source"]]
+    return [r[0] for r in s.conn.execute(
+        "SELECT DISTINCT json_extract(payload, '$.source') FROM orders "
+        "WHERE type = ? AND state IN ('queued', 'in_progress') ORDER BY 1", (type_name,))]
+
+
+def pending_items(s: Session, *, order_id: str | None = None, type_name: str | None = None) -> int:
+    """Items still to hand out (queued or leased)."""
+    if order_id:
+        sql, params = "SELECT count(*) FROM items WHERE order_id = ? AND state IN ('queued', 'leased')", (order_id,)
+    elif type_name:
+        sql, params = "SELECT count(*) FROM items WHERE type = ? AND state IN ('queued', 'leased')", (type_name,)
+    else:
+        sql, params = "SELECT count(*) FROM items WHERE state IN ('queued', 'leased')", ()
+    return s.conn.execute(sql, params).fetchone()[0]

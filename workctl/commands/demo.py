@@ -1,0 +1,40 @@
+"""workctl demo [--json] [--quiet]  (the README's main command)"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from .. import output
+from ._common import Globals, Json, boundary
+
+
+@boundary
+def demo(
+    ctx: typer.Context,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress on stderr.")] = False,
+    json_: Json = False,
+) -> None:
+    """Run the seed's sync end to end: 150 users from a built-in sample CRM, synced and approved."""
+    from ..demo import run_demo
+    from ..progress import make_progress
+
+    options: Globals = ctx.obj or Globals()
+    progress = make_progress(quiet=quiet or json_)
+    try:
+        result = run_demo(options.db, listener=progress)
+    finally:
+        progress.close()
+    if json_:
+        output.print_json(result)
+        return
+    from .approve import render_diff
+
+    order = result["order"]
+    output.line(f"Seeded {result['users_seeded']} local users in {result['db']}")
+    output.line(f"Order {order['id']}: {result['items']} batches synced from the sample crm and approved")
+    if result["diff"]:
+        render_diff(result["diff"])
+    output.line(f"Final state: {order['state']} ({result['progress']['done']}/{result['progress']['total']} items)")
+    output.line(f"Explore: workctl --db {result['db']} log {order['id']}")

@@ -1,0 +1,49 @@
+"""workctl run [ORDER_ID] --exec CMD [--parallel N] [--agent A] [--max-items K] [--timeout S] [--json]"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from .. import output
+from ._common import Agent, Json, Ttl, boundary, open_workctl
+
+
+@boundary
+def run(
+    ctx: typer.Context,
+    order_id: Annotated[str | None, typer.Argument(help="Only items of this order.")] = None,
+    exec_: Annotated[str, typer.Option("--exec", help="Shell command: item JSON on stdin, result JSON on stdout.")] = "",
+    type_name: Annotated[str | None, typer.Option("--type", help="Only items of orders of this type.")] = None,
+    parallel: Annotated[int, typer.Option("--parallel", min=1, help="Commands running at once.")] = 1,
+    agent: Agent = None,
+    max_items: Annotated[int | None, typer.Option("--max-items", min=1, help="Stop after this many items.")] = None,
+    timeout: Annotated[float | None, typer.Option("--timeout", min=0.1, help="Kill a command after this many seconds.")] = None,
+    ttl: Ttl = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress on stderr.")] = False,
+    json_: Json = False,
+) -> None:
+    """Check out items and run CMD for each; submit its stdout, release on failure (exit 0 when done)."""
+    from ..errors import Invalid
+    from ..progress import make_progress
+    from ..runner import RunOptions
+
+    if not exec_.strip():
+        raise Invalid("--exec CMD is required", code="usage")
+    with open_workctl(ctx) as wc:
+        progress = make_progress(quiet=quiet or json_)
+        try:
+            report = wc.run_exec(RunOptions(command=exec_, order_id=order_id, type_name=type_name, agent=agent,
+                                            parallel=parallel, max_items=max_items, ttl=ttl, timeout=timeout),
+                                 listener=progress)
+        finally:
+            progress.close()
+    if json_:
+        output.print_json(report)
+        return
+    items = report["items"]
+    output.line(f"{items['submitted']} submitted, {items['released']} released, {items['lost']} lost "
+                f"in {report['seconds']} s")
+    for error in report["errors"][:20]:
+        output.line(f"  item {error['item_id']}: {error['error']}")

@@ -1,0 +1,93 @@
+"""workctl sources list | check NAME | serve-sample"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from .. import output
+from ._common import Globals, Json, boundary
+
+app = typer.Typer(help="External sources: list, check, and the built-in sample server.", no_args_is_help=True)
+
+
+def _raw(ctx: typer.Context) -> dict:
+    from ..config import load_config
+    options: Globals = ctx.find_root().obj or Globals()
+    return load_config(options.config).raw
+
+
+@app.command("list")
+@boundary
+def list_(ctx: typer.Context, json_: Json = False) -> None:
+    """Configured sources (secrets named by their variable, never shown)."""
+    from ..sources.check import list_sources
+
+    listed = list_sources(_raw(ctx))
+    if json_:
+        output.print_json({"sources": listed})
+        return
+    output.table(None, ["source", "base url", "auth", "rate/s", "concurrency", "status"],
+                 [(s["name"], s.get("base_url"), s.get("auth"), s.get("rate_limit"), s.get("concurrency"),
+                   "ok" if s["ok"] else s["error"]) for s in listed])
+
+
+@app.command("check")
+@boundary
+def check(ctx: typer.Context, name: Annotated[str, typer.Argument(help="Source name, e.g. crm.")],
+          json_: Json = False) -> None:
+    """One request to the source: reachability, auth status and latency (exit 7 if it fails)."""
+    from ..sources.check import check_source
+
+    report = check_source(name, _raw(ctx))
+    if json_:
+        output.print_json(report)
+        return
+    output.line(f"{report['name']}: {report['status']}, auth {report['auth']}, {report['latency_ms']} ms "
+                f"({report['base_url']})")
+
+
+@app.command("serve-sample")
+@boundary
+def serve_sample(
+    host: Annotated[str, typer.Option("--host", help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", min=0, max=65535, help="Port (0 picks a free one).")] = 8765,
+    token: Annotated[str | None, typer.Option("--token-env", help="Require Bearer auth with the token in this env var.")] = None,
+    fail_rate: Annotated[float, typer.Option("--fail-rate", min=0, max=1, help="Share of requests answered 500.")] = 0.0,
+    fail_first: Annotated[int, typer.Option("--fail-first", min=0, help="Answer the first N requests 503.")] = 0,
+    rate_limit: Annotated[float, typer.Option("--rate-limit", min=0, help="Requests/s before 429 + Retry-After.")] = 0.0,
+    retry_after: Annotated[str, typer.Option("--retry-after", help="Retry-After value sent with 429.")] = "1",
+    latency: Annotated[float, typer.Option("--latency", min=0, help="Seconds added to every response.")] = 0.0,
+    malformed_rate: Annotated[float, typer.Option("--malformed-rate", min=0, max=1, help="Share of truncated JSON bodies.")] = 0.0,
+    drop_rate: Annotated[float, typer.Option("--drop-rate", min=0, max=1, help="Share of connections dropped.")] = 0.0,
+    missing: Annotated[str, typer.Option("--missing", help="Comma-separated user ids that do not exist (404).")] = "",
+    max_user_id: Annotated[int, typer.Option("--max-user-id", min=1, help="Ids above this do not exist.")] = 10_000_000,
+) -> None:
+    """Serve crm, analytics and billing sample data with fault injection, until Ctrl-C."""
+    import os
+
+    from ..errors import Invalid
+    from ..sources.sample_server import Faults, SampleServer
+
+    secret = None
+    if token:
+        secret = os.environ.get(token)
+        if not secret:
+            raise Invalid(f"--token-env {token}: that environment variable is not set", code="secret_missing")
+    try:
+        missing_ids = frozenset(int(x) for x in missing.split(",") if x.strip())
+    except ValueError as exc:
+        raise Invalid(f"--missing: not a user id: {exc}", code="usage") from exc
+    faults = Faults(fail_rate=fail_rate, fail_first=fail_first, rate_limit=rate_limit, retry_after=retry_after,
+                    latency=latency, malformed_rate=malformed_rate, drop_rate=drop_rate, missing=missing_ids,
+                    max_user_id=max_user_id, token=secret)
+    server = SampleServer(host, port, faults)
+    output.line(f"Serving sample sources on {server.url}: {server.url}/crm/users/1, /analytics/…, /billing/…")
+    output.line(f"Use it with: export WORKCTL_SOURCE_CRM_URL={server.url}/crm")
+    import sys
+    sys.stdout.flush()
+    try:
+        server.serve_forever()
+    finally:
+        server.stop()

@@ -1,0 +1,63 @@
+"""workctl sync [ORDER_ID] [--agent A] [--concurrency N] [--max-items K] [--approve] [--json] [--quiet]
+workctl sync --source crm --users all|1-150|@ids.txt [--fields email,phone] --approve   (the cron one-liner)"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import typer
+
+from .. import output
+from ._common import Agent, Json, Ttl, boundary, open_workctl
+
+
+@boundary
+def sync(
+    ctx: typer.Context,
+    order_id: Annotated[str | None, typer.Argument(help="Only this order (default: any user.data.sync order).")] = None,
+    source: Annotated[str | None, typer.Option("--source", help="Propose a new order from this source first.")] = None,
+    users: Annotated[str | None, typer.Option("--users", help="With --source: all, ranges like 1-150,200, or @ids.txt.")] = None,
+    fields: Annotated[str | None, typer.Option("--fields", help="With --source: comma-separated fields.")] = None,
+    batch_size: Annotated[int | None, typer.Option("--batch-size", min=1, max=1000, help="With --source: users per item.")] = None,
+    agent: Agent = None,
+    concurrency: Annotated[int | None, typer.Option("--concurrency", min=1, help="Parallel requests per source.")] = None,
+    max_items: Annotated[int | None, typer.Option("--max-items", min=1, help="Stop after this many batches.")] = None,
+    approve: Annotated[bool, typer.Option("--approve", help="Approve each order once all its items are submitted.")] = False,
+    ttl: Ttl = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress on stderr.")] = False,
+    json_: Json = False,
+) -> None:
+    """Fetch and submit batches until no work is left (exit 0 when there was nothing to do)."""
+    from ..progress import make_progress
+    from ..sync import SyncOptions, propose_from_source
+
+    with open_workctl(ctx) as wc:
+        if source or users:
+            order_id = propose_from_source(wc, source=source, users=users, fields=fields, batch_size=batch_size)
+        progress = make_progress(quiet=quiet or json_)
+        try:
+            report = wc.sync(SyncOptions(order_id=order_id, agent=agent, concurrency=concurrency,
+                                         max_items=max_items, approve=approve, ttl=ttl), listener=progress)
+        finally:
+            progress.close()
+    if json_:
+        output.print_json(report)
+        return
+    render_report(report)
+
+
+def render_report(report: dict[str, Any]) -> None:
+    items, users = report["items"], report["users"]
+    rows = [("orders", len(report["orders"])), ("batches submitted", items["submitted"]),
+            ("batches released", items["released"]), ("batches lost", items["lost"]),
+            ("users synced", users["synced"]), ("users failed", users["failed"])]
+    rows += [(f"  failed: {name}", count) for name, count in sorted(users["failed_by_class"].items())]
+    rows += [("requests", report["requests"]), ("retries", report["retries"]), ("seconds", report["seconds"]),
+             ("users/s", report["users_per_second"])]
+    output.table("sync", ["", "count"], rows)
+    for failed in report["failed_users"][:20]:
+        output.line(f"  user {failed['user_id']}: {failed['error_class']}: {failed['error']}")
+    for approved in report["approved"]:
+        from .approve import render_diff
+        output.line(f"order {approved['order_id']}:")
+        render_diff(approved["diff"])

@@ -1,0 +1,1 @@
+"""External systems: source configuration, the HTTP client, and the sample server."""

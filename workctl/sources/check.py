@@ -1,0 +1,46 @@
+"""``workctl sources list`` / ``sources check NAME``: what is configured, and does it answer."""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Mapping
+
+from ..errors import RemoteError
+from .config import configured_sources, load_source
+
+
+def list_sources(raw: Mapping[str, Any]) -> list[dict[str, Any]]:
+    listed = []
+    for name in configured_sources(raw):
+        try:
+            listed.append({**load_source(name, raw).describe(), "ok": True})
+        except Exception as exc:  # one broken source must not hide the others
+            listed.append({"name": name, "ok": False, "error": str(exc)})
+    return listed
+
+
+def check_source(name: str, raw: Mapping[str, Any], *, user_id: int = 1) -> dict[str, Any]:
+    """One request (no retries) for one user: reachable? authenticated? how fast?"""
+    from dataclasses import replace
+
+    from .client import SourceClient, _Failure
+
+    config = replace(load_source(name, raw), max_attempts=1, bulk_path=None)
+    with SourceClient(config) as client:
+        started = time.monotonic()
+        try:
+            client.get_json(config.user_path.format(user_id=user_id))
+            status, auth = "ok", "ok" if config.auth != "none" else "none"
+        except _Failure as failure:
+            if failure.error_class in ("timeout", "connection", "server_error", "malformed"):
+                raise RemoteError(f"source {name} did not answer properly: {client.redact(failure.message)}",
+                                  code="source_unreachable") from None
+            status = failure.error_class
+            auth = "failed" if failure.error_class == "auth" else ("ok" if config.auth != "none" else "none")
+        latency_ms = (time.monotonic() - started) * 1000
+    report = {"name": name, "base_url": config.base_url, "status": status, "auth": auth,
+              "latency_ms": round(latency_ms, 1)}
+    if auth == "failed":
+        raise RemoteError(f"source {name} refused our credentials (from ${config.token_env})", code="source_auth",
+                          details=[report])
+    return report

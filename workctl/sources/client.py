@@ -1,0 +1,260 @@
+"""The HTTP client of one source, on httpx: auth, keep-alive, a shared token bucket and concurrency
+cap, retries with full-jitter exponential backoff, Retry-After, and secrets redacted from every error.
+
+Retried: 408, 425, 429, 500, 502, 503, 504, timeouts, connection errors, protocol errors and
+malformed JSON. Other 4xx fail that user at once with the status in the error. A Retry-After longer
+than ``retry_after_cap`` fails the user as ``rate_limited`` instead of hanging the run.
+
+Time is injected (``clock`` for the bucket, ``sleep`` for every wait, ``wall`` for HTTP dates), so
+tests observe each wait instead of sleeping through it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from email.utils import parsedate_to_datetime
+from typing import Any, Callable, Iterable
+
+import httpx
+
+from .config import SourceConfig
+
+RETRY_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
+logging.getLogger("httpx").setLevel(logging.WARNING)  # httpx logs full URLs (secrets) at INFO
+logging.getLogger("httpcore").setLevel(logging.WARNING)
+
+WaitListener = Callable[[str, str, float], None]  # (source, reason, seconds)
+
+
+@dataclass
+class UserOutcome:
+    user_id: int
+    data: dict[str, Any] | None = None
+    error_class: str | None = None
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.data is not None
+
+
+@dataclass
+class ClientStats:
+    requests: int = 0
+    retries: int = 0
+    waits: list[tuple[str, float]] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def count(self, *, request: bool = False, retry: bool = False) -> None:
+        with self.lock:
+            self.requests += request
+            self.retries += retry
+
+
+class TokenBucket:
+    """``rate`` requests per second with bursts of ``burst``, shared by every worker of the process."""
+
+    def __init__(self, rate: float, burst: int, *, clock: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], None] = time.sleep):
+        self.rate, self.capacity = rate, max(1, burst)
+        self.tokens = float(self.capacity)
+        self.clock, self.sleep = clock, sleep
+        self.updated = clock()
+        self.lock = threading.Lock()
+
+    def acquire(self) -> float:
+        """Take one token, waiting as needed; return the seconds waited."""
+        if not self.rate:
+            return 0.0
+        waited = 0.0
+        while True:
+            with self.lock:
+                now = self.clock()
+                self.tokens = min(self.capacity, self.tokens + (now - self.updated) * self.rate)
+                self.updated = now
+                if self.tokens >= 1:
+                    self.tokens -= 1
+                    return waited
+                wait = (1 - self.tokens) / self.rate
+            self.sleep(wait)
+            waited += wait
+
+
+class _Failure(Exception):
+    def __init__(self, error_class: str, message: str, *, retryable: bool, retry_after: float | None = None):
+        super().__init__(message)
+        self.error_class, self.message = error_class, message
+        self.retryable, self.retry_after = retryable, retry_after
+
+
+class Redactor:
+    def __init__(self, secrets: Iterable[str | None]):
+        self.secrets = sorted({s for s in secrets if s}, key=len, reverse=True)
+
+    def __call__(self, text: str) -> str:
+        for secret in self.secrets:
+            text = text.replace(secret, "***")
+        return text
+
+
+class SourceClient:
+    def __init__(self, config: SourceConfig, *, sleep: Callable[[float], None] = time.sleep,
+                 clock: Callable[[], float] = time.monotonic, wall: Callable[[], datetime] | None = None,
+                 rng: Callable[[], float] = random.random, on_wait: WaitListener | None = None,
+                 transport: httpx.BaseTransport | None = None):
+        self.config = config
+        self.sleep, self.rng = sleep, rng
+        self.wall = wall or (lambda: datetime.now(timezone.utc))
+        self.on_wait = on_wait
+        self.stats = ClientStats()
+        secret = config.secret()
+        self.redact = Redactor([secret])
+        headers = {"Accept": "application/json", "User-Agent": "workctl"}
+        params: dict[str, str] = {}
+        auth: httpx.Auth | None = None
+        if config.auth == "bearer":
+            headers["Authorization"] = f"Bearer {secret}"
+        elif config.auth == "header":
+            headers[config.auth_header] = str(secret)
+        elif config.auth == "query":
+            params[config.auth_param] = str(secret)
+        elif config.auth == "basic":
+            auth = httpx.BasicAuth(config.username(), str(secret))
+        limits = httpx.Limits(max_connections=config.concurrency, max_keepalive_connections=config.concurrency)
+        self.http = httpx.Client(base_url=config.base_url, headers=headers, params=params, auth=auth,
+                                 timeout=config.timeout, limits=limits, transport=transport)
+        self.bucket = TokenBucket(config.rate_limit, config.burst, clock=clock, sleep=sleep)
+        self.slots = threading.Semaphore(config.concurrency)
+
+    def close(self) -> None:
+        self.http.close()
+
+    def __enter__(self) -> SourceClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- one request, with retries ---------------------------------------------------------------
+    def get_json(self, path: str) -> Any:
+        """GET ``path`` with the retry policy; raise _Failure when it gives up."""
+        attempts = self.config.max_attempts
+        for attempt in range(1, attempts + 1):
+            try:
+                return self._once(path)
+            except _Failure as failure:
+                if not failure.retryable or attempt == attempts:
+                    if failure.retryable:
+                        failure.message += f" (gave up after {attempts} attempts)"
+                    raise
+                wait = self._delay(attempt, failure)
+                self.stats.count(retry=True)
+                self._wait(f"{failure.message}: retry {attempt}/{attempts - 1} in {wait:.1f} s", wait)
+        raise AssertionError("unreachable")
+
+    def _delay(self, attempt: int, failure: _Failure) -> float:
+        if failure.retry_after is not None:
+            if failure.retry_after > self.config.retry_after_cap:
+                raise _Failure("rate_limited", f"{failure.message}; Retry-After {failure.retry_after:.0f} s "
+                               f"exceeds the {self.config.retry_after_cap:.0f} s cap", retryable=False)
+            return failure.retry_after
+        # Full jitter: uniform in [0, min(cap, base * 2^(attempt-1))].
+        return self.rng() * min(self.config.backoff_cap, self.config.backoff_base * 2 ** (attempt - 1))
+
+    def _wait(self, reason: str, seconds: float) -> None:
+        with self.stats.lock:
+            self.stats.waits.append((reason, seconds))
+        if self.on_wait:
+            self.on_wait(self.config.name, reason, seconds)
+        self.sleep(seconds)
+
+    def _once(self, path: str) -> Any:
+        waited = self.bucket.acquire()
+        if waited and self.on_wait:
+            self.on_wait(self.config.name, "rate limit", waited)
+        where = f"GET {self.config.name}{path.split('?')[0]}"
+        with self.slots:
+            self.stats.count(request=True)
+            try:
+                response = self.http.get(path)
+            except httpx.TimeoutException as exc:
+                raise _Failure("timeout", f"{where}: timed out ({type(exc).__name__})", retryable=True) from None
+            except (httpx.TransportError, httpx.StreamError) as exc:
+                raise _Failure("connection", f"{where}: {self.redact(type(exc).__name__ + ': ' + str(exc))}",
+                               retryable=True) from None
+        status = response.status_code
+        if status >= 400:
+            retryable = status in RETRY_STATUSES
+            error_class = ("rate_limited" if status == 429 else "server_error" if status >= 500
+                           else "not_found" if status == 404 else "auth" if status in (401, 403)
+                           else f"http_{status}")
+            raise _Failure(error_class, f"{where}: HTTP {status}", retryable=retryable,
+                           retry_after=self._retry_after(response) if retryable else None)
+        try:
+            return response.json()
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise _Failure("malformed", f"{where}: response is not valid JSON", retryable=True) from None
+
+    def _retry_after(self, response: httpx.Response) -> float | None:
+        value = response.headers.get("Retry-After")
+        if not value:
+            return None
+        value = value.strip()
+        if value.isdigit():
+            return float(value)
+        try:
+            when = parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=timezone.utc)
+        return max(0.0, (when - self.wall()).total_seconds())
+
+    # -- users -------------------------------------------------------------------------------------
+    def _extract(self, body: Any) -> Any:
+        for key in [k for k in self.config.data_path.split(".") if k]:
+            if not isinstance(body, dict) or key not in body:
+                raise _Failure("malformed", f"response has no '{self.config.data_path}'", retryable=False)
+            body = body[key]
+        return body
+
+    def _mapped(self, record: dict[str, Any]) -> dict[str, Any]:
+        field_map = self.config.field_map
+        return {field_map.get(k, k): v for k, v in record.items()}
+
+    def fetch_user(self, user_id: int) -> UserOutcome:
+        try:
+            record = self._extract(self.get_json(self.config.user_path.format(user_id=user_id)))
+            if not isinstance(record, dict):
+                raise _Failure("malformed", "user record is not an object", retryable=False)
+            return UserOutcome(user_id, data=self._mapped(record))
+        except _Failure as failure:
+            return UserOutcome(user_id, error_class=failure.error_class, error=self.redact(failure.message))
+
+    def fetch_batch(self, user_ids: list[int], *, workers: int | None = None) -> list[UserOutcome]:
+        """Every user of the batch, in order: one bulk request if configured, else parallel GETs."""
+        if self.config.bulk_path:
+            return self._fetch_bulk(user_ids)
+        with ThreadPoolExecutor(max_workers=min(workers or self.config.concurrency, len(user_ids) or 1)) as pool:
+            return list(pool.map(self.fetch_user, user_ids))
+
+    def _fetch_bulk(self, user_ids: list[int]) -> list[UserOutcome]:
+        path = self.config.bulk_path.format(ids=",".join(str(u) for u in user_ids))  # type: ignore[union-attr]
+        try:
+            records = self._extract(self.get_json(path))
+            if not isinstance(records, list):
+                raise _Failure("malformed", "bulk response is not a list of users", retryable=False)
+        except _Failure as failure:
+            message = self.redact(failure.message)
+            return [UserOutcome(u, error_class=failure.error_class, error=message) for u in user_ids]
+        by_id = {r.get(self.config.id_field): r for r in records if isinstance(r, dict)}
+        return [UserOutcome(u, data=self._mapped(by_id[u])) if u in by_id else
+                UserOutcome(u, error_class="not_found", error=f"user {u} not found in {self.config.name}")
+                for u in user_ids]

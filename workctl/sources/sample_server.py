@@ -1,0 +1,225 @@
+"""A real HTTP server that plays crm, analytics and billing, with fault injection.
+
+It is the embedded default behind ``workctl demo`` and the real server behind the sync tests (no
+mocked transport). Data is deterministic for any user id, so a test can predict every value.
+
+Routes, for SOURCE in crm | analytics | billing:
+    GET /SOURCE/users/{id}           -> {"data": {...user...}}           (404 for unknown users)
+    GET /SOURCE/users?ids=1,2,3      -> {"data": [{...}, ...], "missing": [ids not found]}
+    GET /health                      -> {"ok": true}
+
+Faults (all off by default; a seeded RNG keeps runs repeatable):
+    fail_rate      share of requests answered 500
+    fail_first     the first N requests answered 503
+    rate_limit     requests per second allowed; beyond it 429 with Retry-After
+    latency        seconds added to every response
+    malformed_rate share of responses with a truncated JSON body
+    drop_rate      share of connections closed without any response
+    missing        user ids that do not exist (404 / listed in "missing"); ids > max_user_id too
+    token          when set, requests need "Authorization: Bearer <token>" (401 otherwise)
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+SOURCES = ("crm", "analytics", "billing")
+_COMPANIES = ("Acme Corp", "Widget Inc", "Globex", "Initech", "Umbrella", "Hooli", "Stark Industries")
+_FIRST = ("Ada", "Grace", "Linus", "Margaret", "Ken", "Barbara", "Dennis", "Frances")
+_LAST = ("Lovelace", "Hopper", "Torvalds", "Hamilton", "Thompson", "Liskov", "Ritchie", "Allen")
+_PLANS = ("free", "pro", "enterprise")
+_EPOCH = datetime(2026, 1, 1, tzinfo=timezone.utc)
+
+
+def sample_user(source: str, user_id: int) -> dict[str, Any]:
+    """The deterministic record a source holds for a user."""
+    if source == "crm":
+        return {"id": user_id, "email": f"user{user_id}@example.com", "phone": f"+1-555-{user_id:07d}",
+                "company": _COMPANIES[user_id % len(_COMPANIES)],
+                "name": f"{_FIRST[user_id % len(_FIRST)]} {_LAST[(user_id // len(_FIRST)) % len(_LAST)]}"}
+    if source == "analytics":
+        seen = _EPOCH + timedelta(hours=(user_id * 37) % 8000)
+        return {"id": user_id, "last_seen": seen.strftime("%Y-%m-%dT%H:%M:%SZ"),
+                "sessions": (user_id * 7) % 500, "plan": _PLANS[user_id % len(_PLANS)]}
+    if source == "billing":
+        plan = _PLANS[user_id % len(_PLANS)]
+        mrr = {"free": 0.0, "pro": 49.0, "enterprise": 499.0}[plan] + (user_id % 10)
+        return {"id": user_id, "plan": plan, "mrr": mrr, "currency": ("USD", "EUR", "GBP")[user_id % 3]}
+    raise KeyError(source)
+
+
+@dataclass
+class Faults:
+    fail_rate: float = 0.0
+    fail_first: int = 0
+    rate_limit: float = 0.0
+    retry_after: str = "1"
+    latency: float = 0.0
+    malformed_rate: float = 0.0
+    drop_rate: float = 0.0
+    missing: frozenset[int] = frozenset()
+    max_user_id: int = 10_000_000
+    token: str | None = None
+    seed: int = 1234
+
+
+@dataclass
+class RequestLog:
+    """What the server saw: for tests that count requests, measure rates or check headers."""
+
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    entries: list[dict[str, Any]] = field(default_factory=list)
+
+    def add(self, **entry: Any) -> None:
+        with self.lock:
+            self.entries.append(entry)
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: _Server
+    protocol_version = "HTTP/1.1"  # keep-alive, as real APIs do
+
+    def log_message(self, format: str, *args: Any) -> None:  # quiet: tests and demos own the terminal
+        pass
+
+    def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+        srv = self.server
+        faults = srv.faults
+        number, rng_value = srv.next_request()
+        now = time.monotonic()
+        parts = urlsplit(self.path)
+        srv.log.add(n=number, path=self.path, at=now, auth=self.headers.get("Authorization"))
+        if faults.latency:
+            time.sleep(faults.latency)
+        if faults.drop_rate and rng_value() < faults.drop_rate:
+            self.close_connection = True
+            self.connection.close()
+            return
+        if faults.token and self.headers.get("Authorization") != f"Bearer {faults.token}":
+            return self._send(401, {"error": "unauthorized"})
+        if number <= faults.fail_first:
+            return self._send(503, {"error": "warming up"})
+        if faults.rate_limit and not srv.admit(now):
+            return self._send(429, {"error": "rate limited"}, headers={"Retry-After": faults.retry_after})
+        if faults.fail_rate and rng_value() < faults.fail_rate:
+            return self._send(500, {"error": "internal error"})
+        malformed = bool(faults.malformed_rate) and rng_value() < faults.malformed_rate
+        segments = [s for s in parts.path.split("/") if s]
+        if segments == ["health"]:
+            return self._send(200, {"ok": True})
+        if len(segments) < 2 or segments[0] not in SOURCES or segments[1] != "users":
+            return self._send(404, {"error": f"no route {parts.path}"})
+        source = segments[0]
+        if len(segments) == 3:
+            try:
+                user_id = int(segments[2])
+            except ValueError:
+                return self._send(400, {"error": "user id must be an integer"})
+            if not self._exists(user_id):
+                return self._send(404, {"error": f"user {user_id} not found"})
+            return self._send(200, {"data": sample_user(source, user_id)}, malformed=malformed)
+        query = parse_qs(parts.query)
+        try:
+            ids = [int(x) for x in ",".join(query.get("ids", [])).split(",") if x]
+        except ValueError:
+            return self._send(400, {"error": "ids must be integers"})
+        found = [sample_user(source, i) for i in ids if self._exists(i)]
+        missing = [i for i in ids if not self._exists(i)]
+        return self._send(200, {"data": found, "missing": missing}, malformed=malformed)
+
+    def _exists(self, user_id: int) -> bool:
+        faults = self.server.faults
+        return 0 < user_id <= faults.max_user_id and user_id not in faults.missing
+
+    def _send(self, status: int, body: Any, *, headers: dict[str, str] | None = None,
+              malformed: bool = False) -> None:
+        raw = json.dumps(body).encode()
+        if malformed:
+            raw = raw[: max(1, len(raw) // 2)]
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(raw)))
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(raw)
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, address: tuple[str, int], faults: Faults):
+        super().__init__(address, _Handler)
+        self.faults = faults
+        self.log = RequestLog()
+        self._lock = threading.Lock()
+        self._count = 0
+        self._rng = random.Random(faults.seed)
+        self._window: list[float] = []
+
+    def next_request(self) -> tuple[int, Any]:
+        with self._lock:
+            self._count += 1
+            values = [self._rng.random() for _ in range(4)]
+        it = iter(values)
+        return self._count, lambda: next(it)
+
+    def admit(self, now: float) -> bool:
+        """Sliding one-second window: at most rate_limit requests per second are served."""
+        with self._lock:
+            self._window = [t for t in self._window if now - t < 1.0]
+            if len(self._window) >= self.faults.rate_limit:
+                return False
+            self._window.append(now)
+            return True
+
+
+class SampleServer:
+    """Run the sample source server on a thread: ``with SampleServer() as srv: srv.url``."""
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, faults: Faults | None = None):
+        self.faults = faults or Faults()
+        self._server = _Server((host, port), self.faults)
+        self._thread: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        host, port = self._server.server_address[:2]
+        return f"http://{host}:{port}"
+
+    @property
+    def log(self) -> RequestLog:
+        return self._server.log
+
+    def start(self) -> SampleServer:
+        self._thread = threading.Thread(target=self._server.serve_forever, name="workctl-sample-server",
+                                        daemon=True)
+        self._thread.start()
+        return self
+
+    def serve_forever(self) -> None:
+        self._server.serve_forever()
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        if self._thread:
+            self._thread.join(timeout=5)
+
+    def __enter__(self) -> SampleServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -1,0 +1,264 @@
+"""The fetch loop (the seed's "Agent Processes Batch", automated): checkout → fetch → verify →
+submit, with heartbeats in the background, per-user errors, and optional approval.
+
+Sources and their secrets are resolved before any lease is taken, so a misconfigured source never
+strands an item. A user that still fails after the client's retries goes to ``failed_users`` with
+its error class and message; whether the batch is then accepted is the order's
+``min_success_ratio`` (a refused batch is released with the error, a counted attempt).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Callable, Protocol
+
+from .errors import Conflict, Invalid, NoWork, WorkctlError
+from .heartbeat import Heartbeat
+from .progress import Quiet
+from .sources.client import SourceClient, UserOutcome
+from .sources.config import SourceConfig, load_source
+
+SYNC_TYPE = "user.data.sync"
+
+
+class SyncListener(Protocol):
+    def started(self, total_items: int | None) -> None: ...
+    def item_started(self, item: dict[str, Any]) -> None: ...
+    def item_finished(self, item: dict[str, Any], outcome: str, synced: int, failed: int) -> None: ...
+    def waiting(self, source: str, reason: str, seconds: float) -> None: ...
+    def message(self, text: str) -> None: ...
+
+
+@dataclass
+class SyncReport:
+    orders: list[str] = field(default_factory=list)
+    items_submitted: int = 0
+    items_released: int = 0
+    items_lost: int = 0
+    users_synced: int = 0
+    users_failed: int = 0
+    failures_by_class: Counter[str] = field(default_factory=Counter)
+    failed_users: list[dict[str, Any]] = field(default_factory=list)
+    requests: int = 0
+    retries: int = 0
+    seconds: float = 0.0
+    approved: list[dict[str, Any]] = field(default_factory=list)
+    messages: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"orders": self.orders, "items": {"submitted": self.items_submitted, "released": self.items_released,
+                                                 "lost": self.items_lost},
+                "users": {"synced": self.users_synced, "failed": self.users_failed,
+                          "failed_by_class": dict(self.failures_by_class)},
+                "failed_users": self.failed_users, "requests": self.requests, "retries": self.retries,
+                "seconds": round(self.seconds, 3),
+                "users_per_second": round(self.users_synced / self.seconds, 1) if self.seconds else None,
+                "approved": self.approved, "messages": self.messages}
+
+
+def verify(outcome: UserOutcome, fields: list[str]) -> tuple[dict[str, Any] | None, str | None]:
+    """(data, None) when every requested field is present, non-empty and a scalar; else (None, why)."""
+    record = outcome.data or {}
+    missing = [f for f in fields if record.get(f) in (None, "")]
+    if missing:
+        return None, f"missing or empty fields: {', '.join(missing)}"
+    bad = [f for f in fields if not isinstance(record[f], (str, int, float, bool))]
+    if bad:
+        return None, f"fields with non-scalar values: {', '.join(bad)}"
+    return {f: record[f] for f in fields}, None
+
+
+def build_result(user_ids: list[int], outcomes: list[UserOutcome], fields: list[str]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    synced, failed = [], []
+    for outcome in outcomes:
+        if outcome.ok:
+            data, why = verify(outcome, fields)
+            if data is not None:
+                synced.append({"user_id": outcome.user_id, "data": data, "verified": True})
+                continue
+            failed.append({"user_id": outcome.user_id, "error": why, "error_class": "unverified"})
+        else:
+            failed.append({"user_id": outcome.user_id, "error": outcome.error or "failed",
+                           "error_class": outcome.error_class or "error"})
+    errors = sorted({f["error_class"] for f in failed})
+    result = {"success": not failed, "synced_users": synced,
+              "failed_users": [{"user_id": f["user_id"], "error": f"{f['error_class']}: {f['error']}"} for f in failed],
+              "errors": errors}
+    return result, failed
+
+
+@dataclass
+class SyncOptions:
+    order_id: str | None = None
+    agent: str | None = None
+    concurrency: int | None = None
+    max_items: int | None = None
+    approve: bool = False
+    ttl: int | None = None
+
+
+class Syncer:
+    def __init__(self, wc: Any, options: SyncOptions, *, listener: SyncListener | None = None,
+                 client_factory: Callable[[SourceConfig, Callable[..., None]], SourceClient] | None = None,
+                 heartbeat_every: float | None = None):
+        from .api import Workctl, default_agent
+
+        self.wc: Workctl = wc
+        self.options = options
+        self.agent = options.agent or default_agent()
+        self.listener = listener or Quiet()
+        self.client_factory = client_factory or (lambda config, on_wait: SourceClient(config, on_wait=on_wait))
+        self.heartbeat_every = heartbeat_every
+        self.clients: dict[str, SourceClient] = {}
+        self.report = SyncReport()
+
+    def _open_peer(self) -> Any:
+        from .api import Workctl
+        return Workctl(self.wc.db_path, config=self.wc.config, clock=self.wc.clock)
+
+    def client(self, source: str) -> SourceClient:
+        if source not in self.clients:
+            config = load_source(source, self.wc.config.raw)
+            if self.options.concurrency:
+                from dataclasses import replace
+                config = replace(config, concurrency=self.options.concurrency)
+            self.clients[source] = self.client_factory(config, self.listener.waiting)
+        return self.clients[source]
+
+    def prepare(self) -> None:
+        """Resolve every source this run may need (config + secret) before leasing anything."""
+        for source in self.wc.pending_sync_sources(self.options.order_id):
+            self.client(source)
+
+    def run(self) -> SyncReport:
+        started = time.monotonic()
+        try:
+            self.prepare()
+            self.listener.started(self.wc.pending_item_count(self.options.order_id, SYNC_TYPE))
+            done = 0
+            while self.options.max_items is None or done < self.options.max_items:
+                try:
+                    item = self.wc.checkout(self.options.order_id, agent=self.agent, type_name=SYNC_TYPE,
+                                            ttl=self.options.ttl)["item"]
+                except NoWork:
+                    break
+                done += 1
+                self._process(item)
+        finally:
+            for client in self.clients.values():
+                self.report.requests += client.stats.requests
+                self.report.retries += client.stats.retries
+                client.close()
+            self.report.seconds = time.monotonic() - started
+        return self.report
+
+    def _process(self, item: dict[str, Any]) -> None:
+        self.listener.item_started(item)
+        if item["order_id"] not in self.report.orders:
+            self.report.orders.append(item["order_id"])
+        spec = item["input"]
+        try:
+            client = self.client(spec["source"])
+        except WorkctlError:
+            self.wc.release(item["id"], agent=self.agent, lease_token=item["lease_token"])
+            raise
+        every = self.heartbeat_every or max(1.0, min(item["heartbeat_every_seconds"],
+                                                     (self.options.ttl or 600) / 3))
+        try:
+            with Heartbeat(self._open_peer, item, self.agent, self.options.ttl, every) as beat:
+                outcomes = client.fetch_batch(spec["user_ids"])
+        except BaseException:
+            self.wc.release(item["id"], agent=self.agent, lease_token=item["lease_token"])
+            raise
+        result, failed = build_result(spec["user_ids"], outcomes, spec["fields"])
+        if beat.lost is not None:
+            self._lost(item, str(beat.lost))
+            return
+        try:
+            response = self.wc.submit(item["id"], result, agent=self.agent, lease_token=item["lease_token"])
+        except Conflict as exc:
+            self._lost(item, exc.message)
+            return
+        except Invalid as exc:
+            self._record_failures(item, failed)
+            released = self.wc.release(item["id"], agent=self.agent, lease_token=item["lease_token"],
+                                       error=exc.message)
+            self.report.items_released += 1
+            note = (f"batch {item['id']} not accepted ({exc.message}); released as attempt "
+                    f"{item['attempts']}/{item['max_attempts']}, now {released['item']['state']}")
+            self.report.messages.append(note)
+            self.listener.message(note)
+            self.listener.item_finished(item, "released", 0, len(failed))
+            return
+        synced = len(result["synced_users"])
+        self.report.items_submitted += 1
+        self.report.users_synced += synced
+        self._record_failures(item, failed)
+        self.listener.item_finished(item, "submitted", synced, len(failed))
+        if self.options.approve and response["order"]["state"] == "submitted":
+            approved = self.wc.approve(item["order_id"])
+            self.report.approved.append({"order_id": item["order_id"], "diff": approved["diff"]})
+            self.listener.message(f"approved order {item['order_id']}: {approved['diff'].get('summary')}")
+
+    def _record_failures(self, item: dict[str, Any], failed: list[dict[str, Any]]) -> None:
+        self.report.users_failed += len(failed)
+        for entry in failed:
+            self.report.failures_by_class[entry["error_class"]] += 1
+            self.report.failed_users.append({"order_id": item["order_id"], "item_id": item["id"], **entry})
+
+    def _lost(self, item: dict[str, Any], why: str) -> None:
+        self.report.items_lost += 1
+        note = f"lease on item {item['id']} was lost ({why}); its result was dropped"
+        self.report.messages.append(note)
+        self.listener.message(note)
+        self.listener.item_finished(item, "lost", 0, 0)
+
+
+def parse_users(spec: str, all_ids: Callable[[], list[int]]) -> list[int]:
+    """``all`` | ``1-150,200`` | ``@ids.txt`` (ids separated by whitespace or commas) → unique ids in order."""
+    spec = spec.strip()
+    if spec == "all":
+        ids = all_ids()
+    elif spec.startswith("@"):
+        try:
+            with open(spec[1:], encoding="utf-8") as handle:
+                text = handle.read()
+        except OSError as exc:
+            raise Invalid(f"--users: cannot read {spec[1:]}: {exc.strerror}", code="input_unreadable") from exc
+        ids = _ints(text.replace(",", " ").split(), origin=spec[1:])
+    else:
+        ids = []
+        for part in [p for p in spec.split(",") if p.strip()]:
+            low, _, high = part.partition("-")
+            first, last = _ints([low], origin="--users")[0], _ints([high or low], origin="--users")[0]
+            if last < first:
+                raise Invalid(f"--users: range {part!r} runs backwards", code="invalid_users")
+            ids.extend(range(first, last + 1))
+    unique = list(dict.fromkeys(ids))
+    if not unique:
+        raise Invalid(f"--users {spec!r} selects no users", code="invalid_users")
+    return unique
+
+
+def _ints(tokens: list[str], *, origin: str) -> list[int]:
+    try:
+        return [int(t) for t in tokens]
+    except ValueError as exc:
+        raise Invalid(f"{origin}: not a user id: {exc}", code="invalid_users") from exc
+
+
+def propose_from_source(wc: Any, *, source: str | None, users: str | None, fields: str | None,
+                        batch_size: int | None) -> str:
+    """The cron one-liner's first step: propose a user.data.sync order; return its id."""
+    if not source or not users:
+        raise Invalid("--source and --users go together (e.g. --source crm --users 1-150)", code="usage")
+    payload: dict[str, Any] = {"source": source, "user_ids": parse_users(users, wc.local_user_ids)}
+    if fields:
+        payload["fields"] = [f.strip() for f in fields.split(",") if f.strip()]
+    if batch_size:
+        payload["batch_size"] = batch_size
+    load_source(source, wc.config.raw)  # a missing source is reported before anything is written
+    return wc.propose(SYNC_TYPE, payload)["order"]["id"]
