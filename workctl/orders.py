@@ -303,6 +303,16 @@ def reject(s: Session, order_id: str, *, reason: str, requeue: bool = False, act
     row = s.order_row(order_id)
     if row["state"] != "submitted":
         raise _not_ready(row, s.conn, "reject")
+    # A separate target may already hold this order's apply (an approve committed there but not in the
+    # store): rejecting now would contradict the target, and a requeued rework would never be applied
+    # (the marker short-circuits the next apply). Only approve can finish such an order.
+    applied_check = target_connection(s)
+    if not applied_check.same and os.path.exists(applied_check.path):
+        with applied_check as tconn:
+            if _marker(tconn, order_id) is not None:
+                raise IllegalTransition(
+                    f"cannot reject order {order_id}: its results were already applied to {applied_check.path} "
+                    "by an approve that did not finish; run approve again to record it", code="already_applied")
     now = s.now()
     target = "queued" if requeue else "rejected"
     with write_tx(s.conn) as conn:

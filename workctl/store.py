@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -75,7 +76,7 @@ def connect(path: str | os.PathLike[str], *, busy_timeout_ms: int = BUSY_TIMEOUT
         pending = _check_schema(conn, db_path)
         # Only now, once we know the file is ours, may we write to it (WAL changes the header).
         if conn.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
-            conn.execute("PRAGMA journal_mode = WAL")
+            _enable_wal(conn, busy_timeout_ms)
         conn.execute("PRAGMA foreign_keys = ON")
         # WAL + NORMAL survives any process crash (kill -9); approve raises it to FULL for its commit.
         conn.execute("PRAGMA synchronous = NORMAL")
@@ -88,6 +89,26 @@ def connect(path: str | os.PathLike[str], *, busy_timeout_ms: int = BUSY_TIMEOUT
         conn.close()
         raise translate(exc, db_path) from exc
     return conn
+
+
+def _enable_wal(conn: sqlite3.Connection, busy_timeout_ms: int) -> None:
+    """Switch a new file to WAL, waiting out other processes doing the same.
+
+    The switch takes a shared lock and then needs an exclusive one; when another process opening the same
+    new file holds its own shared lock and wants to escalate too, SQLite answers SQLITE_BUSY at once
+    (deadlock avoidance) without calling the busy handler. So retry, within the busy timeout.
+    """
+    deadline = time.monotonic() + busy_timeout_ms / 1000
+    delay = 0.001
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc).lower() or time.monotonic() >= deadline:
+                raise
+        time.sleep(delay)
+        delay = min(delay * 2, 0.05)
 
 
 def _check_schema(conn: sqlite3.Connection, path: Path) -> bool:

@@ -79,8 +79,8 @@ class TokenBucket:
                 now = self.clock()
                 self.tokens = min(self.capacity, self.tokens + (now - self.updated) * self.rate)
                 self.updated = now
-                if self.tokens >= 1:
-                    self.tokens -= 1
+                if self.tokens >= 1 - 1e-9:  # tolerance: float refills can land a hair below 1 forever
+                    self.tokens = max(0.0, self.tokens - 1)
                     return waited
                 wait = (1 - self.tokens) / self.rate
             self.sleep(wait)

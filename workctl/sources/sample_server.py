@@ -11,6 +11,7 @@ Routes, for SOURCE in crm | analytics | billing:
 Faults (all off by default; a seeded RNG keeps runs repeatable):
     fail_rate      share of requests answered 500
     fail_first     the first N requests answered 503
+    throttle_first the first N requests (after fail_first) answered 429 with Retry-After
     rate_limit     requests per second allowed; beyond it 429 with Retry-After
     latency        seconds added to every response
     malformed_rate share of responses with a truncated JSON body
@@ -60,6 +61,7 @@ def sample_user(source: str, user_id: int) -> dict[str, Any]:
 class Faults:
     fail_rate: float = 0.0
     fail_first: int = 0
+    throttle_first: int = 0
     rate_limit: float = 0.0
     retry_after: str = "1"
     latency: float = 0.0
@@ -94,6 +96,13 @@ class _Handler(BaseHTTPRequestHandler):
         pass
 
     def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+        self.server.enter()
+        try:
+            self._get()
+        finally:
+            self.server.leave()
+
+    def _get(self) -> None:
         srv = self.server
         faults = srv.faults
         number, rng_value = srv.next_request()
@@ -110,7 +119,8 @@ class _Handler(BaseHTTPRequestHandler):
             return self._send(401, {"error": "unauthorized"})
         if number <= faults.fail_first:
             return self._send(503, {"error": "warming up"})
-        if faults.rate_limit and not srv.admit(now):
+        throttled = faults.fail_first < number <= faults.fail_first + faults.throttle_first
+        if throttled or (faults.rate_limit and not srv.admit(now)):
             return self._send(429, {"error": "rate limited"}, headers={"Retry-After": faults.retry_after})
         if faults.fail_rate and rng_value() < faults.fail_rate:
             return self._send(500, {"error": "internal error"})
@@ -168,6 +178,17 @@ class _Server(ThreadingHTTPServer):
         self._count = 0
         self._rng = random.Random(faults.seed)
         self._window: list[float] = []
+        self.in_flight = 0
+        self.max_in_flight = 0
+
+    def enter(self) -> None:
+        with self._lock:
+            self.in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self.in_flight)
+
+    def leave(self) -> None:
+        with self._lock:
+            self.in_flight -= 1
 
     def next_request(self) -> tuple[int, Any]:
         with self._lock:
@@ -202,6 +223,11 @@ class SampleServer:
     @property
     def log(self) -> RequestLog:
         return self._server.log
+
+    @property
+    def max_in_flight(self) -> int:
+        """The most requests this server was handling at one moment."""
+        return self._server.max_in_flight
 
     def start(self) -> SampleServer:
         self._thread = threading.Thread(target=self._server.serve_forever, name="workctl-sample-server",
