@@ -230,7 +230,8 @@ class SampleServer:
         return self._server.max_in_flight
 
     def start(self) -> SampleServer:
-        self._thread = threading.Thread(target=self._server.serve_forever, name="workctl-sample-server",
+        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
+                                        name="workctl-sample-server",
                                         daemon=True)
         self._thread.start()
         return self
