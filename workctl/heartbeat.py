@@ -9,7 +9,8 @@ from .errors import Conflict, WorkctlError
 
 
 class Heartbeat:
-    """Keeps a lease alive from a background thread with its own store connection."""
+    """Keeps a lease alive from a background thread with its own store connection (opened only at
+    the first beat, so a batch that finishes quickly costs no connection)."""
 
     def __init__(self, open_workctl: Callable[[], Any], item: dict[str, Any], agent: str, ttl: int | None,
                  every: float):

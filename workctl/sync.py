@@ -12,7 +12,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Protocol
 
 from .errors import Conflict, Invalid, NoWork, WorkctlError
@@ -98,6 +98,7 @@ class SyncOptions:
     max_items: int | None = None
     approve: bool = False
     ttl: int | None = None
+    workers: int | None = None  # batches in flight (default: the source's concurrency cap)
 
 
 class Syncer:
@@ -114,19 +115,22 @@ class Syncer:
         self.heartbeat_every = heartbeat_every
         self.clients: dict[str, SourceClient] = {}
         self.report = SyncReport()
+        self.lock = threading.Lock()  # guards the report, the clients and the item budget
+        self.stopping = threading.Event()
+        self.taken = 0
 
     def _open_peer(self) -> Any:
         from .api import Workctl
         return Workctl(self.wc.db_path, config=self.wc.config, clock=self.wc.clock)
 
     def client(self, source: str) -> SourceClient:
-        if source not in self.clients:
-            config = load_source(source, self.wc.config.raw)
-            if self.options.concurrency:
-                from dataclasses import replace
-                config = replace(config, concurrency=self.options.concurrency)
-            self.clients[source] = self.client_factory(config, self.listener.waiting)
-        return self.clients[source]
+        with self.lock:
+            if source not in self.clients:
+                config = load_source(source, self.wc.config.raw)
+                if self.options.concurrency:
+                    config = replace(config, concurrency=self.options.concurrency)
+                self.clients[source] = self.client_factory(config, self.listener.waiting)
+            return self.clients[source]
 
     def prepare(self) -> None:
         """Resolve every source this run may need (config + secret) before leasing anything."""
@@ -134,19 +138,18 @@ class Syncer:
             self.client(source)
 
     def run(self) -> SyncReport:
+        """Work batches in parallel (``workers`` at once, each with its own store connection) until
+        no work is left; the source client (rate limit, concurrency cap) is shared by all of them."""
         started = time.monotonic()
         try:
             self.prepare()
-            self.listener.started(self.wc.pending_item_count(self.options.order_id, SYNC_TYPE))
-            done = 0
-            while self.options.max_items is None or done < self.options.max_items:
-                try:
-                    item = self.wc.checkout(self.options.order_id, agent=self.agent, type_name=SYNC_TYPE,
-                                            ttl=self.options.ttl)["item"]
-                except NoWork:
-                    break
-                done += 1
-                self._process(item)
+            pending = self.wc.pending_item_count(self.options.order_id, SYNC_TYPE)
+            self.listener.started(pending)
+            workers = max(1, min(self.options.workers or self._default_workers(), pending or 1))
+            if workers == 1:
+                self._work(self.wc)
+            else:
+                self._run_parallel(workers)
         finally:
             for client in self.clients.values():
                 self.report.requests += client.stats.requests
@@ -155,15 +158,56 @@ class Syncer:
             self.report.seconds = time.monotonic() - started
         return self.report
 
-    def _process(self, item: dict[str, Any]) -> None:
+    def _default_workers(self) -> int:
+        return min((c.config.concurrency for c in self.clients.values()), default=1)
+
+    def _run_parallel(self, workers: int) -> None:
+        errors: list[BaseException] = []
+
+        def worker() -> None:
+            try:
+                with self._open_peer() as wc:
+                    self._work(wc)
+            except BaseException as exc:  # re-raised in the caller's thread once all workers stop
+                errors.append(exc)
+                self.stopping.set()
+
+        threads = [threading.Thread(target=worker, name=f"workctl-sync-{n}") for n in range(workers)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        if errors:
+            raise errors[0]
+
+    def _take_slot(self) -> bool:
+        with self.lock:
+            if self.stopping.is_set():
+                return False
+            if self.options.max_items is not None and self.taken >= self.options.max_items:
+                return False
+            self.taken += 1
+            return True
+
+    def _work(self, wc: Any) -> None:
+        while self._take_slot():
+            try:
+                item = wc.checkout(self.options.order_id, agent=self.agent, type_name=SYNC_TYPE,
+                                   ttl=self.options.ttl)["item"]
+            except NoWork:
+                return
+            self._process(wc, item)
+
+    def _process(self, wc: Any, item: dict[str, Any]) -> None:
         self.listener.item_started(item)
-        if item["order_id"] not in self.report.orders:
-            self.report.orders.append(item["order_id"])
+        with self.lock:
+            if item["order_id"] not in self.report.orders:
+                self.report.orders.append(item["order_id"])
         spec = item["input"]
         try:
             client = self.client(spec["source"])
         except WorkctlError:
-            self.wc.release(item["id"], agent=self.agent, lease_token=item["lease_token"])
+            wc.release(item["id"], agent=self.agent, lease_token=item["lease_token"])
             raise
         every = self.heartbeat_every or max(1.0, min(item["heartbeat_every_seconds"],
                                                      (self.options.ttl or 600) / 3))
@@ -171,48 +215,53 @@ class Syncer:
             with Heartbeat(self._open_peer, item, self.agent, self.options.ttl, every) as beat:
                 outcomes = client.fetch_batch(spec["user_ids"])
         except BaseException:
-            self.wc.release(item["id"], agent=self.agent, lease_token=item["lease_token"])
+            wc.release(item["id"], agent=self.agent, lease_token=item["lease_token"])
             raise
         result, failed = build_result(spec["user_ids"], outcomes, spec["fields"])
         if beat.lost is not None:
             self._lost(item, str(beat.lost))
             return
         try:
-            response = self.wc.submit(item["id"], result, agent=self.agent, lease_token=item["lease_token"])
+            response = wc.submit(item["id"], result, agent=self.agent, lease_token=item["lease_token"])
         except Conflict as exc:
             self._lost(item, exc.message)
             return
         except Invalid as exc:
             self._record_failures(item, failed)
-            released = self.wc.release(item["id"], agent=self.agent, lease_token=item["lease_token"],
-                                       error=exc.message)
-            self.report.items_released += 1
+            released = wc.release(item["id"], agent=self.agent, lease_token=item["lease_token"], error=exc.message)
             note = (f"batch {item['id']} not accepted ({exc.message}); released as attempt "
                     f"{item['attempts']}/{item['max_attempts']}, now {released['item']['state']}")
-            self.report.messages.append(note)
+            with self.lock:
+                self.report.items_released += 1
+                self.report.messages.append(note)
             self.listener.message(note)
             self.listener.item_finished(item, "released", 0, len(failed))
             return
         synced = len(result["synced_users"])
-        self.report.items_submitted += 1
-        self.report.users_synced += synced
+        with self.lock:
+            self.report.items_submitted += 1
+            self.report.users_synced += synced
         self._record_failures(item, failed)
         self.listener.item_finished(item, "submitted", synced, len(failed))
+        # Only the submit that completed the order sees it 'submitted', so exactly one worker approves.
         if self.options.approve and response["order"]["state"] == "submitted":
-            approved = self.wc.approve(item["order_id"])
-            self.report.approved.append({"order_id": item["order_id"], "diff": approved["diff"]})
+            approved = wc.approve(item["order_id"])
+            with self.lock:
+                self.report.approved.append({"order_id": item["order_id"], "diff": approved["diff"]})
             self.listener.message(f"approved order {item['order_id']}: {approved['diff'].get('summary')}")
 
     def _record_failures(self, item: dict[str, Any], failed: list[dict[str, Any]]) -> None:
-        self.report.users_failed += len(failed)
-        for entry in failed:
-            self.report.failures_by_class[entry["error_class"]] += 1
-            self.report.failed_users.append({"order_id": item["order_id"], "item_id": item["id"], **entry})
+        with self.lock:
+            self.report.users_failed += len(failed)
+            for entry in failed:
+                self.report.failures_by_class[entry["error_class"]] += 1
+                self.report.failed_users.append({"order_id": item["order_id"], "item_id": item["id"], **entry})
 
     def _lost(self, item: dict[str, Any], why: str) -> None:
-        self.report.items_lost += 1
         note = f"lease on item {item['id']} was lost ({why}); its result was dropped"
-        self.report.messages.append(note)
+        with self.lock:
+            self.report.items_lost += 1
+            self.report.messages.append(note)
         self.listener.message(note)
         self.listener.item_finished(item, "lost", 0, 0)
 

@@ -21,6 +21,7 @@ def sync(
     batch_size: Annotated[int | None, typer.Option("--batch-size", min=1, max=1000, help="With --source: users per item.")] = None,
     agent: Agent = None,
     concurrency: Annotated[int | None, typer.Option("--concurrency", min=1, help="Parallel requests per source.")] = None,
+    workers: Annotated[int | None, typer.Option("--workers", min=1, help="Batches in flight (default: the source's concurrency).")] = None,
     max_items: Annotated[int | None, typer.Option("--max-items", min=1, help="Stop after this many batches.")] = None,
     approve: Annotated[bool, typer.Option("--approve", help="Approve each order once all its items are submitted.")] = False,
     ttl: Ttl = None,
@@ -37,7 +38,8 @@ def sync(
         progress = make_progress(quiet=quiet or json_)
         try:
             report = wc.sync(SyncOptions(order_id=order_id, agent=agent, concurrency=concurrency,
-                                         max_items=max_items, approve=approve, ttl=ttl), listener=progress)
+                                         max_items=max_items, approve=approve, ttl=ttl,
+                                         workers=workers), listener=progress)
         finally:
             progress.close()
     if json_:
