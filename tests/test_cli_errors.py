@@ -86,7 +86,7 @@ CASES = [
     ("heartbeat: item not leased", lambda w: ["heartbeat", w["queued"], "--agent", "agent-a"], 6, "not_leased",
      "queued"),
     ("heartbeat: stale lease token", lambda w: ["heartbeat", w["item"], "--agent", "agent-a", "--lease-token",
-                                                "0" * 32], 6, "stale_lease_token", "stale"),
+                                                "0" * 32], 6, "stale_lease_token", "does not match the current lease"),
     ("release: wrong agent", lambda w: ["release", w["item"], "--agent", "agent-b"], 6, "lease_held_by_other",
      "agent-a"),
     ("submit: unknown item", lambda w: ["submit", "no-such-item", "--agent", "agent-a", "--result", "{}"], 4,

@@ -40,10 +40,13 @@ def test_success_submits_stdout_with_item_on_stdin(tmp_path):
 def test_non_zero_exit_releases_with_the_error_until_attempts_run_out(tmp_path):
     db = tmp_path / "w.db"
     order_id = propose_tasks(db, 1, max_attempts=2)
-    out = run(db, "run", "--exec", "echo 'upstream exploded' >&2; exit 3", "--json")
+    command = "echo 'upstream exploded' >&2; exit 3"
+    out = run(db, "run", "--exec", command, "--json", env={"WORKCTL_NOW": "2026-03-01T00:00:00Z"})
     assert out.exit_code == 0
-    assert out.json["items"]["released"] == 2
+    assert out.json["items"]["released"] == 1  # then the item backs off (10 s) rather than spinning
     assert "exited 3" in out.json["errors"][0]["error"] and "upstream exploded" in out.json["errors"][0]["error"]
+    later = run(db, "run", "--exec", command, "--json", env={"WORKCTL_NOW": "2026-03-01T00:00:10Z"})
+    assert later.json["items"]["released"] == 1
     with Workctl(db) as wc:
         item = wc.show(order_id)["items"][0]
     assert item["state"] == "failed" and item["attempts"] == 2

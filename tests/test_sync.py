@@ -14,6 +14,7 @@ import pytest
 
 from helpers import make_users, run
 from workctl import Workctl
+from workctl.clock import ManualClock
 from workctl.config import Config
 from workctl.sources.client import SourceClient
 from workctl.sources.config import load_source
@@ -173,7 +174,7 @@ def test_timeouts(tmp_path):
 
 def test_malformed_json_is_retried(tmp_path):
     fake = FakeTime()
-    with SampleServer(faults=Faults(malformed_rate=0.5, seed=7)) as server:
+    with SampleServer(faults=Faults(malformed_rate=0.2, seed=7)) as server:
         db, config = make_world(tmp_path, server, users=30, source_settings={"bulk_path": "", "max_attempts": 8})
         with Workctl(db, config=config) as wc:
             propose(wc, list(range(1, 31)))
@@ -183,7 +184,7 @@ def test_malformed_json_is_retried(tmp_path):
 
 def test_dropped_connections_are_retried(tmp_path):
     fake = FakeTime()
-    with SampleServer(faults=Faults(drop_rate=0.3, seed=3)) as server:
+    with SampleServer(faults=Faults(drop_rate=0.2, seed=3)) as server:
         db, config = make_world(tmp_path, server, users=30, source_settings={"bulk_path": "", "max_attempts": 8})
         with Workctl(db, config=config) as wc:
             propose(wc, list(range(1, 31)))
@@ -207,13 +208,24 @@ def test_unknown_users_are_listed_in_failed_users(tmp_path):
 
 
 def test_strict_order_releases_a_failing_batch_with_the_error(tmp_path):
+    clock = ManualClock("2026-03-01T00:00:00Z")
     with SampleServer(faults=Faults(missing=frozenset({5}))) as server:
         db, config = make_world(tmp_path, server, users=10)
-        with Workctl(db, config=config) as wc:
+        with Workctl(db, config=config, clock=clock) as wc:
             order_id = propose(wc, list(range(1, 11)), max_attempts=2)
-            report = syncer(wc, FakeTime()).run().to_dict()
+            first = syncer(wc, FakeTime()).run().to_dict()
+            waiting = wc.show(order_id)
+            # The released batch backs off instead of being retried in a tight loop by the same run.
+            assert first["items"] == {"submitted": 0, "released": 1, "lost": 0}
+            assert waiting["order"]["state"] == "in_progress"
+            assert waiting["items"][0]["state"] == "queued" and waiting["items"][0]["retry_at"] == \
+                "2026-03-01T00:00:10.000000Z"
+            assert syncer(wc, FakeTime()).run().to_dict()["items"]["released"] == 0  # still backing off
+            clock.advance(10)
+            second = syncer(wc, FakeTime()).run().to_dict()
             detail = wc.show(order_id)
-    assert report["items"]["released"] == 2 and report["items"]["submitted"] == 0
+    assert second["items"]["released"] == 1
+    assert [f["user_id"] for f in first["failed_users"]] == [5]
     assert detail["order"]["state"] == "failed" and detail["items"][0]["state"] == "failed"
     assert "min_success_ratio" in detail["items"][0]["error"]["message"]
 
@@ -385,3 +397,17 @@ def test_lost_lease_drops_the_result(tmp_path):
             assert wc.show(order_id)["items"][0]["state"] == "leased"
     assert report["items"]["lost"] == 1 and report["items"]["submitted"] == 0
     assert "lost" in report["messages"][0]
+
+
+def test_incomplete_sync_exits_7_with_the_report_and_the_error(tmp_path, monkeypatch):
+    with SampleServer(faults=Faults(missing=frozenset({4}))) as server:
+        monkeypatch.setenv("WORKCTL_SOURCE_CRM_URL", f"{server.url}/crm")
+        db = tmp_path / "w.db"
+        make_users(db, 100)
+        out = run(db, "sync", "--source", "crm", "--users", "1-100", "--fields", "email", "--json")
+    assert out.exit_code == 7
+    document = out.json
+    assert document["error"]["code"] == "sync_incomplete"
+    assert document["items"] == {"submitted": 1, "released": 1, "lost": 0}
+    assert document["failed_users"][0]["user_id"] == 4
+    assert "workctl: error: 1 batches could not be submitted" in out.stderr

@@ -5,6 +5,8 @@ Lookup: ``--config PATH`` / ``WORKCTL_CONFIG``, else ``./workctl.toml`` if prese
     [lease]
     ttl_seconds = 600
     heartbeat_every_seconds = 120
+    retry_backoff_seconds = 10     # an item released with an error waits 10 s, 20 s, 40 s … (0: no wait)
+    retry_backoff_cap_seconds = 600
 
     [retention]
     idempotency_days = 7        # maintain purges keys older than this
@@ -15,7 +17,7 @@ Lookup: ``--config PATH`` / ``WORKCTL_CONFIG``, else ``./workctl.toml`` if prese
     db = "app.db"               # where the users table lives (default: the store's own file)
 
     [types."user.data.sync"]
-    deny_fields = ["password", "token", "secret", "admin", "role"]
+    deny_fields = ["ssn", "salary"]   # added to the built-in deny-list (password, token, secret, admin, role, …)
 """
 
 from __future__ import annotations
@@ -34,6 +36,8 @@ DEFAULT_CONFIG = "workctl.toml"
 class Config:
     ttl_seconds: int = 600
     heartbeat_every_seconds: int = 120
+    retry_backoff_seconds: float = 10
+    retry_backoff_cap_seconds: float = 600
     idempotency_days: float = 7
     event_days: float = 0
     dead_letter_after_seconds: float = 0
@@ -79,6 +83,8 @@ def load_config(path: str | os.PathLike[str] | None = None) -> Config:
     return Config(
         ttl_seconds=int(number("lease", "ttl_seconds", 600, 1)),
         heartbeat_every_seconds=int(number("lease", "heartbeat_every_seconds", 120, 1)),
+        retry_backoff_seconds=number("lease", "retry_backoff_seconds", 10),
+        retry_backoff_cap_seconds=number("lease", "retry_backoff_cap_seconds", 600),
         idempotency_days=number("retention", "idempotency_days", 7),
         event_days=number("retention", "event_days", 0),
         dead_letter_after_seconds=number("retention", "dead_letter_after_seconds", 0),

@@ -39,7 +39,8 @@ def seed_users(path: str, count: int = DEMO_USERS) -> int:
         conn.close()
 
 
-def run_demo(db_path: str | None = None, *, listener: Any = None, users: int = DEMO_USERS) -> dict[str, Any]:
+def run_demo(db_path: str | None = None, *, config_path: str | None = None, listener: Any = None,
+             users: int = DEMO_USERS) -> dict[str, Any]:
     from .api import Workctl
     from .config import load_config
     from .sources.sample_server import SampleServer
@@ -48,7 +49,7 @@ def run_demo(db_path: str | None = None, *, listener: Any = None, users: int = D
     if db_path is None:
         db_path = str(Path(tempfile.mkdtemp(prefix="workctl-demo-")) / "demo.db")
     added = seed_users(db_path, users)
-    base = load_config(None)
+    base = load_config(config_path)
     with SampleServer() as server:
         sources = {**base.raw.get("sources", {}), "crm": {"base_url": f"{server.url}/crm"}}
         config = replace(base, raw={**base.raw, "sources": sources}, target_db=None)

@@ -55,6 +55,13 @@ class WorkctlError(Exception):
         return {"error": {"code": self.code, "message": self.message, "details": self.details}}
 
 
+class Usage(WorkctlError):
+    """Options that do not go together (Typer's own parse errors are exit 2 as well)."""
+
+    exit_code = ExitCode.USAGE
+    default_code = "usage"
+
+
 class NoWork(WorkctlError):
     exit_code = ExitCode.NO_WORK
     default_code = "no_items_available"

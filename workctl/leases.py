@@ -84,7 +84,12 @@ def checkout(s: Session, *, agent: str, order_id: str | None = None, type_name: 
             claimed = item_id, token
     if claimed is None:
         scope = f"order {order_id}" if order_id else (f"type {type_name}" if type_name else "any order")
-        raise NoWork(f"no items available to check out ({scope})")
+        waiting = s.conn.execute(
+            "SELECT count(*), min(visible_at) FROM items WHERE state = 'queued' AND visible_at > ?"
+            + (" AND order_id = ?" if order_id else " AND type = ?" if type_name else ""),
+            (now, *([order_id] if order_id else [type_name] if type_name else []))).fetchone()
+        later = f"; {waiting[0]} waiting to be retried, the first at {waiting[1]}" if waiting[0] else ""
+        raise NoWork(f"no items available to check out ({scope}){later}")
     row = s.item_row(claimed[0])
     return {"item": {
         "id": row["id"], "order_id": row["order_id"], "type": row["type"], "state": row["state"],
@@ -115,7 +120,8 @@ def lease_problem(row: sqlite3.Row, agent: str, token: str | None, now: str) -> 
         return LeaseLost(f"lease on item {item} expired at {row['lease_expires_at']}; check out again",
                          code="lease_expired")
     if token is not None and row["lease_token"] != token:
-        return LeaseLost(f"lease token for item {item} is stale: the item was checked out again since",
+        return LeaseLost(f"lease token does not match the current lease on item {item} (the item was checked "
+                         "out again since, or the token is wrong)",
                          code="stale_lease_token")
     return Conflict(f"item {item} changed concurrently; retry", code="lease_lost")
 
@@ -158,8 +164,10 @@ def heartbeat(s: Session, item_id: str, *, agent: str, ttl: int | None = None,
 
 def release(s: Session, item_id: str, *, agent: str, error: str | None = None,
             token: str | None = None) -> dict[str, Any]:
-    """Give the lease back. Without an error the attempt does not count; with one it does, and an
-    item that has used its last attempt fails instead of going back to the queue."""
+    """Give the lease back. Without an error the attempt does not count and the item is claimable at
+    once. With one, the attempt counts: an item that has used its last attempt fails, any other waits
+    out an exponential backoff (retry_backoff_seconds · 2^(attempt-1), capped) before it can be
+    claimed again, so a failing item is not hammered in a tight loop."""
     row = check_lease(s, item_id, agent, token)
     now = s.now()
     guard, guard_params = fence(agent, token, now)
@@ -167,18 +175,30 @@ def release(s: Session, item_id: str, *, agent: str, error: str | None = None,
     failed = bool(error) and attempts >= row["max_attempts"]
     record = {"code": "released_with_error", "message": error, "agent": agent} if error else None
     target = "failed" if failed else "queued"
+    retry_at = _retry_at(s, attempts) if error and not failed else ""
+    payload: dict[str, Any] = {"attempts": attempts}
+    if error:
+        payload.update(error=error, retry_at=retry_at or None)
     with write_tx(s.conn) as conn:
         moved = move_item(conn, item_id=item_id, order_id=row["order_id"], current="leased", target=target,
                           now=now, actor=Actor("agent", agent), event="failed" if failed else "released",
-                          payload={"error": error, "attempts": attempts} if error else {"attempts": attempts},
-                          sets={**_LEASE_CLEARED, "attempts": attempts,
+                          payload=payload,
+                          sets={**_LEASE_CLEARED, "attempts": attempts, "visible_at": retry_at,
                                 "error": dumps(record) if record else row["error"]},
                           guard=guard, guard_params=guard_params)
         if not moved:
             raise lease_problem(s.item_row(item_id), agent, token, now)
         order_state = refresh_order(conn, row["order_id"], now=now)
-    return {"item": {"id": item_id, "state": target, "attempts": attempts, "max_attempts": row["max_attempts"]},
+    return {"item": {"id": item_id, "state": target, "attempts": attempts, "max_attempts": row["max_attempts"],
+                     "retry_at": retry_at or None},
             "order": {"id": row["order_id"], "state": order_state}}
+
+
+def _retry_at(s: Session, attempts: int) -> str:
+    base, cap = s.config.retry_backoff_seconds, s.config.retry_backoff_cap_seconds
+    if base <= 0:
+        return ""
+    return after(s.clock(), min(cap, base * 2 ** max(attempts - 1, 0)))
 
 
 def reclaim_expired(conn: sqlite3.Connection, now: str) -> dict[str, int]:

@@ -159,9 +159,11 @@ def derived_order_state(current: str, present: frozenset[str] | set[str]) -> str
         return "in_progress"
     if "failed" in present:
         return "failed"
-    if "dead_lettered" in present and current in ("failed", "dead_lettered"):
+    # Nothing failed or in play, but something was dead-lettered: the order is dead-lettered. From
+    # in_progress that is two hops (failed, then dead_lettered), which refresh_order walks and logs.
+    if "dead_lettered" in present:
         return "dead_lettered"
-    return "failed" if "dead_lettered" in present else current
+    return current
 
 
 def _path_to(current: str, target: str) -> list[str]:

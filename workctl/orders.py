@@ -14,7 +14,7 @@ from typing import Any, Mapping
 
 from . import idempotency
 from .clock import iso
-from .errors import Conflict, IllegalTransition, Invalid
+from .errors import Conflict, IllegalTransition, Invalid, Usage
 from .leases import check_lease, fence, lease_problem, reclaim_expired
 from .lifecycle import ITEM_DONE_STATES, Actor, append_event, dumps, move_item, move_order, refresh_order
 from .session import Session, loads
@@ -343,7 +343,7 @@ def retry(s: Session, *, item_id: str | None = None, order_id: str | None = None
           actor: Actor) -> dict[str, Any]:
     """Put failed or dead-lettered items back in the queue with a fresh set of attempts."""
     if bool(item_id) == bool(order_id):
-        raise Invalid("give exactly one of ITEM_ID or --order ORDER_ID", code="usage")
+        raise Usage("give exactly one of ITEM_ID or --order ORDER_ID")
     if item_id:
         row = s.item_row(item_id)
         if row["state"] not in ("failed", "dead_lettered"):

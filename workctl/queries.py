@@ -19,8 +19,10 @@ def status(s: Session, order_id: str | None = None, *, events: int = 10) -> dict
     held, expired = conn.execute(
         "SELECT coalesce(sum(lease_expires_at > ?1), 0), coalesce(sum(lease_expires_at <= ?1), 0) "
         "FROM items WHERE state = 'leased'", (now,)).fetchone()
+    backing_off = conn.execute("SELECT count(*) FROM items WHERE state = 'queued' AND visible_at > ?",
+                               (now,)).fetchone()[0]
     return {"orders": orders, "items": items,
-            "leases": {"held": held, "expired_waiting": expired}, "as_of": now}
+            "leases": {"held": held, "expired_waiting": expired}, "retry_waiting": backing_off, "as_of": now}
 
 
 def order_status(s: Session, order_id: str, *, events: int = 10) -> dict[str, Any]:

@@ -51,4 +51,5 @@ def item_summary(row: sqlite3.Row) -> dict[str, Any]:
             "state": row["state"], "attempts": row["attempts"], "max_attempts": row["max_attempts"],
             "leased_by": row["leased_by"], "lease_expires_at": row["lease_expires_at"],
             "submitted_by": row["submitted_by"], "error": loads(row["error"]),
+            "retry_at": row["visible_at"] if row["state"] == "queued" and row["visible_at"] else None,
             "updated_at": row["updated_at"]}

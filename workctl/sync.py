@@ -15,7 +15,7 @@ from collections import Counter
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Protocol
 
-from .errors import Conflict, Invalid, NoWork, WorkctlError
+from .errors import Conflict, Invalid, NoWork, Usage, WorkctlError
 from .heartbeat import Heartbeat
 from .progress import Quiet
 from .sources.client import SourceClient, UserOutcome
@@ -303,7 +303,7 @@ def propose_from_source(wc: Any, *, source: str | None, users: str | None, field
                         batch_size: int | None) -> str:
     """The cron one-liner's first step: propose a user.data.sync order; return its id."""
     if not source or not users:
-        raise Invalid("--source and --users go together (e.g. --source crm --users 1-150)", code="usage")
+        raise Usage("--source and --users go together (e.g. --source crm --users 1-150)")
     payload: dict[str, Any] = {"source": source, "user_ids": parse_users(users, wc.local_user_ids)}
     if fields:
         payload["fields"] = [f.strip() for f in fields.split(",") if f.strip()]

@@ -21,9 +21,14 @@ def demo(
     from ..progress import make_progress
 
     options: Globals = ctx.obj or Globals()
+    # The demo seeds users into its database: only an explicit --db may point it at an existing
+    # store, never a WORKCTL_DB inherited from the environment.
+    root = ctx.find_root()
+    source = root.get_parameter_source("db")
+    explicit = source is not None and source.name == "COMMANDLINE"  # typer vendors click: match by name
     progress = make_progress(quiet=quiet or json_)
     try:
-        result = run_demo(options.db, listener=progress)
+        result = run_demo(options.db if explicit else None, config_path=options.config, listener=progress)
     finally:
         progress.close()
     if json_:

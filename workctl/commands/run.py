@@ -25,12 +25,12 @@ def run(
     json_: Json = False,
 ) -> None:
     """Check out items and run CMD for each; submit its stdout, release on failure (exit 0 when done)."""
-    from ..errors import Invalid
+    from ..errors import Usage
     from ..progress import make_progress
     from ..runner import RunOptions
 
     if not exec_.strip():
-        raise Invalid("--exec CMD is required", code="usage")
+        raise Usage("--exec CMD is required")
     with open_workctl(ctx) as wc:
         progress = make_progress(quiet=quiet or json_)
         try:

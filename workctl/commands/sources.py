@@ -67,7 +67,7 @@ def serve_sample(
     """Serve crm, analytics and billing sample data with fault injection, until Ctrl-C."""
     import os
 
-    from ..errors import Invalid
+    from ..errors import Invalid, Usage
     from ..sources.sample_server import Faults, SampleServer
 
     secret = None
@@ -78,7 +78,7 @@ def serve_sample(
     try:
         missing_ids = frozenset(int(x) for x in missing.split(",") if x.strip())
     except ValueError as exc:
-        raise Invalid(f"--missing: not a user id: {exc}", code="usage") from exc
+        raise Usage(f"--missing: not a user id: {exc}") from exc
     faults = Faults(fail_rate=fail_rate, fail_first=fail_first, rate_limit=rate_limit, retry_after=retry_after,
                     latency=latency, malformed_rate=malformed_rate, drop_rate=drop_rate, missing=missing_ids,
                     max_user_id=max_user_id, token=secret)

@@ -52,8 +52,8 @@ def build(data: dict[str, Any]) -> Any:
         return Group(
             grid("orders", ["state", "count"], [[k, v] for k, v in data["orders"].items() if v]),
             grid("items", ["state", "count"], [[k, v] for k, v in data["items"].items() if v]),
-            Text(f"leases held {data['leases']['held']}, expired waiting {data['leases']['expired_waiting']}"
-                 f"  (as of {data['as_of']})"),
+            Text(f"leases held {data['leases']['held']}, expired waiting {data['leases']['expired_waiting']}, "
+                 f"items backing off before a retry {data['retry_waiting']}  (as of {data['as_of']})"),
         )
     order, progress = data["order"], data["progress"]
     header = Text(f"order {order['id']} ({order['type']}) is {order['state']}: "

@@ -42,10 +42,21 @@ def sync(
                                          workers=workers), listener=progress)
         finally:
             progress.close()
+    incomplete = report["items"]["released"] + report["items"]["lost"]
+    error = None
+    if incomplete:
+        from ..errors import RemoteError
+        error = RemoteError(f"{incomplete} batches could not be submitted (source failures after retries or lost "
+                            "leases); they will be retried by a later run. See failed_users.",
+                            code="sync_incomplete")
     if json_:
-        output.print_json(report)
-        return
-    render_report(report)
+        # One document either way: the report, plus the error object when the run was incomplete.
+        output.print_json({**report, **(error.to_dict() if error else {})})
+    else:
+        render_report(report)
+    if error:
+        output.error(error, as_json=False)
+        raise typer.Exit(int(error.exit_code))
 
 
 def render_report(report: dict[str, Any]) -> None:

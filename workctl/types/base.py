@@ -2,8 +2,8 @@
 
 A type is stateless; everything it needs arrives as arguments. The engine guarantees the order of
 calls: ``validate_payload`` → ``prepare`` (at propose, before any lock) → ``plan``; ``validate_submission``
-(at submit, before the lock); ``can_approve`` → ``apply`` (inside approve's transaction) → ``after_apply``
-(after commit).
+(at submit, before the lock); ``can_approve`` (at approve, before the lock) → ``apply`` (inside approve's
+transaction) → ``after_apply`` (after commit).
 """
 
 from __future__ import annotations
@@ -63,7 +63,7 @@ class OrderType:
                             payload: dict[str, Any]) -> list[Problem]:
         """Every problem with the agent's result; an empty list accepts it."""
         if not isinstance(result, dict):
-            return [{"path": "", "message": "result must be a JSON object"}]
+            return [{"path": "$", "message": "result must be a JSON object"}]
         return []
 
     def can_approve(self, payload: dict[str, Any], results: list[Any]) -> list[Problem]:

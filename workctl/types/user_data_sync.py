@@ -34,6 +34,14 @@ def quote(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
+def deny_list(settings: Mapping[str, Any]) -> tuple[str, ...]:
+    """The built-in deny-list plus the config's ``deny_fields`` (which can only add, never remove)."""
+    extra = settings.get("deny_fields", ())
+    if isinstance(extra, str) or not all(isinstance(x, str) for x in extra):
+        raise Invalid("config: deny_fields must be a list of strings", code="config_invalid")
+    return (*DEFAULT_DENY, *extra)
+
+
 def allowed_columns(conn: sqlite3.Connection, deny: Iterable[str] = DEFAULT_DENY) -> list[str]:
     """Columns of ``users`` that a sync may write: existing, not the key, not deny-listed."""
     columns = [row[1] for row in conn.execute("SELECT * FROM pragma_table_info('users')")]
@@ -68,8 +76,7 @@ class UserDataSync(OrderType):
     # -- propose -------------------------------------------------------------------------------
     def prepare(self, payload: dict[str, Any], settings: Mapping[str, Any]) -> dict[str, Any]:
         target: sqlite3.Connection = settings["target"]
-        deny = settings.get("deny_fields", DEFAULT_DENY)
-        allowed = allowed_columns(target, deny)
+        allowed = allowed_columns(target, deny_list(settings))
         prepared = dict(payload)
         if "fields" in payload:
             problems = [
@@ -195,7 +202,7 @@ class UserDataSync(OrderType):
               items: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
         payload = order["payload"]
         conn = ctx.target
-        allowed = set(allowed_columns(conn, ctx.settings.get("deny_fields", DEFAULT_DENY)))
+        allowed = set(allowed_columns(conn, deny_list(ctx.settings)))
         fields = [f for f in payload["fields"] if f in allowed]
         lost = sorted(set(payload["fields"]) - allowed)
         if lost:
