@@ -15,10 +15,6 @@ from workctl import Workctl
 from workctl.clock import ManualClock
 from workctl.config import Config
 
-USER_COLUMNS = ("id", "name", "email", "phone", "company", "last_seen", "sessions", "plan", "mrr",
-                "currency", "password", "is_admin", "role")
-
-
 @pytest.fixture(autouse=True)
 def _isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """No plugins, and nothing from the developer's environment or working directory leaks in."""
@@ -43,6 +39,7 @@ def seed_users(path: str | Path, count: int, *, start: int = 1) -> None:
     """Create ``users`` (if missing) in the SQLite file at ``path`` and insert users start..start+count-1."""
     conn = sqlite3.connect(str(path))
     try:
+        conn.execute("PRAGMA synchronous = OFF")  # test data: skip the fsyncs, keep the suite fast
         conn.execute(
             "CREATE TABLE IF NOT EXISTS users (id INTEGER PRIMARY KEY, name, email, phone, company, last_seen, "
             "sessions, plan, mrr, currency, password, is_admin, role)")
@@ -91,7 +88,9 @@ def make_wc(db_path: Path, clock: ManualClock) -> Callable[..., Workctl]:
 def wc(db_path: Path, users_db: Callable[..., None], make_wc: Callable[..., Workctl]) -> Workctl:
     """A Workctl on a fresh store whose own file also holds 150 users (the default target)."""
     users_db(db_path, 150)
-    return make_wc()
+    handle = make_wc()
+    handle.session  # open (create and migrate) the store now, so tests can inspect it from the start
+    return handle
 
 
 def sync_result(item_input: dict[str, Any], **overrides: Any) -> dict[str, Any]:
