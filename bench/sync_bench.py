@@ -26,7 +26,6 @@ import httpx
 
 from workctl import Workctl
 from workctl.config import Config
-from workctl.sources.sample_server import Faults, SampleServer
 from workctl.sync import SyncOptions
 
 FIELDS = ["email", "phone", "company"]
@@ -93,6 +92,23 @@ def run_bare_loop(url: str, users: int, concurrency: int = 8) -> float:
     return users / elapsed
 
 
+class ServerProcess:
+    """The sample server in its own process, as a real source would be: it must not share our GIL."""
+
+    def __init__(self, latency: float):
+        self.proc = subprocess.Popen([sys.executable, "-m", "workctl", "sources", "serve-sample", "--port", "0",
+                                      "--latency", str(latency)], stdout=subprocess.PIPE, text=True)
+        first = self.proc.stdout.readline()  # "Serving sample sources on http://127.0.0.1:PORT: …"
+        self.url = first.split(" on ", 1)[1].split(": ", 1)[0].strip()
+
+    def __enter__(self) -> "ServerProcess":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=10)
+
+
 def peak_rss(users: int, url: str) -> int:
     """Peak RSS (bytes) of a fresh process that proposes and syncs `users` users."""
     code = (
@@ -114,7 +130,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     seed_users = args.seed_users or min(args.users, 1000)
     figures: dict[str, list[float]] = {"workctl sync": [], "seed loop": [], "bare httpx loop": []}
-    with SampleServer(faults=Faults(latency=args.latency)) as server:
+    with ServerProcess(args.latency) as server:
         for _ in range(args.runs):  # interleaved, so drift hits every variant alike
             figures["bare httpx loop"].append(run_bare_loop(server.url, args.users))
             figures["workctl sync"].append(run_workctl_sync(server.url, args.users))

@@ -104,7 +104,8 @@ def test_checkout_response_defaults(wc, clock):
                          "lease_expires_at", "heartbeat_every_seconds", "lease_token"}
     assert item["state"] == "leased"
     assert item["order_id"] == order["order"]["id"]
-    assert item["input"] == {"source": "crm", "user_ids": [1, 2, 3], "fields": ["email", "phone", "company", "name"]}
+    assert item["input"] == {"source": "crm", "user_ids": [1, 2, 3], "fields": ["email", "phone", "company", "name"],
+                             "min_success_ratio": 1.0}
     assert (item["attempts"], item["max_attempts"]) == (1, 3)
     assert item["lease_expires_at"] == after(clock(), 600)
     assert item["heartbeat_every_seconds"] == 120

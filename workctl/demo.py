@@ -19,22 +19,20 @@ DEMO_FIELDS = ["email", "phone", "company"]
 
 def seed_users(path: str, count: int = DEMO_USERS) -> int:
     """Create the local users table (if needed) with users 1..count; return how many were added."""
-    from .store import connect
+    from .store import connect, translate, write_tx
 
     conn = connect(path)  # creates the file 0600 and the workctl schema
     try:
-        conn.execute("CREATE TABLE IF NOT EXISTS users (id INTEGER PRIMARY KEY, name TEXT NOT NULL, email TEXT, "
-                     "phone TEXT, company TEXT, password_hash TEXT, is_admin INTEGER NOT NULL DEFAULT 0)")
-        before = conn.total_changes
-        conn.execute("BEGIN IMMEDIATE")
-        conn.executemany("INSERT OR IGNORE INTO users (id, name) VALUES (?, ?)",
-                         [(i, f"User {i}") for i in range(1, count + 1)])
-        conn.execute("COMMIT")
-        return conn.total_changes - before
-    except sqlite3.Error:
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
-        raise
+        with write_tx(conn):
+            conn.execute("CREATE TABLE IF NOT EXISTS users (id INTEGER PRIMARY KEY, name TEXT NOT NULL, "
+                         "email TEXT, phone TEXT, company TEXT, password_hash TEXT, "
+                         "is_admin INTEGER NOT NULL DEFAULT 0)")
+            before = conn.total_changes
+            conn.executemany("INSERT OR IGNORE INTO users (id, name) VALUES (?, ?)",
+                             [(i, f"User {i}") for i in range(1, count + 1)])
+            return conn.total_changes - before
+    except sqlite3.Error as exc:
+        raise translate(exc, path) from exc
     finally:
         conn.close()
 

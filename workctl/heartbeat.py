@@ -1,40 +1,69 @@
-"""Keeping a lease alive from a background thread while an agent works (sync, run --exec)."""
+"""Keeping leases alive while an agent works (sync, run --exec): one background thread per run
+beats every lease the run holds, with its own store connection (opened at the first beat, so a run
+whose batches finish quickly never opens it)."""
 
 from __future__ import annotations
 
 import threading
-from typing import Any, Callable
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator
 
 from .errors import Conflict, WorkctlError
 
 
-class Heartbeat:
-    """Keeps a lease alive from a background thread with its own store connection (opened only at
-    the first beat, so a batch that finishes quickly costs no connection)."""
+@dataclass
+class Held:
+    """One lease being kept alive; ``lost`` is set when a beat finds it gone."""
 
-    def __init__(self, open_workctl: Callable[[], Any], item: dict[str, Any], agent: str, ttl: int | None,
-                 every: float):
-        self.open_workctl, self.item, self.agent, self.ttl, self.every = open_workctl, item, agent, ttl, every
-        self.stop_event = threading.Event()
-        self.lost: WorkctlError | None = None
-        self.thread = threading.Thread(target=self._run, name="workctl-heartbeat", daemon=True)
+    item: dict[str, Any]
+    agent: str
+    due: float
+    lost: WorkctlError | None = None
 
-    def __enter__(self) -> Heartbeat:
-        self.thread.start()
+
+class Heartbeats:
+    def __init__(self, open_workctl: Callable[[], Any], *, ttl: int | None, every: float,
+                 clock: Callable[[], float] = time.monotonic):
+        self.open_workctl, self.ttl, self.every, self.clock = open_workctl, ttl, every, clock
+        self.tick = min(every / 2, 1.0)
+        self._held: dict[str, Held] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="workctl-heartbeat", daemon=True)
+
+    def __enter__(self) -> Heartbeats:
+        self._thread.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.stop_event.set()
-        self.thread.join(timeout=30)
+        self._stop.set()
+        self._thread.join(timeout=30)
+
+    @contextmanager
+    def keep(self, item: dict[str, Any], agent: str) -> Iterator[Held]:
+        held = Held(item, agent, due=self.clock() + self.every)
+        with self._lock:
+            self._held[item["id"]] = held
+        try:
+            yield held
+        finally:
+            with self._lock:
+                self._held.pop(item["id"], None)
 
     def _run(self) -> None:
         with self.open_workctl() as wc:
-            while not self.stop_event.wait(self.every):
-                try:
-                    wc.heartbeat(self.item["id"], agent=self.agent, ttl=self.ttl,
-                                 lease_token=self.item["lease_token"])
-                except Conflict as exc:  # the lease is gone: stop, and let the loop drop the result
-                    self.lost = exc
-                    return
-                except WorkctlError:
-                    continue  # a locked store is retried at the next beat
+            while not self._stop.wait(self.tick):
+                now = self.clock()
+                with self._lock:
+                    due = [held for held in self._held.values() if held.due <= now and held.lost is None]
+                for held in due:
+                    try:
+                        wc.heartbeat(held.item["id"], agent=held.agent, ttl=self.ttl,
+                                     lease_token=held.item["lease_token"])
+                        held.due = now + self.every
+                    except Conflict as exc:  # the lease is gone: the worker drops its result
+                        held.lost = exc
+                    except WorkctlError:
+                        pass  # a locked store: try again at the next tick

@@ -19,7 +19,7 @@ from typing import Any
 
 from .errors import Conflict, Invalid, NoWork
 from .progress import Quiet
-from .heartbeat import Heartbeat
+from .heartbeat import Heartbeats
 
 STDERR_TAIL = 2000
 
@@ -82,11 +82,15 @@ class Runner:
             except BaseException as exc:  # surfaced after the other workers finish
                 errors.append(exc)
 
-        workers = [threading.Thread(target=guarded, args=(n,), name=f"workctl-run-{n}") for n in range(max(1, self.options.parallel))]
-        for worker in workers:
-            worker.start()
-        for worker in workers:
-            worker.join()
+        workers = [threading.Thread(target=guarded, args=(n,), name=f"workctl-run-{n}")
+                   for n in range(max(1, self.options.parallel))]
+        every = self.heartbeat_every or max(1.0, min(self.wc.config.heartbeat_every_seconds,
+                                                     (self.options.ttl or self.wc.config.ttl_seconds) / 3))
+        with Heartbeats(self._open, ttl=self.options.ttl, every=every) as self.heartbeats:
+            for worker in workers:
+                worker.start()
+            for worker in workers:
+                worker.join()
         self.report.seconds = time.monotonic() - started
         if errors:
             raise errors[0]
@@ -114,8 +118,7 @@ class Runner:
         self.listener.item_started(item)
         env = {**os.environ, "WORKCTL_ITEM_ID": item["id"], "WORKCTL_ORDER_ID": item["order_id"],
                "WORKCTL_LEASE_TOKEN": item["lease_token"], "WORKCTL_AGENT_ID": agent}
-        every = self.heartbeat_every or max(1.0, min(item["heartbeat_every_seconds"], (self.options.ttl or 600) / 3))
-        with Heartbeat(self._open, item, agent, self.options.ttl, every) as beat:
+        with self.heartbeats.keep(item, agent) as beat:
             proc = subprocess.Popen(self.options.command, shell=True, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                     stderr=subprocess.PIPE, text=True, env=env)
             try:

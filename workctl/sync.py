@@ -16,7 +16,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Protocol
 
 from .errors import Conflict, Invalid, NoWork, Usage, WorkctlError
-from .heartbeat import Heartbeat
+from .heartbeat import Heartbeats
 from .progress import Quiet
 from .sources.client import SourceClient, UserOutcome
 from .sources.config import SourceConfig, load_source
@@ -146,10 +146,13 @@ class Syncer:
             pending = self.wc.pending_item_count(self.options.order_id, SYNC_TYPE)
             self.listener.started(pending)
             workers = max(1, min(self.options.workers or self._default_workers(), pending or 1))
-            if workers == 1:
-                self._work(self.wc)
-            else:
-                self._run_parallel(workers)
+            every = self.heartbeat_every or max(1.0, min(self.wc.config.heartbeat_every_seconds,
+                                                         (self.options.ttl or self.wc.config.ttl_seconds) / 3))
+            with Heartbeats(self._open_peer, ttl=self.options.ttl, every=every) as self.heartbeats:
+                if workers == 1:
+                    self._work(self.wc)
+                else:
+                    self._run_parallel(workers)
         finally:
             for client in self.clients.values():
                 self.report.requests += client.stats.requests
@@ -209,10 +212,8 @@ class Syncer:
         except WorkctlError:
             wc.release(item["id"], agent=self.agent, lease_token=item["lease_token"])
             raise
-        every = self.heartbeat_every or max(1.0, min(item["heartbeat_every_seconds"],
-                                                     (self.options.ttl or 600) / 3))
         try:
-            with Heartbeat(self._open_peer, item, self.agent, self.options.ttl, every) as beat:
+            with self.heartbeats.keep(item, self.agent) as beat:
                 outcomes = client.fetch_batch(spec["user_ids"])
         except BaseException:
             wc.release(item["id"], agent=self.agent, lease_token=item["lease_token"])

@@ -60,8 +60,9 @@ class OrderType:
         yield PlannedItem(input=payload, max_attempts=int(payload.get("max_attempts", 3)))
 
     def validate_submission(self, item_input: dict[str, Any], result: Any,
-                            payload: dict[str, Any]) -> list[Problem]:
-        """Every problem with the agent's result; an empty list accepts it."""
+                            payload: Mapping[str, Any]) -> list[Problem]:
+        """Every problem with the agent's result; an empty list accepts it. ``payload`` is the order's,
+        parsed only when first read (prefer what the item's input carries)."""
         if not isinstance(result, dict):
             return [{"path": "$", "message": "result must be a JSON object"}]
         return []

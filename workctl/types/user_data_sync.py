@@ -104,13 +104,13 @@ class UserDataSync(OrderType):
         for start in range(0, len(ids), size):
             yield PlannedItem(
                 input={"source": payload["source"], "user_ids": ids[start:start + size],
-                       "fields": payload["fields"]},
+                       "fields": payload["fields"], "min_success_ratio": payload["min_success_ratio"]},
                 max_attempts=payload["max_attempts"],
             )
 
     # -- submit --------------------------------------------------------------------------------
     def validate_submission(self, item_input: dict[str, Any], result: Any,
-                            payload: dict[str, Any]) -> list[Problem]:
+                            payload: Mapping[str, Any]) -> list[Problem]:
         if not isinstance(result, dict):
             return [{"path": "$", "message": "result must be a JSON object"}]
         problems: list[Problem] = []
@@ -191,7 +191,10 @@ class UserDataSync(OrderType):
             shown = ", ".join(str(u) for u in missing[:10]) + (" …" if len(missing) > 10 else "")
             bad("synced_users", f"{len(missing)} batch users missing from the result ({shown}); every "
                                 "batch user must appear exactly once, in synced_users or failed_users")
-        minimum = float(payload.get("min_success_ratio", 1.0))
+        # Items carry the ratio (so agents can see it); the order payload is the fallback for items
+        # planned before they did.
+        minimum = float(item_input["min_success_ratio"] if "min_success_ratio" in item_input
+                        else payload.get("min_success_ratio", 1.0))
         if batch and not problems and synced_ok / len(batch) < minimum:
             bad("failed_users", f"success ratio {synced_ok}/{len(batch)} = {synced_ok / len(batch):.2f} is "
                                 f"below the order's min_success_ratio {minimum:g}")
