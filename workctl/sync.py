@@ -59,22 +59,29 @@ class SyncReport:
                 "approved": self.approved, "messages": self.messages}
 
 
+_SCALARS = frozenset({str, int, float, bool})
+
+
 def verify(outcome: UserOutcome, fields: list[str]) -> tuple[dict[str, Any] | None, str | None]:
     """(data, None) when every requested field is present, non-empty and a scalar; else (None, why)."""
     record = outcome.data or {}
-    missing = [f for f in fields if record.get(f) in (None, "")]
+    data = {f: record.get(f) for f in fields}
+    # Fast path first: this runs once per user, so it builds no message unless something is wrong.
+    if all(type(v) in _SCALARS and v != "" for v in data.values()):
+        return data, None
+    missing = [f for f, v in data.items() if v is None or v == ""]
     if missing:
         return None, f"missing or empty fields: {', '.join(missing)}"
-    bad = [f for f in fields if not isinstance(record[f], (str, int, float, bool))]
-    if bad:
-        return None, f"fields with non-scalar values: {', '.join(bad)}"
-    return {f: record[f] for f in fields}, None
+    bad = [f for f, v in data.items() if type(v) not in _SCALARS]
+    return None, f"fields with non-scalar values: {', '.join(bad)}"
 
 
-def build_result(user_ids: list[int], outcomes: list[UserOutcome], fields: list[str]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+def build_result(user_ids: list[int], outcomes: list[UserOutcome],
+                 fields: list[str]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The submission for a batch, plus the failed users with their error classes (for the report)."""
     synced, failed = [], []
     for outcome in outcomes:
-        if outcome.ok:
+        if outcome.data is not None:
             data, why = verify(outcome, fields)
             if data is not None:
                 synced.append({"user_id": outcome.user_id, "data": data, "verified": True})
@@ -83,10 +90,9 @@ def build_result(user_ids: list[int], outcomes: list[UserOutcome], fields: list[
         else:
             failed.append({"user_id": outcome.user_id, "error": outcome.error or "failed",
                            "error_class": outcome.error_class or "error"})
-    errors = sorted({f["error_class"] for f in failed})
     result = {"success": not failed, "synced_users": synced,
               "failed_users": [{"user_id": f["user_id"], "error": f"{f['error_class']}: {f['error']}"} for f in failed],
-              "errors": errors}
+              "errors": sorted({f["error_class"] for f in failed})}
     return result, failed
 
 

@@ -20,6 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
+from urllib.parse import parse_qsl
 from typing import Any, Callable, Iterable
 
 import httpx
@@ -145,10 +146,14 @@ class SourceClient:
     # -- one request, with retries ---------------------------------------------------------------
     def get_json(self, path: str) -> Any:
         """GET ``path`` with the retry policy; raise _Failure when it gives up."""
+        # Hand the query to httpx as params: it validates a raw URL character by character, which
+        # for a bulk request of 50 ids cost more CPU than the rest of the batch's work together.
+        path, _, query = path.partition("?")
+        params = parse_qsl(query, keep_blank_values=True) if query else None
         attempts = self.config.max_attempts
         for attempt in range(1, attempts + 1):
             try:
-                return self._once(path)
+                return self._once(path, params)
             except _Failure as failure:
                 if not failure.retryable or attempt == attempts:
                     if failure.retryable:
@@ -175,15 +180,15 @@ class SourceClient:
             self.on_wait(self.config.name, reason, seconds)
         self.sleep(seconds)
 
-    def _once(self, path: str) -> Any:
+    def _once(self, path: str, params: list[tuple[str, str]] | None = None) -> Any:
         waited = self.bucket.acquire()
         if waited and self.on_wait:
             self.on_wait(self.config.name, "rate limit", waited)
-        where = f"GET {self.config.name}{path.split('?')[0]}"
+        where = f"GET {self.config.name}{path}"
         with self.slots:
             self.stats.count(request=True)
             try:
-                response = self.http.get(path)
+                response = self.http.get(path, params=params)
             except httpx.TimeoutException as exc:
                 raise _Failure("timeout", f"{where}: timed out ({type(exc).__name__})", retryable=True) from None
             except (httpx.TransportError, httpx.StreamError) as exc:
@@ -227,6 +232,8 @@ class SourceClient:
 
     def _mapped(self, record: dict[str, Any]) -> dict[str, Any]:
         field_map = self.config.field_map
+        if not field_map:
+            return record
         return {field_map.get(k, k): v for k, v in record.items()}
 
     def fetch_user(self, user_id: int) -> UserOutcome:

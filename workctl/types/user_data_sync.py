@@ -154,12 +154,21 @@ class UserDataSync(OrderType):
 
         synced_ok = 0
         for i, entry in enumerate(synced):
+            # Fast path: a well-formed entry is checked without building any message or path.
+            if (type(entry) is dict and entry.keys() == _ENTRY_KEYS and entry["verified"] is True
+                    and type(user_id := entry["user_id"]) is int and user_id in batch_set and user_id not in seen
+                    and type(data := entry["data"]) is dict and data.keys() <= fields
+                    and all(type(v) in _PLAIN_SCALARS and (type(v) is not str or len(v) <= MAX_VALUE_CHARS)
+                            for v in data.values())):
+                seen[user_id] = f"synced_users.{i}"
+                synced_ok += 1
+                continue
             path = f"synced_users.{i}"
             if not isinstance(entry, dict):
                 bad(path, "must be an object {user_id, data, verified}")
                 continue
             for key in entry:
-                if key not in ("user_id", "data", "verified"):
+                if key not in _ENTRY_KEYS:
                     bad(f"{path}.{key}", "unknown key (allowed: user_id, data, verified)")
             counted = account(path, entry.get("user_id"))
             if entry.get("verified") is not True:
@@ -262,6 +271,10 @@ class UserDataSync(OrderType):
                       "unchanged": unchanged, "missing_locally": len(missing), "failed": len(failed)},
             "missing_user_ids": sorted(missing),
         }
+
+
+_ENTRY_KEYS = frozenset({"user_id", "data", "verified"})
+_PLAIN_SCALARS = frozenset({str, int, float, bool, type(None)})
 
 
 def _is_int(value: Any) -> bool:
