@@ -102,8 +102,68 @@ def m001_initial(db: Database) -> None:
         db.execute(statement)
 
 
+def m002_sync_records(db: Database) -> None:
+    """What the seed's variations keep: per-user failures, field-level provenance, delta cursors, the
+    notification outbox. All are written in the store's approve/submit transactions (see orders.py)."""
+    statements = [
+        # Variation 1: every failed user, per order and attempt (workctl failures, sync --retry-failed).
+        """CREATE TABLE sync_failures (
+            id INTEGER PRIMARY KEY,
+            order_id TEXT NOT NULL,
+            item_id TEXT NOT NULL,
+            user_id INTEGER NOT NULL,
+            source TEXT NOT NULL,
+            error_class TEXT NOT NULL,
+            message TEXT NOT NULL,
+            attempt INTEGER NOT NULL,
+            created_at TEXT NOT NULL
+        )""",
+        "CREATE INDEX sync_failures_order ON sync_failures(order_id, user_id)",
+        # Variation 3: every applied field change (workctl why, workctl revert).
+        """CREATE TABLE provenance (
+            id INTEGER PRIMARY KEY,
+            user_id INTEGER NOT NULL,
+            field TEXT NOT NULL,
+            old TEXT,
+            new TEXT,
+            source TEXT,
+            order_id TEXT NOT NULL,
+            item_id TEXT,
+            agent TEXT,
+            applied_at TEXT NOT NULL,
+            reverted_by TEXT
+        )""",
+        "CREATE INDEX provenance_user ON provenance(user_id, field, id)",
+        "CREATE INDEX provenance_order ON provenance(order_id)",
+        # Variation 5: the delta cursor per source, advanced only by the transaction that applies.
+        """CREATE TABLE sync_cursors (
+            source TEXT PRIMARY KEY,
+            cursor TEXT NOT NULL,
+            order_id TEXT NOT NULL,
+            updated_at TEXT NOT NULL
+        )""",
+        # Variation 4: notifications, written with the apply and sent after commit.
+        """CREATE TABLE outbox (
+            id INTEGER PRIMARY KEY,
+            webhook TEXT NOT NULL,
+            event TEXT NOT NULL,
+            order_id TEXT,
+            payload TEXT NOT NULL,
+            state TEXT NOT NULL DEFAULT 'pending',
+            attempts INTEGER NOT NULL DEFAULT 0,
+            next_attempt_at TEXT NOT NULL DEFAULT '',
+            last_error TEXT,
+            created_at TEXT NOT NULL,
+            sent_at TEXT
+        )""",
+        "CREATE INDEX outbox_pending ON outbox(next_attempt_at) WHERE state = 'pending'",
+    ]
+    for statement in statements:
+        db.execute(statement)
+
+
 # Append only. The names are the contract with databases already in the field.
-MIGRATIONS: list[Callable[[Database], None]] = [m001_initial]
+MIGRATIONS: list[Callable[[Database], None]] = [m001_initial, m002_sync_records]
 MIGRATION_NAMES: tuple[str, ...] = tuple(fn.__name__ for fn in MIGRATIONS)
 
 

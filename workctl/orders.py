@@ -247,8 +247,8 @@ def approve(s: Session, order_id: str, *, actor: Actor, dry_run: bool = False,
         raise _not_ready(row, s.conn, "approve")
     order_type = get_type(row["type"])
     order = {"id": row["id"], "type": row["type"], "payload": loads(row["payload"])}
-    items = [{"id": r[0], "state": r[1], "result": loads(r[2])} for r in s.conn.execute(
-        "SELECT id, state, result FROM items WHERE order_id = ? ORDER BY seq", (order_id,))]
+    items = [{"id": r[0], "state": r[1], "result": loads(r[2]), "submitted_by": r[3]} for r in s.conn.execute(
+        "SELECT id, state, result, submitted_by FROM items WHERE order_id = ? ORDER BY seq", (order_id,))]
     problems = order_type.can_approve(order["payload"], [it["result"] for it in items])
     if problems:
         raise Invalid("the order cannot be approved: " + "; ".join(p["message"] for p in problems),
@@ -284,6 +284,7 @@ def approve(s: Session, order_id: str, *, actor: Actor, dry_run: bool = False,
             if target.same:
                 diff = _apply_once(conn, order_type, settings, order, items, now)
             _finish_approval(conn, order_id, items, diff, actor, now)
+            order_type.record_applied(conn, order, items, diff, now)
             response = {"order": {"id": order_id, "state": "completed"}, "diff": diff}
             if key:
                 idempotency.store(conn, key, response, now)

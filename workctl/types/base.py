@@ -77,6 +77,11 @@ class OrderType:
         return {"before": {"applied_items": 0}, "after": {"applied_items": count},
                 "summary": f"Accepted {count} items", "changes": []}
 
+    def record_applied(self, store: sqlite3.Connection, order: Mapping[str, Any],
+                       items: list[dict[str, Any]], diff: Mapping[str, Any], now: str) -> None:
+        """Inside the store transaction that marks the order completed: keep what must be atomic with
+        the apply (provenance, cursors, outbox rows). ``items`` carry id, result and submitted_by."""
+
     def after_apply(self, order: Mapping[str, Any], diff: Mapping[str, Any]) -> None:
         """Runs after the apply committed (cache invalidation, notifications); must not raise."""
 
