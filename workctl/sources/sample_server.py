@@ -115,7 +115,8 @@ class _Handler(BaseHTTPRequestHandler):
         number, rng_value = srv.next_request()
         now = time.monotonic()
         parts = urlsplit(self.path)
-        srv.log.add(n=number, path=self.path, at=now, auth=self.headers.get("Authorization"))
+        srv.log.add(n=number, path=self.path, at=now, auth=self.headers.get("Authorization"),
+                    headers=dict(self.headers.items()))
         if faults.latency:
             time.sleep(faults.latency)
         if faults.drop_rate and rng_value() < faults.drop_rate:
