@@ -13,6 +13,9 @@ import pytest
 from helpers import make_users, run
 
 HEAVY = ("httpx", "jsonschema", "rich", "sqlite_utils")
+# What the Typer app brings, which the fast path must not.
+FALLBACK_ONLY = ("typer", "click", "pydantic", "pydantic_core", "annotated_doc", "shellingham", "pygments",
+                 "markdown_it")
 
 
 def imported_modules(args, cwd, env=None):
@@ -37,8 +40,10 @@ def store_with_work(tmp_path):
     return db
 
 
-@pytest.mark.parametrize("command", ["checkout", "status", "heartbeat", "submit"])
+@pytest.mark.parametrize("command", ["checkout", "status", "heartbeat", "release", "submit"])
 def test_agent_commands_import_no_heavy_modules(store_with_work, tmp_path, command):
+    """The hot agent commands run on the fast path (workctl.fastpath): no Typer (nor click, pydantic,
+    rich), no httpx, no jsonschema, no sqlite-utils; only the stdlib and workctl's own core modules."""
     db = str(store_with_work)
     lease = json.loads(subprocess.run([sys.executable, "-m", "workctl", "--db", db, "checkout", "--agent", "a",
                                        "--json"], capture_output=True, text=True, check=True).stdout)["item"]
@@ -49,9 +54,35 @@ def test_agent_commands_import_no_heavy_modules(store_with_work, tmp_path, comma
         "status": ["status", "--json"],
         "heartbeat": ["heartbeat", lease["id"], "--agent", "a", "--json"],
         "submit": ["submit", lease["id"], "--agent", "a", "--result", json.dumps(result), "--json"],
+        "release": ["release", lease["id"], "--agent", "a", "--json"],
     }[command]
     proc, modules = imported_modules(["--db", db, *argv], tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "workctl.cli" in modules
-    heavy = sorted(m for m in modules if m.split(".")[0] in HEAVY)
+    assert "workctl.fastpath" in modules
+    heavy = sorted(m for m in modules if m.split(".")[0] in HEAVY + FALLBACK_ONLY)
     assert heavy == [], heavy
+    typer_side = sorted(m for m in modules if m == "workctl.cli" or m.startswith("workctl.commands"))
+    assert typer_side == [], typer_side
+
+
+
+def test_checkout_json_loads_neither_httpx_nor_jsonschema_nor_typer(store_with_work, tmp_path):
+    """The figure P2 times: `workctl checkout --json`, through the console-script entry's fast path."""
+    proc, modules = imported_modules(["--db", str(store_with_work), "checkout", "--json", "--agent", "p2"], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads(proc.stdout)["item"]["lease_token"]
+    roots = {m.split(".")[0] for m in modules}
+    assert not roots & {"httpx", "jsonschema", "typer", "click", "pydantic", "rich"}, sorted(roots)
+    # uuid, hashlib and platform are loaded lazily by what needs them (propose, idempotency keys)
+    assert not roots & {"uuid", "hashlib", "platform"}, sorted(roots)
+
+
+def test_console_script_entry_is_the_fast_path():
+    """pyproject's [project.scripts] and `python -m workctl` both enter through workctl.fastpath:run."""
+    import tomllib
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    scripts = tomllib.loads((root / "pyproject.toml").read_text())["project"]["scripts"]
+    assert scripts["workctl"] == "workctl.fastpath:run"
+    assert "workctl.fastpath import run" in (root / "workctl" / "__main__.py").read_text()

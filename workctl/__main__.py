@@ -1,3 +1,3 @@
-from workctl.cli import run
+from workctl.fastpath import run
 
 run()

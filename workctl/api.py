@@ -118,8 +118,18 @@ class Workctl:
     @_store_errors
     def approve(self, order_id: str, *, dry_run: bool = False,
                 idempotency_key: str | None = None) -> dict[str, Any]:
-        return orders.approve(self.session, order_id, actor=self._operator(), dry_run=dry_run,
-                              idempotency_key=idempotency_key)
+        response = orders.approve(self.session, order_id, actor=self._operator(), dry_run=dry_run,
+                                  idempotency_key=idempotency_key)
+        if not dry_run:
+            # After the commit: send this order's webhooks (the outbox rows approve wrote). A failed
+            # delivery is recorded and retried by maintain; it never undoes the apply.
+            try:
+                sent = self._deliver_webhooks(order_id=order_id)
+            except Exception as exc:  # noqa: BLE001 — committed already; maintain sends what is left
+                sent = {"sent": 0, "failed": 0, "error": f"{type(exc).__name__}: {exc}"}
+            if sent is not None:
+                response = {**response, "webhooks": sent}
+        return response
 
     @_store_errors
     def reject(self, order_id: str, *, reason: str, requeue: bool = False,
@@ -133,7 +143,44 @@ class Workctl:
 
     @_store_errors
     def maintain(self) -> dict[str, Any]:
-        return orders.maintain(self.session)
+        result = orders.maintain(self.session)
+        sent = self._deliver_webhooks()  # re-send what is pending and due (after the maintenance commit)
+        return result if sent is None else {**result, "webhooks": sent}
+
+    # -- failures, delta cursors, webhooks (user.data.sync variations 1, 4, 5) -------------------
+    @_store_errors
+    def failures(self, order_id: str | None = None, *, source: str | None = None, error_class: str | None = None,
+                 limit: int = 1000) -> list[dict[str, Any]]:
+        """The per-user error ledger: every failed user of every submitted batch (oldest first)."""
+        from .failures import list_failures
+        return list_failures(self.session, order_id, source=source, error_class=error_class, limit=limit)
+
+    @_store_errors
+    def retry_failed(self, order_id: str, *, idempotency_key: str | None = None) -> dict[str, Any]:
+        """Propose a new order for exactly the users of ``order_id`` that failed (and are not synced since)."""
+        from .failures import SYNC_TYPE, retry_payload
+        return self.propose(SYNC_TYPE, retry_payload(self.session, order_id), idempotency_key=idempotency_key)
+
+    @_store_errors
+    def cursors(self) -> list[dict[str, Any]]:
+        """The delta-sync cursor of each source (moved only by the apply of a delta order)."""
+        from .delta import cursors
+        return cursors(self.session.conn)
+
+    @_store_errors
+    def outbox(self, *, order_id: str | None = None, state: str | None = None,
+               limit: int = 1000) -> list[dict[str, Any]]:
+        """Webhook notifications: pending, sent or failed (after their last attempt)."""
+        from .webhooks import outbox
+        return outbox(self.session, order_id=order_id, state=state, limit=limit)
+
+    def _deliver_webhooks(self, order_id: str | None = None) -> dict[str, int] | None:
+        """Send due outbox rows of the configured webhooks; None when no webhook is configured."""
+        from . import webhooks
+        hooks = webhooks.configured(self.config)
+        if not hooks:
+            return None
+        return webhooks.deliver(self.session, hooks, order_id=order_id)
 
     # -- views -----------------------------------------------------------------------------------
     @_store_errors
@@ -178,4 +225,28 @@ class Workctl:
     @_store_errors
     def log(self, order_id: str, *, after_id: int = 0) -> list[dict[str, Any]]:
         return queries.log(self.session, order_id, after_id=after_id)
+
+    # -- preview, revert, provenance (user.data.sync) -------------------------------------------
+    @_store_errors
+    def diff(self, order_id: str) -> dict[str, Any]:
+        """The field-level changes approve would make (a submitted order) or made (a completed one)."""
+        from .preview import preview
+        return preview(self.session, order_id, actor=self._operator())
+
+    @_store_errors
+    def revert(self, order_id: str, *, dry_run: bool = False) -> dict[str, Any]:
+        """Restore what an applied order overwrote, where the value is still the one it wrote."""
+        from .revert import revert
+        return revert(self.session, order_id, actor=self._operator(), dry_run=dry_run)
+
+    @_store_errors
+    def why(self, user_id: int, field: str | None = None) -> dict[str, Any]:
+        """The recorded history of a user's fields (every value, when, by which order/source/agent)."""
+        from .provenance import history
+        return history(self.session, user_id, field)
+
+    def sensitive_fields(self, type_name: str = "user.data.sync") -> frozenset[str]:
+        """Fields whose values human output masks (``[types."<type>"] sensitive_fields``)."""
+        from .masking import sensitive_fields
+        return sensitive_fields(self.config.type_settings(type_name))
 

@@ -11,6 +11,10 @@ import typer
 from . import __version__
 from .commands import (approve, checkout, demo, heartbeat, log, maintain, orders, propose, reject, release,
                        retry, run, show, sources, status, submit, sync, types)
+from .commands import diff as diff_command
+from .commands import revert as revert_command
+from .commands import why as why_command
+from .commands import failures as failures_command
 from .commands._common import Globals
 from .errors import ExitCode
 
@@ -46,7 +50,8 @@ app.add_typer(types.app, name="types")
 app.add_typer(sources.app, name="sources")
 for command in (demo.demo, propose.propose, checkout.checkout, heartbeat.heartbeat, release.release, submit.submit,
                 approve.approve, reject.reject, status.status, orders.orders, show.show, log.log,
-                maintain.maintain, retry.retry, sync.sync, run.run):
+                maintain.maintain, retry.retry, sync.sync, run.run, diff_command.diff, revert_command.revert,
+                why_command.why, failures_command.failures):
     app.command(command.__name__)(command)
 
 

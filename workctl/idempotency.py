@@ -7,7 +7,6 @@ JSON. Only successful responses are stored (a failure changes nothing, so a retr
 
 from __future__ import annotations
 
-import hashlib
 import json
 import sqlite3
 from dataclasses import dataclass
@@ -24,6 +23,8 @@ class Key:
 
     @classmethod
     def make(cls, scope: str, key: str, request: Any) -> Key:
+        import hashlib  # only requests with a key pay for it (start-up time of the agent commands)
+
         canonical = json.dumps(request, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
         return cls(scope, hashlib.sha256(key.encode()).hexdigest(),
                    hashlib.sha256(canonical.encode()).hexdigest())

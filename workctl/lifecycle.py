@@ -76,8 +76,13 @@ def check(entity: str, current: str | None, target: str) -> str:
     return allowed[target]
 
 
+# One encoder for every compact dump: ``json.dumps`` with non-default options builds a new JSONEncoder
+# per call, which dominated approve's per-change provenance rows. Same output, same errors.
+_COMPACT = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+
+
 def dumps(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    return _COMPACT(value)
 
 
 def append_event(conn: sqlite3.Connection, *, now: str, actor: Actor, event: str, entity: str,

@@ -162,8 +162,22 @@ def m002_sync_records(db: Database) -> None:
         db.execute(statement)
 
 
+def m003_reverts(db: Database) -> None:
+    """workctl revert: one row per reverted order, written in the store transaction that records the
+    revert; its primary key is what makes a second revert of the same order impossible."""
+    db.execute("""CREATE TABLE reverts (
+        order_id TEXT PRIMARY KEY,
+        id TEXT NOT NULL UNIQUE,
+        actor TEXT NOT NULL,
+        restored INTEGER NOT NULL,
+        skipped INTEGER NOT NULL,
+        result TEXT NOT NULL,
+        created_at TEXT NOT NULL
+    )""")
+
+
 # Append only. The names are the contract with databases already in the field.
-MIGRATIONS: list[Callable[[Database], None]] = [m001_initial, m002_sync_records]
+MIGRATIONS: list[Callable[[Database], None]] = [m001_initial, m002_sync_records, m003_reverts]
 MIGRATION_NAMES: tuple[str, ...] = tuple(fn.__name__ for fn in MIGRATIONS)
 
 

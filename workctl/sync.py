@@ -15,6 +15,8 @@ from collections import Counter
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Protocol
 
+from .clock import iso
+from .delta import fetch_since
 from .errors import Conflict, Invalid, NoWork, Usage, WorkctlError
 from .heartbeat import Heartbeats
 from .progress import Quiet
@@ -40,6 +42,7 @@ class SyncReport:
     items_lost: int = 0
     users_synced: int = 0
     users_failed: int = 0
+    users_unchanged: int = 0  # delta sync: not changed at the source, so not fetched
     failures_by_class: Counter[str] = field(default_factory=Counter)
     failed_users: list[dict[str, Any]] = field(default_factory=list)
     requests: int = 0
@@ -52,7 +55,7 @@ class SyncReport:
         return {"orders": self.orders, "items": {"submitted": self.items_submitted, "released": self.items_released,
                                                  "lost": self.items_lost},
                 "users": {"synced": self.users_synced, "failed": self.users_failed,
-                          "failed_by_class": dict(self.failures_by_class)},
+                          "failed_by_class": dict(self.failures_by_class), "unchanged": self.users_unchanged},
                 "failed_users": self.failed_users, "requests": self.requests, "retries": self.retries,
                 "seconds": round(self.seconds, 3),
                 "users_per_second": round(self.users_synced / self.seconds, 1) if self.seconds else None,
@@ -79,8 +82,11 @@ def verify(outcome: UserOutcome, fields: list[str]) -> tuple[dict[str, Any] | No
 def build_result(user_ids: list[int], outcomes: list[UserOutcome],
                  fields: list[str]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """The submission for a batch, plus the failed users with their error classes (for the report)."""
-    synced, failed = [], []
+    synced, failed, unchanged = [], [], []
     for outcome in outcomes:
+        if outcome.unchanged:  # delta sync: not changed at the source since the order's `since`
+            unchanged.append({"user_id": outcome.user_id})
+            continue
         if outcome.data is not None:
             data, why = verify(outcome, fields)
             if data is not None:
@@ -93,6 +99,8 @@ def build_result(user_ids: list[int], outcomes: list[UserOutcome],
     result = {"success": not failed, "synced_users": synced,
               "failed_users": [{"user_id": f["user_id"], "error": f"{f['error_class']}: {f['error']}"} for f in failed],
               "errors": sorted({f["error_class"] for f in failed})}
+    if unchanged:
+        result["unchanged_users"] = unchanged
     return result, failed
 
 
@@ -218,13 +226,16 @@ class Syncer:
         except WorkctlError:
             wc.release(item["id"], agent=self.agent, lease_token=item["lease_token"])
             raise
+        fetched_at = iso(wc.clock())  # skip_if_newer compares local change times with this
         try:
             with self.heartbeats.keep(item, self.agent) as beat:
-                outcomes = client.fetch_batch(spec["user_ids"])
+                outcomes = client.fetch_batch(spec["user_ids"], field_map=spec.get("field_map"),
+                                              since=fetch_since(spec))
         except BaseException:
             wc.release(item["id"], agent=self.agent, lease_token=item["lease_token"])
             raise
         result, failed = build_result(spec["user_ids"], outcomes, spec["fields"])
+        result["fetched_at"] = fetched_at
         if beat.lost is not None:
             self._lost(item, str(beat.lost))
             return
@@ -248,6 +259,7 @@ class Syncer:
         with self.lock:
             self.report.items_submitted += 1
             self.report.users_synced += synced
+            self.report.users_unchanged += len(result.get("unchanged_users", ()))
         self._record_failures(item, failed)
         self.listener.item_finished(item, "submitted", synced, len(failed))
         # Only the submit that completed the order sees it 'submitted', so exactly one worker approves.
@@ -307,11 +319,21 @@ def _ints(tokens: list[str], *, origin: str) -> list[int]:
 
 
 def propose_from_source(wc: Any, *, source: str | None, users: str | None, fields: str | None,
-                        batch_size: int | None) -> str:
-    """The cron one-liner's first step: propose a user.data.sync order; return its id."""
+                        batch_size: int | None, delta: bool = False, since: str | None = None) -> str:
+    """The cron one-liner's first step: propose a user.data.sync order; return its id.
+
+    ``delta`` (implied by ``since``) makes it a delta order, for ``--users all`` unless told otherwise;
+    without ``since`` it starts from the source's stored cursor (workctl.delta)."""
+    delta = delta or since is not None
+    if delta and source and not users:
+        users = "all"
     if not source or not users:
         raise Usage("--source and --users go together (e.g. --source crm --users 1-150)")
     payload: dict[str, Any] = {"source": source, "user_ids": parse_users(users, wc.local_user_ids)}
+    if delta:
+        payload["sync_mode"] = "delta"
+    if since is not None:
+        payload["since"] = since
     if fields:
         payload["fields"] = [f.strip() for f in fields.split(",") if f.strip()]
     if batch_size:

@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from .. import output
+from ..fastpath import show_checkout
 from ._common import Agent, Json, Ttl, boundary, open_workctl
 
 
@@ -22,12 +22,4 @@ def checkout(
     """Lease the next item (highest priority, then oldest); exit 3 when there is none."""
     with open_workctl(ctx) as wc:
         result = wc.checkout(order_id, agent=agent, type_name=type_name, ttl=ttl)
-    if json_:
-        output.print_json(result)
-        return
-    item = result["item"]
-    output.line(f"Leased item {item['id']} of order {item['order_id']} until {item['lease_expires_at']} "
-                f"(attempt {item['attempts']}/{item['max_attempts']}, heartbeat every "
-                f"{item['heartbeat_every_seconds']} s)")
-    output.line(f"lease token: {item['lease_token']}")
-    output.line(f"input: {output.compact(item['input'], 200)}")
+    show_checkout(result, json_)  # shared with the fast path (workctl.fastpath)

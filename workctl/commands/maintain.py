@@ -16,4 +16,7 @@ def maintain(ctx: typer.Context, json_: Json = False) -> None:
     if json_:
         output.print_json(result)
         return
-    output.line(", ".join(f"{name.replace('_', ' ')}: {count}" for name, count in result.items()))
+    output.line(", ".join(f"{name.replace('_', ' ')}: {count}" for name, count in result.items()
+                          if not isinstance(count, dict)))
+    if "webhooks" in result:  # only when [[webhooks]] are configured
+        output.line("webhooks: " + ", ".join(f"{name} {count}" for name, count in result["webhooks"].items()))

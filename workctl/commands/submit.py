@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from .. import output
+from ..fastpath import show_submit
 from ..jsoninput import read_json
 from ._common import Agent, IdempotencyKey, Json, LeaseToken, boundary, open_workctl
 
@@ -26,8 +26,4 @@ def submit(
     with open_workctl(ctx) as wc:
         response = wc.submit(item_id, document, agent=agent, lease_token=lease_token,
                              idempotency_key=idempotency_key)
-    if json_:
-        output.print_json(response)
-        return
-    order = response["order"]
-    output.line(f"Submitted item {item_id}; order {order['id']} is {order['state']}")
+    show_submit(response, item_id, json_)  # shared with the fast path (workctl.fastpath)

@@ -20,14 +20,16 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, urlencode
 from typing import Any, Callable, Iterable
 
 import httpx
 
+from .. import fieldmap
 from .config import SourceConfig
 
 RETRY_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
+NOT_MODIFIED = object()  # get_json's answer to a 304 (delta sync: the user did not change)
 logging.getLogger("httpx").setLevel(logging.WARNING)  # httpx logs full URLs (secrets) at INFO
 logging.getLogger("httpcore").setLevel(logging.WARNING)
 
@@ -40,6 +42,7 @@ class UserOutcome:
     data: dict[str, Any] | None = None
     error_class: str | None = None
     error: str | None = None
+    unchanged: bool = False  # delta sync: the source did not change this user since `since`
 
     @property
     def ok(self) -> bool:
@@ -195,6 +198,8 @@ class SourceClient:
                 raise _Failure("connection", f"{where}: {self.redact(type(exc).__name__ + ': ' + str(exc))}",
                                retryable=True) from None
         status = response.status_code
+        if status == 304:  # delta sync: "not modified since" (only asked for with a since parameter)
+            return NOT_MODIFIED
         if status >= 400:
             retryable = status in RETRY_STATUSES
             error_class = ("rate_limited" if status == 429 else "server_error" if status >= 500
@@ -230,38 +235,74 @@ class SourceClient:
             body = body[key]
         return body
 
-    def _mapped(self, record: dict[str, Any]) -> dict[str, Any]:
-        field_map = self.config.field_map
-        if not field_map:
-            return record
-        return {field_map.get(k, k): v for k, v in record.items()}
+    def _mapped(self, record: dict[str, Any], order_map: dict[str, str] | None = None) -> dict[str, Any]:
+        """External names to local columns: the source's field_map, then the order's (which wins)."""
+        return fieldmap.apply(record, self.config.field_map, order_map)
 
-    def fetch_user(self, user_id: int) -> UserOutcome:
+    def _delta(self, path: str, since: str | None) -> str:
+        """``path`` with the source's delta parameter when a delta fetch has a ``since``."""
+        if not since or not self.config.delta_param:
+            return path
+        return f"{path}{'&' if '?' in path else '?'}{urlencode({self.config.delta_param: since})}"
+
+    def fetch_user(self, user_id: int, *, field_map: dict[str, str] | None = None,
+                   since: str | None = None) -> UserOutcome:
         try:
-            record = self._extract(self.get_json(self.config.user_path.format(user_id=user_id)))
+            body = self.get_json(self._delta(self.config.user_path.format(user_id=user_id), since))
+            if body is NOT_MODIFIED:
+                if since and self.config.delta_param:
+                    return UserOutcome(user_id, unchanged=True)
+                raise _Failure("http_304", f"GET {self.config.name}: HTTP 304 to a request that was not "
+                               "conditional", retryable=False)
+            record = self._extract(body)
             if not isinstance(record, dict):
                 raise _Failure("malformed", "user record is not an object", retryable=False)
-            return UserOutcome(user_id, data=self._mapped(record))
+            return UserOutcome(user_id, data=self._mapped(record, field_map))
         except _Failure as failure:
             return UserOutcome(user_id, error_class=failure.error_class, error=self.redact(failure.message))
 
-    def fetch_batch(self, user_ids: list[int], *, workers: int | None = None) -> list[UserOutcome]:
-        """Every user of the batch, in order: one bulk request if configured, else parallel GETs."""
-        if self.config.bulk_path:
-            return self._fetch_bulk(user_ids)
-        with ThreadPoolExecutor(max_workers=min(workers or self.config.concurrency, len(user_ids) or 1)) as pool:
-            return list(pool.map(self.fetch_user, user_ids))
+    def fetch_batch(self, user_ids: list[int], *, workers: int | None = None,
+                    field_map: dict[str, str] | None = None, since: str | None = None) -> list[UserOutcome]:
+        """Every user of the batch, in order: one bulk request if configured, else parallel GETs.
 
-    def _fetch_bulk(self, user_ids: list[int]) -> list[UserOutcome]:
+        ``field_map`` is the order's map (over the source's); ``since`` makes it a delta fetch."""
+        if self.config.bulk_path:
+            return self._fetch_bulk(user_ids, field_map=field_map, since=since)
+        with ThreadPoolExecutor(max_workers=min(workers or self.config.concurrency, len(user_ids) or 1)) as pool:
+            return list(pool.map(lambda u: self.fetch_user(u, field_map=field_map, since=since), user_ids))
+
+    def _fetch_bulk(self, user_ids: list[int], *, field_map: dict[str, str] | None = None,
+                    since: str | None = None) -> list[UserOutcome]:
         path = self.config.bulk_path.format(ids=",".join(str(u) for u in user_ids))  # type: ignore[union-attr]
+        delta = bool(since and self.config.delta_param)
         try:
-            records = self._extract(self.get_json(path))
+            body = self.get_json(self._delta(path, since))
+            if body is NOT_MODIFIED:
+                if not delta:
+                    raise _Failure("http_304", f"GET {self.config.name}: HTTP 304 to a request that was not "
+                                   "conditional", retryable=False)
+                return [UserOutcome(u, unchanged=True) for u in user_ids]
+            records = self._extract(body)
             if not isinstance(records, list):
                 raise _Failure("malformed", "bulk response is not a list of users", retryable=False)
         except _Failure as failure:
             message = self.redact(failure.message)
             return [UserOutcome(u, error_class=failure.error_class, error=message) for u in user_ids]
         by_id = {r.get(self.config.id_field): r for r in records if isinstance(r, dict)}
-        return [UserOutcome(u, data=self._mapped(by_id[u])) if u in by_id else
-                UserOutcome(u, error_class="not_found", error=f"user {u} not found in {self.config.name}")
-                for u in user_ids]
+        if delta:
+            # A delta response holds only changed users. The rest are unchanged, except users the source
+            # lists as "missing"; when it also lists "unchanged", a user in neither list is not found.
+            top = body if isinstance(body, dict) else {}
+            missing = set(top.get("missing") or ()) if isinstance(top.get("missing"), list) else set()
+            listed = top.get("unchanged")
+            unchanged = set(listed) if isinstance(listed, list) else None
+        outcomes = []
+        for u in user_ids:
+            if u in by_id:
+                outcomes.append(UserOutcome(u, data=self._mapped(by_id[u], field_map)))
+            elif delta and u not in missing and (unchanged is None or u in unchanged):
+                outcomes.append(UserOutcome(u, unchanged=True))
+            else:
+                outcomes.append(UserOutcome(u, error_class="not_found",
+                                            error=f"user {u} not found in {self.config.name}"))
+        return outcomes

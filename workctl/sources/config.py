@@ -13,6 +13,7 @@
     concurrency = 8
     max_attempts = 5
     field_map = { email_address = "email", mobile = "phone" }   # external name -> local column
+    delta_param = "updated_since"              # delta sync: ?updated_since=<since> ("" = no filtering)
 
 crm, analytics and billing need no section at all when ``WORKCTL_SOURCE_<NAME>_URL`` is set: they then
 use the defaults above (the sample server's layout).
@@ -31,6 +32,7 @@ KNOWN_SOURCES = ("crm", "analytics", "billing")
 AUTH_KINDS = ("none", "bearer", "header", "query", "basic")
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")
 _COLUMN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+_PARAM = re.compile(r"^[A-Za-z0-9_.\-\[\]]{0,64}$")
 
 
 class MissingSecret(Invalid):
@@ -59,6 +61,7 @@ class SourceConfig:
     backoff_cap: float = 60.0
     retry_after_cap: float = 300.0
     field_map: Mapping[str, str] = field(default_factory=dict)
+    delta_param: str = "updated_since"  # delta sync: the query parameter carrying `since` ("" = cannot filter)
 
     def secret(self) -> str | None:
         """The secret from the environment, or None when the source needs none."""
@@ -119,6 +122,8 @@ def load_source(name: str, raw: Mapping[str, Any]) -> SourceConfig:
     if not isinstance(field_map, dict) or not all(isinstance(k, str) and isinstance(v, str) and _COLUMN.match(v)
                                                   for k, v in field_map.items()):
         raise Invalid(f"source {name}: field_map must map external names to column names", code="source_invalid")
+    if not isinstance(section.get("delta_param", ""), str) or not _PARAM.match(section.get("delta_param", "")):
+        raise Invalid(f"source {name}: delta_param must be a query parameter name (or \"\")", code="source_invalid")
     try:
         config = SourceConfig(name=name, base_url=str(base_url).rstrip("/"), **section)
     except TypeError as exc:

@@ -6,6 +6,11 @@ mocked transport). Data is deterministic for any user id, so a test can predict 
 Routes, for SOURCE in crm | analytics | billing:
     GET /SOURCE/users/{id}           -> {"data": {...user...}}           (404 for unknown users)
     GET /SOURCE/users?ids=1,2,3      -> {"data": [{...}, ...], "missing": [ids not found]}
+
+Delta sync: every user has a deterministic ``updated_at`` (between 2026-01-01 and 2026-03-02, see
+``updated_at``). With ``?updated_since=<ISO date-time>`` the per-user route answers 304 (no body)
+for a user not updated after it, and the bulk route returns only the users updated after it, with
+the others listed in ``"unchanged"``. A malformed ``updated_since`` is a 400.
     GET /health                      -> {"ok": true}
 
 Faults (all off by default; a seeded RNG keeps runs repeatable):
@@ -14,6 +19,8 @@ Faults (all off by default; a seeded RNG keeps runs repeatable):
     throttle_first the first N requests (after fail_first) answered 429 with Retry-After
     rate_limit     requests per second allowed; beyond it 429 with Retry-After
     latency        seconds added to every response
+    slow_rate      share of requests delayed by a further slow_latency seconds (timeouts, slow answers)
+    burst_every    5xx bursts: of every burst_every requests, the first burst_length answered 503
     malformed_rate share of responses with a truncated JSON body
     drop_rate      share of connections closed without any response
     missing        user ids that do not exist (404 / listed in "missing"); ids > max_user_id too
@@ -41,8 +48,20 @@ _PLANS = ("free", "pro", "enterprise")
 _EPOCH = datetime(2026, 1, 1, tzinfo=timezone.utc)
 
 
+def updated_at(source: str, user_id: int) -> datetime:
+    """When the source last changed a user: deterministic, spread over 60 days from 2026-01-01."""
+    offset = SOURCES.index(source) * 1009 if source in SOURCES else 0
+    return _EPOCH + timedelta(minutes=(user_id * 7919 + offset) % (60 * 24 * 60))
+
+
 def sample_user(source: str, user_id: int) -> dict[str, Any]:
-    """The deterministic record a source holds for a user."""
+    """The deterministic record a source holds for a user (plus its ``updated_at``, see above)."""
+    record = _sample_record(source, user_id)
+    record["updated_at"] = updated_at(source, user_id).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return record
+
+
+def _sample_record(source: str, user_id: int) -> dict[str, Any]:
     if source == "crm":
         return {"id": user_id, "email": f"user{user_id}@example.com", "phone": f"+1-555-{user_id:07d}",
                 "company": _COMPANIES[user_id % len(_COMPANIES)],
@@ -66,6 +85,10 @@ class Faults:
     rate_limit: float = 0.0
     retry_after: str = "1"
     latency: float = 0.0
+    slow_rate: float = 0.0
+    slow_latency: float = 0.0
+    burst_every: int = 0
+    burst_length: int = 0
     malformed_rate: float = 0.0
     drop_rate: float = 0.0
     missing: frozenset[int] = frozenset()
@@ -119,6 +142,8 @@ class _Handler(BaseHTTPRequestHandler):
                     headers=dict(self.headers.items()))
         if faults.latency:
             time.sleep(faults.latency)
+        if faults.slow_rate and rng_value() < faults.slow_rate:
+            time.sleep(faults.slow_latency)
         if faults.drop_rate and rng_value() < faults.drop_rate:
             self.close_connection = True
             self.connection.close()
@@ -127,6 +152,8 @@ class _Handler(BaseHTTPRequestHandler):
             return self._send(401, {"error": "unauthorized"})
         if number <= faults.fail_first:
             return self._send(503, {"error": "warming up"})
+        if faults.burst_every and (number - 1) % faults.burst_every < faults.burst_length:
+            return self._send(503, {"error": "overloaded (burst)"})
         throttled = faults.fail_first < number <= faults.fail_first + faults.throttle_first
         if throttled or (faults.rate_limit and not srv.admit(now)):
             return self._send(429, {"error": "rate limited"}, headers={"Retry-After": faults.retry_after})
@@ -139,6 +166,15 @@ class _Handler(BaseHTTPRequestHandler):
         if len(segments) < 2 or segments[0] not in SOURCES or segments[1] != "users":
             return self._send(404, {"error": f"no route {parts.path}"})
         source = segments[0]
+        query = parse_qs(parts.query)
+        since = None
+        if "updated_since" in query:  # delta sync
+            try:
+                since = datetime.fromisoformat(query["updated_since"][0].replace("Z", "+00:00"))
+                if since.tzinfo is None:
+                    raise ValueError("no time zone")
+            except ValueError:
+                return self._send(400, {"error": "updated_since must be an ISO-8601 date-time with a zone"})
         if len(segments) == 3:
             try:
                 user_id = int(segments[2])
@@ -146,15 +182,26 @@ class _Handler(BaseHTTPRequestHandler):
                 return self._send(400, {"error": "user id must be an integer"})
             if not self._exists(user_id):
                 return self._send(404, {"error": f"user {user_id} not found"})
+            if since is not None and updated_at(source, user_id) <= since:
+                return self._send_not_modified()
             return self._send(200, {"data": sample_user(source, user_id)}, malformed=malformed)
-        query = parse_qs(parts.query)
         try:
             ids = [int(x) for x in ",".join(query.get("ids", [])).split(",") if x]
         except ValueError:
             return self._send(400, {"error": "ids must be integers"})
-        found = [sample_user(source, i) for i in ids if self._exists(i)]
         missing = [i for i in ids if not self._exists(i)]
-        return self._send(200, {"data": found, "missing": missing}, malformed=malformed)
+        present = [i for i in ids if self._exists(i)]
+        if since is None:
+            return self._send(200, {"data": [sample_user(source, i) for i in present], "missing": missing},
+                              malformed=malformed)
+        changed = [i for i in present if updated_at(source, i) > since]
+        unchanged = [i for i in present if updated_at(source, i) <= since]
+        return self._send(200, {"data": [sample_user(source, i) for i in changed], "missing": missing,
+                                "unchanged": unchanged}, malformed=malformed)
+
+    def _send_not_modified(self) -> None:
+        self.send_response(304)
+        self.end_headers()
 
     def _exists(self, user_id: int) -> bool:
         faults = self.server.faults
@@ -176,6 +223,14 @@ class _Handler(BaseHTTPRequestHandler):
 
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        import sys
+
+        # A client that went away mid-response (a killed sync, a client timeout) is not a server error.
+        if isinstance(sys.exc_info()[1], (BrokenPipeError, ConnectionResetError)):
+            return
+        super().handle_error(request, client_address)
     allow_reuse_address = True
 
     def __init__(self, address: tuple[str, int], faults: Faults):

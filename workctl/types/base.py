@@ -30,6 +30,7 @@ class ApplyContext:
     target: sqlite3.Connection
     settings: Mapping[str, Any] = field(default_factory=dict)
     dry_run: bool = False
+    now: str | None = None  # the approve's clock (ISO-8601 UTC); None in a dry run or a plugin's own call
 
 
 class OrderType:
@@ -41,8 +42,11 @@ class OrderType:
         """Full JSON Schema validation; every error is reported with its JSON path (exit 5)."""
         import jsonschema  # heavy (~90 ms): only propose pays for it
 
+        from .bulkcheck import reduced_schema  # big id arrays proven valid in C-speed passes, not per element
+
         validator_cls = jsonschema.validators.validator_for(self.schema)
-        validator = validator_cls(self.schema, format_checker=validator_cls.FORMAT_CHECKER)
+        schema = reduced_schema(self.schema, payload) or self.schema
+        validator = validator_cls(schema, format_checker=validator_cls.FORMAT_CHECKER)
         errors = sorted(validator.iter_errors(payload), key=lambda e: [str(p) for p in e.absolute_path])
         if errors:
             details = [{"path": _json_path(err.absolute_path), "message": err.message} for err in errors]
@@ -76,6 +80,11 @@ class OrderType:
         count = sum(1 for _ in items)
         return {"before": {"applied_items": 0}, "after": {"applied_items": count},
                 "summary": f"Accepted {count} items", "changes": []}
+
+    def record_submitted(self, store: sqlite3.Connection, item: Mapping[str, Any], result: Any,
+                         now: str) -> None:
+        """Inside submit's store transaction, once the result is accepted: keep what must be atomic
+        with the submission (the error ledger). ``item`` carries id, order_id, input and attempts."""
 
     def record_applied(self, store: sqlite3.Connection, order: Mapping[str, Any],
                        items: list[dict[str, Any]], diff: Mapping[str, Any], now: str) -> None:

@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import re
 import sqlite3
+from datetime import datetime
 from typing import Any, Iterable, Iterator, Mapping
 
+from .. import provenance
+from .. import delta, failures, fieldmap
 from ..errors import Invalid
 from .base import ApplyContext, OrderType, PlannedItem, Problem
 
@@ -50,7 +53,7 @@ def allowed_columns(conn: sqlite3.Connection, deny: Iterable[str] = DEFAULT_DENY
     deny_lower = [d.lower() for d in deny]
     return [c for c in columns
             if c.lower() != "id" and not any(d in c.lower() for d in deny_lower)
-            and re.match(IDENTIFIER, c)]
+            and re.match(IDENTIFIER, c) and not provenance.is_provenance_column(c)]
 
 
 class UserDataSync(OrderType):
@@ -70,6 +73,19 @@ class UserDataSync(OrderType):
             "batch_size": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 50},
             "max_attempts": {"type": "integer", "minimum": 1, "maximum": 100, "default": 3},
             "min_success_ratio": {"type": "number", "minimum": 0, "maximum": 1, "default": 1.0},
+            # Variation 2: external -> local names, winning over the source's field_map (workctl.fieldmap).
+            "field_map": {"type": "object", "maxProperties": 200,
+                          "propertyNames": {"minLength": 1, "maxLength": 200},
+                          "additionalProperties": {"type": "string", "pattern": IDENTIFIER}},
+            # Variation 5: fetch only users changed since the cursor or `since` (workctl.delta).
+            "sync_mode": {"type": "string", "enum": list(delta.MODES), "default": "full"},
+            "since": {"type": "string", "format": "date-time"},
+            # Variation 1: the order whose failed users this one retries (workctl.failures).
+            "retry_of": {"type": "string", "minLength": 1, "maxLength": 100},
+            # Variation 3: per-field conflict policy (default overwrite) and opt-in provenance columns.
+            "policies": {"type": "object", "propertyNames": {"pattern": IDENTIFIER},
+                         "additionalProperties": {"enum": list(provenance.POLICIES)}},
+            "provenance_columns": {"type": "boolean", "default": False},
         },
     }
 
@@ -78,6 +94,8 @@ class UserDataSync(OrderType):
         target: sqlite3.Connection = settings["target"]
         allowed = allowed_columns(target, deny_list(settings))
         prepared = dict(payload)
+        fieldmap.check(payload.get("field_map"), allowed)
+        delta.prepare(payload, prepared, settings.get("store"))
         if "fields" in payload:
             problems = [
                 {"path": f"fields.{i}",
@@ -94,6 +112,11 @@ class UserDataSync(OrderType):
                               f"({', '.join(SOURCE_FIELDS[payload['source']])}) is an allowed column",
                               code="field_not_allowed", details=[{"path": "fields", "message": "required here"}])
             prepared["fields"] = defaults
+        policy_problems = provenance.check_payload(prepared, prepared["fields"])
+        if policy_problems:
+            raise Invalid("policies name fields the order does not sync: "
+                          + "; ".join(p["message"] for p in policy_problems[:3]),
+                          code="payload_invalid", details=policy_problems)
         prepared.setdefault("batch_size", 50)
         prepared.setdefault("max_attempts", 3)
         prepared.setdefault("min_success_ratio", 1.0)
@@ -104,7 +127,8 @@ class UserDataSync(OrderType):
         for start in range(0, len(ids), size):
             yield PlannedItem(
                 input={"source": payload["source"], "user_ids": ids[start:start + size],
-                       "fields": payload["fields"], "min_success_ratio": payload["min_success_ratio"]},
+                       "fields": payload["fields"], "min_success_ratio": payload["min_success_ratio"],
+                       **_item_extras(payload)},
                 max_attempts=payload["max_attempts"],
             )
 
@@ -119,8 +143,12 @@ class UserDataSync(OrderType):
             problems.append({"path": path, "message": message})
 
         for key in result:
-            if key not in ("success", "synced_users", "failed_users", "errors"):
-                bad(key, "unknown key (allowed: success, synced_users, failed_users, errors)")
+            if key not in ("success", "synced_users", "failed_users", "errors", "fetched_at", "unchanged_users"):
+                bad(key, "unknown key (allowed: success, synced_users, failed_users, errors, fetched_at, "
+                         "unchanged_users)")
+        if "fetched_at" in result and not (isinstance(result["fetched_at"], str)
+                                           and isinstance(provenance.parse_time(result["fetched_at"]), datetime)):
+            bad("fetched_at", "must be an ISO-8601 date-time string (when the batch was fetched)")
         if not isinstance(result.get("success"), bool):
             bad("success", "required, must be true or false")
         synced = result.get("synced_users")
@@ -194,6 +222,7 @@ class UserDataSync(OrderType):
             account(path, entry.get("user_id"))
             if not isinstance(entry.get("error"), str) or not entry["error"]:
                 bad(f"{path}.error", "required, must be a non-empty string")
+        synced_ok += _unchanged_users(result, item_input, account, bad)
 
         missing = [uid for uid in batch if uid not in seen]
         if missing:
@@ -221,6 +250,7 @@ class UserDataSync(OrderType):
             raise Invalid(f"fields are no longer allowed columns of users: {', '.join(lost)}",
                           code="field_not_allowed")
 
+        items = list(items)
         incoming: dict[int, dict[str, Any]] = {}
         failed: list[dict[str, Any]] = []
         for item in items:
@@ -231,8 +261,10 @@ class UserDataSync(OrderType):
 
         from ..lifecycle import dumps
 
+        # Policies and provenance columns (workctl.provenance); extra columns are read after the fields.
+        plan = provenance.FieldPlan.build(conn, payload, fields, items, now=ctx.now)
         current: dict[int, tuple[Any, ...]] = {}
-        select = (f"SELECT id, {', '.join(quote(f) for f in fields)} FROM users "
+        select = (f"SELECT id, {', '.join(quote(f) for f in fields + plan.extra_columns)} FROM users "
                   "WHERE id IN (SELECT value FROM json_each(?))")
         for row in conn.execute(select, (dumps(list(incoming)),)):
             current[row[0]] = row[1:]
@@ -248,6 +280,8 @@ class UserDataSync(OrderType):
                 missing.append(user_id)
                 continue
             changed = {f: v for f, v in data.items() if row[position[f]] != v}
+            if changed and plan.active:
+                changed = plan.keep(user_id, row, changed)
             if not changed:
                 unchanged += 1
                 continue
@@ -256,13 +290,17 @@ class UserDataSync(OrderType):
             changes.extend({"user_id": user_id, "field": n, "old": row[position[n]], "new": changed[n]}
                            for n in names)
 
+        plan.ensure_columns(conn, {c["field"] for c in changes}, dry_run=ctx.dry_run)
         if not ctx.dry_run:
             for names, rows in groups.items():
                 assignments = ", ".join(f"{quote(n)} = ?" for n in names)
-                conn.executemany(f"UPDATE users SET {assignments} WHERE id = ?", rows)
+                stamps, stamp_values = plan.stamps(names)
+                if stamp_values:
+                    rows = [[*r[:-1], *stamp_values, r[-1]] for r in rows]
+                conn.executemany(f"UPDATE users SET {assignments}{stamps} WHERE id = ?", rows)
 
         updated = sum(len(rows) for rows in groups.values())
-        return {
+        return plan.report({
             "before": {"updated_count": 0},
             "after": {"updated_count": updated},
             "summary": f"Synced data for {updated} users from {payload['source']}",
@@ -270,7 +308,47 @@ class UserDataSync(OrderType):
             "stats": {"users": len(payload["user_ids"]), "synced": len(incoming), "updated": updated,
                       "unchanged": unchanged, "missing_locally": len(missing), "failed": len(failed)},
             "missing_user_ids": sorted(missing),
-        }
+        })
+
+    def record_submitted(self, store: sqlite3.Connection, item: Mapping[str, Any], result: Any,
+                         now: str) -> None:
+        failed = result.get("failed_users") if isinstance(result, dict) else None
+        if failed:  # the error ledger (workctl failures), atomic with the submission
+            failures.record(store, order_id=item["order_id"], item_id=item["id"], source=item["input"]["source"],
+                            failed_users=failed, attempt=item["attempts"], now=now)
+
+    def record_applied(self, store: sqlite3.Connection, order: Mapping[str, Any],
+                       items: list[dict[str, Any]], diff: Mapping[str, Any], now: str) -> None:
+        provenance.record_applied(store, order, items, diff, now)  # one row per applied change
+        delta.advance(store, order, now)  # a delta order's cursor moves only with this commit
+
+
+def _item_extras(payload: Mapping[str, Any]) -> dict[str, Any]:
+    """What an item carries besides the batch: the order's field_map and its delta settings."""
+    extras = delta.item_extras(payload)
+    if payload.get("field_map"):
+        extras["field_map"] = payload["field_map"]
+    return extras
+
+
+def _unchanged_users(result: Mapping[str, Any], item_input: Mapping[str, Any], account: Any, bad: Any) -> int:
+    """A delta item may report users the source did not change since ``since`` (each counts as a success)."""
+    if "unchanged_users" not in result:
+        return 0
+    entries = result["unchanged_users"]
+    if not isinstance(entries, list):
+        bad("unchanged_users", "must be an array of {user_id}")
+        return 0
+    if entries and delta.fetch_since(item_input) is None:
+        bad("unchanged_users", "only an item of a delta order with a 'since' can report unchanged users")
+        return 0
+    counted = 0
+    for i, entry in enumerate(entries):
+        if not isinstance(entry, dict) or set(entry) != {"user_id"}:
+            bad(f"unchanged_users.{i}", "must be an object {user_id}")
+            continue
+        counted += account(f"unchanged_users.{i}", entry["user_id"])
+    return counted
 
 
 _ENTRY_KEYS = frozenset({"user_id", "data", "verified"})

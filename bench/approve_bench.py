@@ -1,0 +1,172 @@
+"""P3: `approve` of a user.data.sync order that updates N users (diff, changes and provenance recorded),
+against a raw `executemany` UPDATE of the same rows with the same values in one transaction.
+
+    python bench/approve_bench.py [--users 100000] [--runs 3]
+
+Set-up (untimed): a store whose own file holds a `users` table of N users; one order syncing email,
+phone and company of all of them (default batch size 50, so N/50 items), every item checked out and
+submitted through the library API with a new value for every field. That file is then copied once per
+run and per variant, so every timed operation starts from the same bytes:
+
+* workctl: `Workctl.approve(order_id)`: everything approve does, in its transaction
+  (synchronous=FULL for that commit, as approve sets it);
+* baseline: one connection, `PRAGMA synchronous=FULL`, `BEGIN IMMEDIATE`, one `executemany`
+  `UPDATE users SET email=?, phone=?, company=? WHERE id=?` of the N rows, `COMMIT`.
+
+The figure is baseline time / approve time (higher is better; 1.0 would be "as fast as the raw write").
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sqlite3
+import tempfile
+import time
+
+from _common import median, out_path, table, verdict, write
+
+TARGET = 0.5
+FIELDS = ["email", "phone", "company"]
+
+
+def value(field: str, user_id: int) -> str:
+    return f"{field}-{user_id}-new"
+
+
+def build(path: str, users: int) -> str:
+    from workctl import Workctl
+    from workctl.config import Config
+
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE users (id INTEGER PRIMARY KEY, name TEXT, email TEXT, phone TEXT, company TEXT)")
+    conn.executemany("INSERT INTO users VALUES (?, ?, ?, ?, ?)",
+                     ((i, f"User {i}", f"user{i}@old.example", f"+1-555-{i:07d}", "Old Co")
+                      for i in range(1, users + 1)))
+    conn.commit()
+    conn.close()
+    with Workctl(path, config=Config()) as wc:
+        order = wc.propose("user.data.sync", {"source": "crm", "user_ids": list(range(1, users + 1)),
+                                              "fields": FIELDS})["order"]["id"]
+        while True:
+            try:
+                item = wc.checkout(order, agent="bench")["item"]
+            except Exception:  # NoWork: all submitted
+                break
+            result = {"success": True, "errors": [], "synced_users": [
+                {"user_id": u, "data": {f: value(f, u) for f in FIELDS}, "verified": True}
+                for u in item["input"]["user_ids"]]}
+            wc.submit(item["id"], result, agent="bench", lease_token=item["lease_token"])
+    conn = sqlite3.connect(path)
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    conn.close()
+    return order
+
+
+def copy(src: str, dst: str) -> str:
+    shutil.copyfile(src, dst)
+    return dst
+
+
+def time_approve(path: str, order: str) -> tuple[float, dict]:
+    from workctl import Workctl
+    from workctl.config import Config
+
+    with Workctl(path, config=Config()) as wc:
+        wc.session  # open and check the store before the clock starts, as for the baseline's connect
+        started = time.perf_counter()
+        response = wc.approve(order)
+        elapsed = time.perf_counter() - started
+    return elapsed, response
+
+
+def breakdown(path: str, order: str) -> dict[str, float]:
+    """One more approve (untimed in the figure) with timers around its phases: where the time goes."""
+    from workctl import lifecycle, orders
+    from workctl.types.user_data_sync import UserDataSync
+
+    spent: dict[str, float] = {}
+
+    def timer(owner: object, name: str, label: str) -> None:
+        original = getattr(owner, name)
+
+        def timed(*args: object, **kwargs: object) -> object:
+            started = time.perf_counter()
+            try:
+                return original(*args, **kwargs)
+            finally:
+                spent[label] = spent.get(label, 0.0) + time.perf_counter() - started
+
+        setattr(owner, name, timed)
+
+    timer(UserDataSync, "apply", "apply: read users, diff, executemany UPDATE")
+    timer(orders, "_apply_once", "apply + marker row (diff JSON)")
+    timer(orders, "_finish_approval", "order/item transitions + events (diff JSON twice)")
+    timer(UserDataSync, "record_applied", "record_applied: provenance rows, cursor")
+    elapsed, response = time_approve(path, order)
+    spent["apply + marker row (diff JSON)"] -= spent.get("apply: read users, diff, executemany UPDATE", 0.0)
+    spent["rest: read items and results, checks, COMMIT"] = elapsed - sum(spent.values())
+    started = time.perf_counter()
+    text = lifecycle.dumps(response["diff"])
+    spent[f"(encoding the diff once: {len(text) / 1e6:.1f} MB of JSON; approve does it 3 times)"] = (
+        time.perf_counter() - started)
+    spent["total approve"] = elapsed
+    return spent
+
+
+def time_raw(path: str, users: int) -> float:
+    rows = [(value("email", u), value("phone", u), value("company", u), u) for u in range(1, users + 1)]
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA synchronous = FULL")
+    started = time.perf_counter()
+    conn.execute("BEGIN IMMEDIATE")
+    conn.executemany("UPDATE users SET email = ?, phone = ?, company = ? WHERE id = ?", rows)
+    conn.execute("COMMIT")
+    elapsed = time.perf_counter() - started
+    conn.close()
+    return elapsed
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--users", type=int, default=100_000)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--out", default=None)
+    args = parser.parse_args(argv)
+    scratch = tempfile.mkdtemp(prefix="workctl-p3-")
+    template = os.path.join(scratch, "template.db")
+    t0 = time.perf_counter()
+    order = build(template, args.users)
+    print(f"set-up (propose, {args.users // 50:,} checkouts and submits): {time.perf_counter() - t0:.1f} s", flush=True)
+    approve_s, raw_s, stats = [], [], {}
+    for run in range(args.runs):  # interleaved
+        raw_s.append(time_raw(copy(template, os.path.join(scratch, f"raw{run}.db")), args.users))
+        elapsed, response = time_approve(copy(template, os.path.join(scratch, f"approve{run}.db")), order)
+        approve_s.append(elapsed)
+        stats = response["diff"]["stats"]
+        changes = len(response["diff"]["changes"])
+        for name in os.listdir(scratch):
+            if name.startswith(("raw", "approve")):
+                os.remove(os.path.join(scratch, name))
+    phases = breakdown(copy(template, os.path.join(scratch, "breakdown.db")), order)
+    shutil.rmtree(scratch, ignore_errors=True)
+    a, r = median(approve_s), median(raw_s)
+    ratio = r / a
+    print(f"P3 approve: {args.users:,} users × {len(FIELDS)} fields, median of {args.runs}")
+    table(["variant", "median s", "users/s", "runs s"],
+          [["raw executemany UPDATE (baseline)", r, args.users / r, " ".join(f"{x:.3f}" for x in raw_s)],
+           ["workctl approve", a, args.users / a, " ".join(f"{x:.3f}" for x in approve_s)]])
+    print(f"diff: {stats}, {changes:,} changes")
+    print(f"baseline / approve: {verdict(ratio, TARGET, True)}")
+    print("\nwhere approve's time goes (one more run, with timers around its phases):")
+    table(["phase", "s", "share"], [[name, t, f"{t / phases['total approve']:.0%}"] for name, t in phases.items()])
+    result = {"users": args.users, "fields": FIELDS, "runs": args.runs, "approve_s": approve_s, "raw_s": raw_s,
+              "median_approve_s": a, "median_raw_s": r, "ratio": ratio, "target": f">= {TARGET}",
+              "met": ratio >= TARGET, "diff_stats": stats, "changes": changes, "breakdown_s": phases}
+    write(out_path("approve", args.out), "P3", result)
+    return result
+
+
+if __name__ == "__main__":
+    main()

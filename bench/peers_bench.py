@@ -1,0 +1,329 @@
+"""P1: checkout + submit cycles per second through the library API, several OS processes sharing one
+SQLite file, beside a raw stdlib-sqlite3 claim+ack and the SQLite queue peers (huey, litequeue,
+persist-queue) run in the same run, with duplicate and lost counts.
+
+    python bench/peers_bench.py [--n 20000] [--consumers 4] [--peers workctl,raw,huey,litequeue,persist-queue]
+
+Each variant: a fresh file, N items enqueued (untimed; workctl with one ``propose`` of a ``task.batch``
+order, the peers with their own put), then --consumers forked processes that start together and
+claim + ack until the queue is empty. The payload is the item's index, so duplicates (acks - unique)
+and lost (N - unique) are counted. The peers keep their library defaults (see ../shared/research/
+peers-queues.md, whose bench_peers.py these adapters follow). A peer that is not importable is skipped
+and reported as such: they are not dependencies of workctl (``pip install litequeue persist-queue huey``
+in the venv you run this from).
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import os
+import shutil
+import sqlite3
+import sys
+import tempfile
+import time
+import traceback
+
+from _common import out_path, table, verdict, write
+
+LOCKED_SLEEP = 0.001
+
+
+class WorkctlAdapter:
+    """The library API: Workctl.checkout, then Workctl.submit fenced with the lease token."""
+
+    name = "workctl (library API)"
+
+    def __init__(self, path: str, role: str):
+        from workctl import Workctl
+        from workctl.config import Config
+
+        self.wc = Workctl(path, config=Config())
+        self.agent = f"bench-{os.getpid()}"
+
+    def enqueue_many(self, n: int) -> None:
+        self.wc.propose("task.batch", {"tasks": list(range(n))})
+
+    def claim(self):
+        from workctl.errors import NoWork
+
+        try:
+            item = self.wc.checkout(agent=self.agent)["item"]
+        except NoWork:
+            return None
+        return (item["id"], item["lease_token"]), item["input"]["task"]
+
+    def ack(self, handle) -> None:
+        self.wc.submit(handle[0], {"ok": True}, agent=self.agent, lease_token=handle[1])
+
+    def close(self) -> None:
+        self.wc.close()
+
+
+RAW_SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+  id INTEGER PRIMARY KEY, payload TEXT NOT NULL, state INTEGER NOT NULL DEFAULT 0,
+  visible_at REAL NOT NULL, lease_token INTEGER, attempts INTEGER NOT NULL DEFAULT 0, result TEXT);
+CREATE INDEX IF NOT EXISTS jobs_claimable ON jobs(visible_at) WHERE state = 0;
+"""
+
+
+class RawAdapter:
+    """The physical limit: stdlib sqlite3, WAL, synchronous=NORMAL (as workctl), BEGIN IMMEDIATE;
+    UPDATE … WHERE id = (SELECT … ORDER BY visible_at LIMIT 1) RETURNING; ack fenced by lease token."""
+
+    name = "raw sqlite3 claim+ack"
+    TTL = 300.0
+
+    def __init__(self, path: str, role: str):
+        self.c = sqlite3.connect(path, isolation_level=None, timeout=30.0)
+        self.c.execute("PRAGMA journal_mode=WAL")
+        self.c.execute("PRAGMA synchronous=NORMAL")
+        if role == "producer":
+            self.c.executescript(RAW_SCHEMA)
+        self.token = os.getpid() << 20
+
+    def enqueue_many(self, n: int) -> None:
+        now = time.time()
+        for i in range(n):
+            self.c.execute("INSERT INTO jobs(payload, visible_at) VALUES (?, ?)", (str(i), now))
+
+    def claim(self):
+        self.token += 1
+        now = time.time()
+        self.c.execute("BEGIN IMMEDIATE")
+        try:
+            row = self.c.execute(
+                "UPDATE jobs SET visible_at = ?, lease_token = ?, attempts = attempts + 1 WHERE id = "
+                "(SELECT id FROM jobs WHERE state = 0 AND visible_at <= ? ORDER BY visible_at LIMIT 1) "
+                "RETURNING id, payload", (now + self.TTL, self.token, now)).fetchone()
+            self.c.execute("COMMIT")
+        except BaseException:
+            if self.c.in_transaction:
+                self.c.execute("ROLLBACK")
+            raise
+        return None if row is None else ((row[0], self.token), int(row[1]))
+
+    def ack(self, handle) -> None:
+        cur = self.c.execute("UPDATE jobs SET state = 1, result = 'ok' WHERE id = ? AND lease_token = ? "
+                             "AND state = 0", handle)
+        if cur.rowcount != 1:
+            raise RuntimeError(f"lease lost for job {handle[0]}")
+
+    def close(self) -> None:
+        self.c.close()
+
+
+class HueyAdapter:
+    """huey.storage.SqliteStorage: dequeue = BEGIN EXCLUSIVE; SELECT; DELETE (at-most-once, no ack)."""
+
+    name = "huey SqliteStorage"
+    module = "huey"
+
+    def __init__(self, path: str, role: str):
+        from huey.storage import SqliteStorage
+
+        self.s = SqliteStorage(name="q", filename=path)
+
+    def enqueue_many(self, n: int) -> None:
+        for i in range(n):
+            self.s.enqueue(str(i).encode())
+
+    def claim(self):
+        data = self.s.dequeue()
+        return None if data is None else (None, int(bytes(data)))
+
+    def ack(self, handle) -> None:
+        pass
+
+    def close(self) -> None:
+        self.s.close()
+
+
+class LiteQueueAdapter:
+    name = "litequeue"
+    module = "litequeue"
+
+    def __init__(self, path: str, role: str):
+        import litequeue
+
+        self.q = litequeue.LiteQueue(path, queue_name="q")
+
+    def enqueue_many(self, n: int) -> None:
+        for i in range(n):
+            self.q.put(str(i))
+
+    def claim(self):
+        m = self.q.pop()
+        return None if m is None else (m.message_id, int(m.data))
+
+    def ack(self, handle) -> None:
+        self.q.done(handle)
+
+    def close(self) -> None:
+        self.q.close()
+
+
+class PersistQueueAdapter:
+    name = "persist-queue SQLiteAckQueue"
+    module = "persistqueue"
+
+    def __init__(self, path: str, role: str):
+        from persistqueue import SQLiteAckQueue
+
+        self.q = SQLiteAckQueue(os.path.dirname(path), db_file_name=os.path.basename(path), auto_resume=False,
+                                multithreading=False)
+
+    def enqueue_many(self, n: int) -> None:
+        for i in range(n):
+            self.q.put(i)
+
+    def claim(self):
+        from persistqueue.exceptions import Empty
+
+        try:
+            item = self.q.get(block=False, raw=True)
+        except Empty:
+            return None
+        return item["pqid"], int(item["data"])
+
+    def ack(self, handle) -> None:
+        self.q.ack(id=handle)
+
+    def close(self) -> None:
+        self.q.close()
+
+
+ADAPTERS = {"workctl": WorkctlAdapter, "raw": RawAdapter, "huey": HueyAdapter, "litequeue": LiteQueueAdapter,
+            "persist-queue": PersistQueueAdapter}
+
+
+def _locked(exc: Exception) -> bool:
+    text = str(exc).lower()
+    return "locked" in text or "busy" in text
+
+
+def consumer(key: str, path: str, start, out, idx: int) -> None:
+    acked, locked = [], 0
+    try:
+        adapter = ADAPTERS[key](path, "consumer")
+        start.wait()
+        empty = 0
+        while True:
+            try:
+                got = adapter.claim()
+            except Exception as exc:  # noqa: BLE001
+                if _locked(exc):
+                    locked += 1
+                    time.sleep(LOCKED_SLEEP)
+                    continue
+                raise
+            if got is None:
+                empty += 1
+                if empty >= 2:
+                    break
+                continue
+            empty = 0
+            handle, payload = got
+            while True:
+                try:
+                    adapter.ack(handle)
+                    break
+                except Exception as exc:  # noqa: BLE001
+                    if _locked(exc):
+                        locked += 1
+                        time.sleep(LOCKED_SLEEP)
+                        continue
+                    raise
+            acked.append(payload)
+        adapter.close()
+        out.put({"idx": idx, "acked": acked, "locked": locked, "error": None})
+    except Exception:  # noqa: BLE001
+        out.put({"idx": idx, "acked": acked, "locked": locked, "error": traceback.format_exc()})
+
+
+def run_variant(key: str, base: str, n: int, k: int) -> dict:
+    ctx = mp.get_context("fork")
+    path = os.path.join(base, key, "q.db")
+    shutil.rmtree(os.path.dirname(path), ignore_errors=True)
+    os.makedirs(os.path.dirname(path))
+    producer = ADAPTERS[key](path, "producer")
+    producer.enqueue_many(n)
+    producer.close()
+    start, out = ctx.Event(), ctx.Queue()
+    procs = [ctx.Process(target=consumer, args=(key, path, start, out, i)) for i in range(k)]
+    for p in procs:
+        p.start()
+    time.sleep(0.3)  # every consumer has opened its connection
+    t0 = time.perf_counter()
+    start.set()
+    results = [out.get() for _ in procs]
+    wall = time.perf_counter() - t0
+    for p in procs:
+        p.join()
+    acked = [x for r in results for x in r["acked"]]
+    unique = set(acked)
+    errors = [r["error"] for r in results if r["error"]]
+    for error in errors:
+        print(f"ERROR in a {key} consumer:\n{error}", file=sys.stderr)
+    return {"peer": ADAPTERS[key].name, "key": key, "n": n, "consumers": k, "wall_s": wall,
+            "cycles_per_s": len(unique) / wall, "acks": len(acked), "duplicates": len(acked) - len(unique),
+            "lost": n - len(unique & set(range(n))), "locked_errors": sum(r["locked"] for r in results),
+            "per_consumer": [len(r["acked"]) for r in sorted(results, key=lambda r: r["idx"])],
+            "errors": errors}
+
+
+def importable(key: str) -> str | None:
+    module = getattr(ADAPTERS[key], "module", None)
+    if module is None:
+        return None
+    try:
+        __import__(module)
+    except ImportError as exc:
+        return f"{exc}"
+    return None
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--n", type=int, default=20000)
+    parser.add_argument("--consumers", type=int, default=4)
+    parser.add_argument("--peers", default="workctl,raw,huey,litequeue,persist-queue")
+    parser.add_argument("--dir", default=None, help="scratch directory (default: a new temp dir)")
+    parser.add_argument("--out", default=None)
+    args = parser.parse_args(argv)
+    base = args.dir or tempfile.mkdtemp(prefix="workctl-p1-")
+    results, skipped = {}, {}
+    for key in [p.strip() for p in args.peers.split(",") if p.strip()]:
+        why = importable(key)
+        if why:
+            skipped[key] = why
+            print(f"skipping {key}: not importable ({why}); pip install it to include it")
+            continue
+        print(f"running {key} …", flush=True)
+        results[key] = run_variant(key, base, args.n, args.consumers)
+    if not args.dir:
+        shutil.rmtree(base, ignore_errors=True)
+    print(f"\nP1: checkout + submit (claim + ack) cycles/s, {args.n:,} items, {args.consumers} processes")
+    table(["variant", "cycles/s", "dup", "lost", "locked errs", "per consumer"],
+          [[r["peer"], r["cycles_per_s"], r["duplicates"], r["lost"], r["locked_errors"],
+            "/".join(map(str, r["per_consumer"]))] for r in results.values()])
+    ratios = {}
+    if "workctl" in results:
+        ours = results["workctl"]["cycles_per_s"]
+        for key, target in (("raw", 0.6), ("huey", 1.5), ("litequeue", None), ("persist-queue", None)):
+            if key in results:
+                ratios[key] = ours / results[key]["cycles_per_s"]
+                shown = verdict(ratios[key], target, True) if target else f"{ratios[key]:.2f}×"
+                print(f"workctl / {results[key]['peer']}: {shown}")
+        print(f"workctl duplicates {results['workctl']['duplicates']}, lost {results['workctl']['lost']} (target 0, 0)")
+    write(out_path("peers", args.out), "P1", {"n": args.n, "consumers": args.consumers, "results": results,
+                                              "skipped": skipped, "ratios": ratios,
+                                              "targets": {"raw": ">= 0.6", "huey": ">= 1.5",
+                                                          "duplicates": 0, "lost": 0}})
+    return {"results": results, "skipped": skipped, "ratios": ratios}
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,41 @@
+"""workctl diff ORDER_ID [--limit N] [--json]"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from .. import output
+from ..masking import Masker
+from ._common import Json, boundary, open_workctl
+from .approve import render_diff
+
+
+@boundary
+def diff(
+    ctx: typer.Context,
+    order_id: Annotated[str, typer.Argument(help="A submitted order (preview) or a completed one (what it did).")],
+    limit: Annotated[int, typer.Option("--limit", min=0, help="Changes to list (0 = all).")] = 0,
+    json_: Json = False,
+) -> None:
+    """Show the exact field-level changes approve would make (old -> new per user and field)."""
+    with open_workctl(ctx) as wc:
+        result = wc.diff(order_id)
+        masker = None if json_ else Masker(wc.sensitive_fields())
+    if json_:
+        output.print_json(result)
+        return
+    order, changes = result["order"], result["diff"].get("changes") or []
+    users = len({c["user_id"] for c in changes})
+    stats = result["diff"].get("stats") or {}
+    verb = "changed" if result["applied"] else "would change"
+    output.line(f"order {order['id']} ({order['type']}, {order['state']}): {verb} {_n(len(changes), 'field')} "
+                f"of {_n(users, 'user')}; {_n(stats.get('unchanged', 0), 'user')} unchanged")
+    render_diff(result["diff"], dry_run=not result["applied"], mask=masker, limit=limit)
+    if masker and masker.fields:
+        output.line(f"masked: {', '.join(sorted(masker.fields))} (sensitive_fields; --json shows the values)")
+
+
+def _n(count: int, noun: str) -> str:
+    return f"{count} {noun}" + ("" if count == 1 else "s")

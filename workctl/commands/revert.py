@@ -1,0 +1,41 @@
+"""workctl revert ORDER_ID [--dry-run] [--json]"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from .. import output
+from ..masking import Masker
+from ._common import Json, boundary, open_workctl
+
+
+@boundary
+def revert(
+    ctx: typer.Context,
+    order_id: Annotated[str, typer.Argument(help="A completed user.data.sync order.")],
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Show what would be restored; change nothing.")] = False,
+    json_: Json = False,
+) -> None:
+    """Restore the values an applied order overwrote, where they still hold what it wrote (once only)."""
+    with open_workctl(ctx) as wc:
+        result = wc.revert(order_id, dry_run=dry_run)
+        show = Masker(() if json_ else wc.sensitive_fields())
+    if json_:
+        output.print_json(result)
+        return
+    stats = result["stats"]
+    head = "Would restore" if dry_run else f"Revert {result['revert_id']}: restored"
+    output.line(f"{head} {stats['restored']} of {stats['recorded']} recorded changes of order {order_id}; "
+                f"skipped {stats['skipped']} (never overwritten)")
+    if result["restored"]:
+        output.table("restored", ["user", "field", "order wrote", "restored"],
+                     [(c["user_id"], c["field"], output.compact(show(c["field"], c["order_wrote"]), 40),
+                       output.compact(show(c["field"], c["restore"]), 40)) for c in result["restored"]])
+    if result["skipped"]:
+        output.table("skipped", ["user", "field", "order wrote", "now", "reason"],
+                     [(c["user_id"], c["field"], output.compact(show(c["field"], c["order_wrote"]), 40),
+                       output.compact(show(c["field"], c["current"]), 40), c["reason"]) for c in result["skipped"]])
+    if dry_run:
+        output.line(f"Dry run: nothing changed; run without --dry-run to revert order {order_id}")

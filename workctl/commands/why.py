@@ -1,0 +1,42 @@
+"""workctl why USER_ID [FIELD] [--json]"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from .. import output
+from ..masking import Masker
+from ._common import Json, boundary, open_workctl
+
+
+@boundary
+def why(
+    ctx: typer.Context,
+    user_id: Annotated[int, typer.Argument(help="A local user id.")],
+    field: Annotated[str | None, typer.Argument(help="Only this field.")] = None,
+    json_: Json = False,
+) -> None:
+    """Show the history of a user's fields: each value, when, by which order, source and agent."""
+    with open_workctl(ctx) as wc:
+        result = wc.why(user_id, field)
+        show = Masker(() if json_ else wc.sensitive_fields())
+    if json_:
+        output.print_json(result)
+        return
+    if not result["history"]:
+        what = f"field {field} of user {user_id}" if field else f"user {user_id}"
+        output.line(f"no recorded changes for {what}"
+                    + ("" if result["exists_locally"] else " (no such user in the users table)"))
+        return
+    for name, summary in result["fields"].items():
+        rows = []
+        for e in (e for e in result["history"] if e["field"] == name):
+            rows.append((e["set_at"][:19].replace("T", " "), output.compact(show(name, e["value"]), 30),
+                         output.compact(show(name, e["old"]), 30), e["source"], e["agent"] or "",
+                         e["order_id"][:8], "reverted" if e["reverted_by"] else ""))
+        output.line(f"user {user_id} · {name}: now {output.compact(show(name, summary['current']), 40)}")
+        output.table(None, ["set at (UTC)", "value", "was", "source", "agent", "order", ""], rows)
+        if summary["changed_outside"]:
+            output.line(f"  {name} was changed outside workctl after its last recorded value")

@@ -1,0 +1,244 @@
+"""The console-script entry, and a fast path for the agent commands that never imports Typer.
+
+A shell agent starts one process per call (``checkout``, ``heartbeat``, ``release``, ``submit``,
+``status --json``), and Typer 0.29 with its pydantic adapters costs more start-up time than the
+whole command. So ``run`` first tries a tiny stdlib parser for exactly the forms those commands
+accept; anything else (``--help``, ``--version``, an unknown or repeated option, a value that looks
+like an option, ``--``, an out-of-range ``--ttl``, a human ``status``, every other command) goes to
+the Typer app in ``workctl.cli`` untouched, which parses it again from scratch and reports usage
+errors itself. Nothing has happened before the fallback, so it is always safe. ``WORKCTL_NO_FASTPATH=1``
+sends everything to Typer (for comparisons: bench/startup_bench.py, tests/test_fastpath.py).
+
+When the fast path handles a command it produces the same stdout, stderr and exit code as the Typer
+command: both call the same library method and the same renderers below, and errors go through the
+same ``output.error`` as ``commands._common.boundary`` (tests/test_fastpath.py runs every hot command
+both ways). The parser mirrors Click's: group options (``--db``, ``--config``) only before the
+command name, command options and arguments interspersed, ``--opt value`` and ``--opt=value``,
+flags without a value, environment variables only when set and non-empty.
+
+The hand-written token loop is deliberate: argparse accepts forms Click refuses (``--ag`` for
+``--agent``, ``--json=x``) and refuses forms Click accepts, which would break identical behaviour.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any
+
+# Option -> (keyword, takes a value). Every hot command also has --help, which is not listed: it falls back.
+_AGENT = {"--agent": ("agent", True), "--json": ("json_", False)}
+_FENCED = {**_AGENT, "--lease-token": ("lease_token", True)}
+# command -> (positional parameters as (keyword, required), options, environment defaults)
+_COMMANDS: dict[str, tuple[tuple[tuple[str, bool], ...], dict[str, tuple[str, bool]], dict[str, str]]] = {
+    "checkout": ((("order_id", False),), {**_AGENT, "--type": ("type_name", True), "--ttl": ("ttl", True)},
+                 {"agent": "WORKCTL_AGENT_ID"}),
+    "heartbeat": ((("item_id", True),), {**_FENCED, "--ttl": ("ttl", True)},
+                  {"agent": "WORKCTL_AGENT_ID", "lease_token": "WORKCTL_LEASE_TOKEN"}),
+    "release": ((("item_id", True),), {**_FENCED, "--error": ("error", True)},
+                {"agent": "WORKCTL_AGENT_ID", "lease_token": "WORKCTL_LEASE_TOKEN"}),
+    "submit": ((("item_id", True),), {**_FENCED, "--result": ("result", True),
+                                      "--idempotency-key": ("idempotency_key", True)},
+               {"agent": "WORKCTL_AGENT_ID", "lease_token": "WORKCTL_LEASE_TOKEN"}),
+    # Only the JSON form: the human view renders with rich, and --watch/--interval loop; both fall back.
+    "status": ((("order_id", False),), {"--json": ("json_", False)}, {}),
+}
+_GLOBAL = {"--db": "db", "--config": "config"}
+
+
+def _value_ok(value: str) -> bool:
+    # Click would take "--json" as the value of "--agent --json"; rather than mirror that, fall back.
+    return value == "-" or not value.startswith("-")
+
+
+def parse(argv: list[str]) -> tuple[str, dict[str, Any]] | None:
+    """(command, keyword arguments incl. db and config) for a form the fast path handles, else None."""
+    args: dict[str, Any] = {"db": None, "config": None}
+    i, n = 0, len(argv)
+    while i < n and argv[i][:1] == "-" and len(argv[i]) > 1:  # group options, before the command name
+        name, eq, value = argv[i].partition("=")
+        key = _GLOBAL.get(name)
+        if key is None or args[key] is not None:
+            return None
+        if not eq:
+            if i + 1 >= n or not _value_ok(argv[i + 1]):
+                return None
+            value = argv[i + 1]
+            i += 1
+        args[key] = value
+        i += 1
+    if i >= n or argv[i] not in _COMMANDS:
+        return None
+    command = argv[i]
+    positional, options, envvars = _COMMANDS[command]
+    for keyword, takes_value in options.values():
+        args[keyword] = None if takes_value else False
+    words: list[str] = []
+    seen: set[str] = set()
+    i += 1
+    while i < n:
+        token = argv[i]
+        if token == "--":
+            return None
+        if token[:1] == "-" and len(token) > 1:
+            name, eq, value = token.partition("=")
+            if name not in options or name in seen:
+                return None
+            seen.add(name)
+            keyword, takes_value = options[name]
+            if not takes_value:
+                if eq:
+                    return None
+                args[keyword] = True
+            else:
+                if not eq:
+                    if i + 1 >= n or not _value_ok(argv[i + 1]):
+                        return None
+                    value = argv[i + 1]
+                    i += 1
+                args[keyword] = value
+        else:
+            words.append(token)
+        i += 1
+    if len(words) > len(positional):
+        return None
+    for index, (keyword, required) in enumerate(positional):
+        if index < len(words):
+            args[keyword] = words[index]
+        elif required:
+            return None
+        else:
+            args[keyword] = None
+    if "ttl" in args and args["ttl"] is not None:
+        ttl = args["ttl"]
+        if not (ttl.isascii() and ttl.isdigit() and int(ttl) >= 1):
+            return None  # Click's IntRange(min=1) message comes from the fallback
+        args["ttl"] = int(ttl)
+    if command == "submit" and args["result"] is None:
+        return None  # a missing required option: Click says so
+    if command == "status" and not args["json_"]:
+        return None
+    for keyword, variable in envvars.items():  # Click: an option's envvar counts only when non-empty
+        if args[keyword] is None:
+            args[keyword] = os.environ.get(variable) or None
+    for key, variable in (("db", "WORKCTL_DB"), ("config", "WORKCTL_CONFIG")):
+        if args[key] is None:
+            args[key] = os.environ.get(variable) or None
+    return command, args
+
+
+# -- renderers shared with the Typer commands (one source for both paths) ------------------------
+def show_checkout(result: dict[str, Any], json_: bool) -> None:
+    from . import output
+
+    if json_:
+        output.print_json(result)
+        return
+    item = result["item"]
+    output.line(f"Leased item {item['id']} of order {item['order_id']} until {item['lease_expires_at']} "
+                f"(attempt {item['attempts']}/{item['max_attempts']}, heartbeat every "
+                f"{item['heartbeat_every_seconds']} s)")
+    output.line(f"lease token: {item['lease_token']}")
+    output.line(f"input: {output.compact(item['input'], 200)}")
+
+
+def show_heartbeat(result: dict[str, Any], item_id: str, json_: bool) -> None:
+    from . import output
+
+    if json_:
+        output.print_json(result)
+        return
+    output.line(f"Lease on item {item_id} extended until {result['item']['lease_expires_at']}")
+
+
+def show_release(result: dict[str, Any], item_id: str, json_: bool) -> None:
+    from . import output
+
+    if json_:
+        output.print_json(result)
+        return
+    item = result["item"]
+    output.line(f"Released item {item_id}: now {item['state']} (attempts {item['attempts']}/{item['max_attempts']})")
+
+
+def show_submit(response: dict[str, Any], item_id: str, json_: bool) -> None:
+    from . import output
+
+    if json_:
+        output.print_json(response)
+        return
+    order = response["order"]
+    output.line(f"Submitted item {item_id}; order {order['id']} is {order['state']}")
+
+
+# -- running a parsed command ------------------------------------------------------------------
+def _execute(command: str, a: dict[str, Any]) -> None:
+    from . import output
+    from .api import Workctl
+    from .config import load_config
+
+    if command == "submit":  # read before opening the store, as the Typer command does
+        from .jsoninput import read_json
+
+        document = read_json(a["result"], option="--result")
+    with Workctl(a["db"], config=load_config(a["config"])) as wc:
+        if command == "checkout":
+            result = wc.checkout(a["order_id"], agent=a["agent"], type_name=a["type_name"], ttl=a["ttl"])
+        elif command == "heartbeat":
+            result = wc.heartbeat(a["item_id"], agent=a["agent"], ttl=a["ttl"], lease_token=a["lease_token"])
+        elif command == "release":
+            result = wc.release(a["item_id"], agent=a["agent"], error=a["error"], lease_token=a["lease_token"])
+        elif command == "submit":
+            result = wc.submit(a["item_id"], document, agent=a["agent"], lease_token=a["lease_token"],
+                               idempotency_key=a["idempotency_key"])
+        else:
+            output.print_json(wc.status(a["order_id"]))
+            return
+    if command == "checkout":
+        show_checkout(result, a["json_"])
+    elif command == "heartbeat":
+        show_heartbeat(result, a["item_id"], a["json_"])
+    elif command == "release":
+        show_release(result, a["item_id"], a["json_"])
+    else:
+        show_submit(result, a["item_id"], a["json_"])
+
+
+def main(argv: list[str] | None = None) -> int | None:
+    """Run a hot command without Typer and return its exit code; None when Typer must handle ``argv``.
+
+    The error handling is ``commands._common.boundary``'s, and Ctrl-C is 130 as in ``cli.main``."""
+    parsed = parse(sys.argv[1:] if argv is None else argv)
+    if parsed is None:
+        return None
+    command, arguments = parsed
+    from . import output
+    from .errors import ExitCode, WorkctlError
+
+    as_json = bool(arguments["json_"])
+    try:
+        _execute(command, arguments)
+    except WorkctlError as exc:
+        output.error(exc, as_json=as_json)
+        return int(exc.exit_code)
+    except KeyboardInterrupt:
+        return int(ExitCode.INTERRUPTED)
+    except Exception as exc:
+        if os.environ.get("WORKCTL_DEBUG"):
+            raise
+        bug = WorkctlError(f"unexpected {type(exc).__name__}: {exc} (this is a bug; set WORKCTL_DEBUG=1 "
+                           "for a traceback)", code="internal_error")
+        output.error(bug, as_json=as_json)
+        return int(ExitCode.ERROR)
+    return 0
+
+
+def run() -> None:
+    """The ``workctl`` console script and ``python -m workctl``: the fast path, else the Typer app."""
+    argv = sys.argv[1:]
+    code = None if os.environ.get("WORKCTL_NO_FASTPATH") else main(argv)
+    if code is None:
+        from .cli import main as typer_main
+
+        code = typer_main(argv)
+    sys.exit(code)
