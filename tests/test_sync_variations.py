@@ -444,3 +444,33 @@ def test_a_webhook_that_keeps_failing_gives_up_after_max_attempts(tmp_path, monk
         [("failed", 2, "http_503: the webhook answered HTTP 503")]
     last = events(db, out.json["orders"][0], "webhook_failed")[-1]["payload"]
     assert last["gave_up"] is True and last["attempt"] == 2
+
+
+def test_a_revert_notifies_like_an_apply_so_caches_are_purged_again(tmp_path, monkeypatch):
+    monkeypatch.setenv("WH_SECRET", SECRET)
+    db = tmp_path / "w.db"
+    make_users(db, 3)
+    with SampleServer() as server, Receiver() as receiver:
+        config = tmp_path / "workctl.toml"
+        config.write_text(f"""
+[sources.crm]
+base_url = "{server.url}/crm"
+
+[[webhooks]]
+name = "cache-purge"
+url = "{receiver.url}/purge"
+events = ["order.applied", "order.reverted", "user.updated"]
+secret_env = "WH_SECRET"
+""")
+        cfg = ("--config", str(config))
+        synced = run(db, *cfg, "sync", "--source", "crm", "--users", "1-3", "--fields", "email", "--approve", "--json")
+        assert synced.exit_code == 0, synced.stderr
+        order_id = synced.json["orders"][0]
+        reverted = run(db, *cfg, "revert", order_id, "--json")
+        assert reverted.exit_code == 0, reverted.stderr
+        assert reverted.json["webhooks"]["sent"] == 4
+        bodies = [assert_signed(d) for d in receiver.ok("/purge")]
+    assert [b["event"] for b in bodies] == ["order.applied"] + ["user.updated"] * 3 + \
+        ["order.reverted"] + ["user.updated"] * 3
+    assert bodies[4]["changed_user_ids"] == [1, 2, 3] and bodies[4]["tags"] == ["users"]
+    assert query(db, "SELECT count(*) FROM users WHERE email IS NULL") == [(3,)]

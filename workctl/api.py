@@ -237,7 +237,15 @@ class Workctl:
     def revert(self, order_id: str, *, dry_run: bool = False) -> dict[str, Any]:
         """Restore what an applied order overwrote, where the value is still the one it wrote."""
         from .revert import revert
-        return revert(self.session, order_id, actor=self._operator(), dry_run=dry_run)
+        result = revert(self.session, order_id, actor=self._operator(), dry_run=dry_run)
+        if not dry_run:
+            try:  # after the commit, as for approve: what fails stays in the outbox for maintain
+                sent = self._deliver_webhooks(order_id=order_id)
+            except Exception as exc:  # noqa: BLE001 — the revert is committed already
+                sent = {"sent": 0, "failed": 0, "error": f"{type(exc).__name__}: {exc}"}
+            if sent is not None:
+                result = {**result, "webhooks": sent}
+        return result
 
     @_store_errors
     def why(self, user_id: int, field: str | None = None) -> dict[str, Any]:

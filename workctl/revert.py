@@ -164,7 +164,23 @@ def revert(s: Session, order_id: str, *, actor: Actor, dry_run: bool = False) ->
             allowed = set(allowed_columns(conn, deny_list(settings)))
             outcome = _restore(conn, order_id, revert_id, changes, allowed, now, dry_run=False)
         _record(conn, order_id, outcome, actor, now)
+        _notify(conn, s, row, outcome, now)
     return _response(order_id, outcome, len(changes), dry_run=False)
+
+
+def _notify(conn: sqlite3.Connection, s: Session, row: sqlite3.Row, outcome: dict[str, Any], now: str) -> None:
+    """Outbox rows for the revert, in its store transaction (sent after commit, like approve's)."""
+    from . import webhooks
+
+    hooks = webhooks.configured(s.config)
+    restored = outcome["restored"]
+    if not hooks or not restored:
+        return
+    order = {"id": row["id"], "type": row["type"], "payload": loads(row["payload"])}
+    diff = {"changes": [{"user_id": c["user_id"], "field": c["field"]} for c in restored],
+            "stats": {"synced": len({c["user_id"] for c in restored})},
+            "summary": f"Reverted {len(restored)} field changes of order {row['id']}"}
+    webhooks.enqueue(conn, hooks, order, diff, now, order_event="order.reverted")
 
 
 def _record(conn: sqlite3.Connection, order_id: str, outcome: dict[str, Any], actor: Actor, now: str) -> None:

@@ -45,7 +45,7 @@ from .clock import iso, parse as parse_iso
 from .errors import Invalid
 from .lifecycle import Actor, append_event, dumps
 
-EVENTS = ("order.applied", "user.updated")
+EVENTS = ("order.applied", "order.reverted", "user.updated")
 SIGNATURE_HEADER = "X-Workctl-Signature"
 _TYPE_TAGS = {"user.data.sync": ("users",)}
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -152,8 +152,11 @@ def _new_id() -> str:
 
 
 def enqueue(conn: sqlite3.Connection, hooks: list[Webhook], order: Mapping[str, Any],
-            diff: Mapping[str, Any], now: str) -> int:
-    """Write the outbox rows of an applied order; returns how many (0 without webhooks)."""
+            diff: Mapping[str, Any], now: str, *, order_event: str = "order.applied") -> int:
+    """Write the outbox rows of an applied (or reverted) order; returns how many (0 without webhooks).
+
+    ``order_event`` names the order-level notification; every user the diff changed also gets a
+    ``user.updated`` for hooks that ask, so a cache purged on apply is purged on revert as well."""
     if not hooks:
         return 0
     payload = order.get("payload") or {}
@@ -170,12 +173,12 @@ def enqueue(conn: sqlite3.Connection, hooks: list[Webhook], order: Mapping[str, 
     rows: list[tuple[Any, ...]] = []
     for hook in hooks:
         tags = list(dict.fromkeys([*base_tags, *hook.tags]))
-        if "order.applied" in hook.events:
-            body = {"id": _new_id(), "event": "order.applied", "order_id": order["id"], "type": order["type"],
+        if order_event in hook.events:
+            body = {"id": _new_id(), "event": order_event, "order_id": order["id"], "type": order["type"],
                     "source": source, "users_synced": synced, "users_changed": len(changed),
                     "changed_user_ids": sorted(changed, key=str), "tags": tags,
                     "summary": diff.get("summary"), "timestamp": now}
-            rows.append((hook.name, "order.applied", order["id"], dumps(body), now))
+            rows.append((hook.name, order_event, order["id"], dumps(body), now))
         if "user.updated" in hook.events:
             for user_id in sorted(changed, key=str):
                 body = {"id": _new_id(), "event": "user.updated", "order_id": order["id"], "type": order["type"],
