@@ -274,6 +274,68 @@ def run_variant(key: str, base: str, n: int, k: int) -> dict:
             "errors": errors}
 
 
+def statement_breakdown(base: str, cycles: int) -> dict:
+    """Where one checkout + submit cycle of workctl goes, in one process: time per SQL statement
+    (execute, including COMMIT) per cycle, and the rest (Python outside SQLite)."""
+    import workctl.store as store
+    from workctl import Workctl
+    from workctl.config import Config
+
+    spent: dict[str, list[float]] = {}
+
+    class Timed(store.Connection):
+        def execute(self, sql, *args):  # type: ignore[override]
+            started = time.perf_counter()
+            try:
+                return super().execute(sql, *args)
+            finally:
+                entry = spent.setdefault(" ".join(sql.split())[:70], [0, 0.0])
+                entry[0] += 1
+                entry[1] += time.perf_counter() - started
+
+    original, store.Connection = store.Connection, Timed
+    try:
+        path = os.path.join(base, "breakdown", "q.db")
+        shutil.rmtree(os.path.dirname(path), ignore_errors=True)
+        os.makedirs(os.path.dirname(path))
+        wc = Workctl(path, config=Config())
+        wc.propose("task.batch", {"tasks": list(range(cycles))})
+        spent.clear()
+        started = time.perf_counter()
+        for _ in range(cycles):
+            item = wc.checkout(agent="bench")["item"]
+            wc.submit(item["id"], {"ok": True}, agent="bench", lease_token=item["lease_token"])
+        total = time.perf_counter() - started
+        wc.close()
+    finally:
+        store.Connection = original
+    rows = sorted(((sql, n / cycles, t / cycles * 1e6) for sql, (n, t) in spent.items()), key=lambda r: -r[2])
+    sql_us = sum(r[2] for r in rows)
+    return {"cycles": cycles, "us_per_cycle": total / cycles * 1e6, "sql_us_per_cycle": sql_us,
+            "statements": [{"sql": sql, "per_cycle": n, "us_per_cycle": us} for sql, n, us in rows],
+            "wal_bytes_per_cycle": {key: wal_bytes_per_cycle(key, base, min(cycles, 500))
+                                    for key in ("workctl", "raw")}}
+
+
+def wal_bytes_per_cycle(key: str, base: str, cycles: int) -> float:
+    """Bytes appended to the WAL per claim + ack, with checkpoints off (what each commit writes)."""
+    path = os.path.join(base, "wal", key, "q.db")
+    shutil.rmtree(os.path.dirname(path), ignore_errors=True)
+    os.makedirs(os.path.dirname(path))
+    adapter = ADAPTERS[key](path, "producer")
+    adapter.enqueue_many(cycles)
+    conn = adapter.wc.session.conn if key == "workctl" else adapter.c
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    conn.execute("PRAGMA wal_autocheckpoint = 0")
+    before = os.path.getsize(path + "-wal")
+    for _ in range(cycles):
+        handle, _payload = adapter.claim()
+        adapter.ack(handle)
+    grown = os.path.getsize(path + "-wal") - before
+    adapter.close()
+    return grown / cycles
+
+
 def importable(key: str) -> str | None:
     module = getattr(ADAPTERS[key], "module", None)
     if module is None:
@@ -303,6 +365,7 @@ def main(argv: list[str] | None = None) -> dict:
             continue
         print(f"running {key} …", flush=True)
         results[key] = run_variant(key, base, args.n, args.consumers)
+    breakdown = statement_breakdown(base, min(args.n, 2000)) if "workctl" in results else None
     if not args.dir:
         shutil.rmtree(base, ignore_errors=True)
     print(f"\nP1: checkout + submit (claim + ack) cycles/s, {args.n:,} items, {args.consumers} processes")
@@ -318,8 +381,16 @@ def main(argv: list[str] | None = None) -> dict:
                 shown = verdict(ratios[key], target, True) if target else f"{ratios[key]:.2f}×"
                 print(f"workctl / {results[key]['peer']}: {shown}")
         print(f"workctl duplicates {results['workctl']['duplicates']}, lost {results['workctl']['lost']} (target 0, 0)")
+    if breakdown:
+        print(f"\none workctl checkout + submit cycle, one process, {breakdown['cycles']:,} cycles: "
+              f"{breakdown['us_per_cycle']:.0f} µs, of which SQLite {breakdown['sql_us_per_cycle']:.0f} µs")
+        table(["statement", "per cycle", "µs per cycle"],
+              [[r["sql"], r["per_cycle"], r["us_per_cycle"]] for r in breakdown["statements"]])
+        wal = breakdown["wal_bytes_per_cycle"]
+        print(f"WAL bytes appended per cycle (checkpoints off): workctl {wal['workctl']:,.0f}, "
+              f"raw {wal['raw']:,.0f}")
     write(out_path("peers", args.out), "P1", {"n": args.n, "consumers": args.consumers, "results": results,
-                                              "skipped": skipped, "ratios": ratios,
+                                              "skipped": skipped, "ratios": ratios, "breakdown": breakdown,
                                               "targets": {"raw": ">= 0.6", "huey": ">= 1.5",
                                                           "duplicates": 0, "lost": 0}})
     return {"results": results, "skipped": skipped, "ratios": ratios}

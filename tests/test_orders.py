@@ -655,7 +655,7 @@ def test_marker_written_by_a_previous_apply_prevents_a_second_one(split, db_path
     items = [{"id": it["id"], "state": it["state"], "result": it["result"]} for it in shown["items"]]
     target = connect_target(str(app_db))
     with write_tx(target):
-        first_diff = _apply_once(target, get_type("user.data.sync"), {}, order, items, "2026-01-01T00:00:00.000000Z")
+        first_diff, _ = _apply_once(target, get_type("user.data.sync"), {}, order, items, "2026-01-01T00:00:00.000000Z")
     target.execute("UPDATE users SET phone = 'edited-by-hand' WHERE id = 99")
     target.close()
 

@@ -1,15 +1,17 @@
-"""R2/R3 — crashes: real processes killed with SIGKILL (kill -9) at random points and at named points.
+"""R2 and R3 — crashes: real processes killed with SIGKILL (kill -9) at random points and at named points.
 
-(a) ``approve`` of a large order (20,000 users in CI, 50,000 under ``-m slow``) killed after a random
+R2 is the crashed approve, R3 the crashed agents.
+
+(a, R2) ``approve`` of a large order (20,000 users in CI, 50,000 under ``-m slow``) killed after a random
     delay, and at every named crash point (WORKCTL_TEST_CRASH_AT, see ``orders._crash_point``), with
     the users table in the store itself and in a separate target file. After each kill the users table
     is either untouched or fully updated, and a second approve finishes the order exactly once: one
     marker row, one 'applied' event, one provenance row per change, and a hand edit made after the
     first apply survives the second approve.
-(b) An agent killed while it holds a lease: the item is re-issued after the TTL (time moved with
+(b, R3) An agent killed while it holds a lease: the item is re-issued after the TTL (time moved with
     WORKCTL_NOW, never slept), each attempt counted, failed at max_attempts and dead-lettered by
     maintain; the dead agent's late submit with its old lease token is refused.
-(c) ``workctl sync`` killed mid-batch (the sample server answers slowly, so batches are in flight):
+(c, R3) ``workctl sync`` killed mid-batch (the sample server answers slowly, so batches are in flight):
     after a restart nothing is lost and nothing is applied twice.
 """
 
@@ -255,7 +257,7 @@ def test_approve_killed_at_random_points(tmp_path):
     trials = 6
     outcomes = random_kill_trials(world, trials)
     assert sum(outcomes.values()) == trials
-    approve_kill_figures("R2a-ci", world, trials, outcomes)
+    approve_kill_figures("R2-ci", world, trials, outcomes)
 
 
 @pytest.mark.slow
@@ -266,7 +268,7 @@ def test_approve_killed_at_random_points_full(tmp_path, separate):
     outcomes = random_kill_trials(world, trials)
     # the random window covered both sides of the commit
     assert any(o.endswith("untouched") for o in outcomes) and any(o.endswith("applied") for o in outcomes), outcomes
-    approve_kill_figures("R2a-full", world, trials, outcomes)
+    approve_kill_figures("R2-full", world, trials, outcomes)
 
 
 # -- (b) an agent killed while it holds a lease ------------------------------------------------------
@@ -469,11 +471,11 @@ def sync_kill_trials(tmp_path: Path, trials: int) -> list[dict]:
 def test_sync_killed_mid_batch_loses_nothing_and_applies_once(tmp_path):
     left = sync_kill_trials(tmp_path, 3)
     assert any(states.get("leased") for states in left), f"no kill caught a batch in flight: {left}"
-    figure("R2c-ci", trials=3, seed=SEED, left_by_kill=left, failures=0)
+    figure("R3-sync-ci", trials=3, seed=SEED, left_by_kill=left, failures=0)
 
 
 @pytest.mark.slow
 def test_sync_killed_mid_batch_full(tmp_path):
     left = sync_kill_trials(tmp_path, 15)
     assert sum(1 for states in left if states.get("leased")) >= 5, left
-    figure("R2c-full", trials=15, seed=SEED, left_by_kill=left, failures=0)
+    figure("R3-sync-full", trials=15, seed=SEED, left_by_kill=left, failures=0)

@@ -159,7 +159,7 @@ def run_scenario(tmp_path, name: str, *, bulk: bool, ratio: float, users: int = 
         assert diff is not None and diff["stats"]["failed"] == len(failed)
     return {"requests": requests_seen, "budget": units * MAX_ATTEMPTS, "retries": report["retries"],
             "synced": len(synced), "failed": len(failed), "released_batches": report["items"]["released"],
-            "classes": dict(Counter(f["error_class"] for f in report["failed_users"]))}
+            "classes": dict(Counter(f["error_class"] for f in report["failed_users"])), "waits": list(fake.sleeps)}
 
 
 @pytest.mark.parametrize("bulk", [True, False], ids=["bulk", "per-user"])
@@ -170,6 +170,9 @@ def test_each_fault_alone_and_mixed(tmp_path, name, bulk):
         assert figures["failed"] == 0 and figures["requests"] == (6 if bulk else 60)
     if name in ("429 + Retry-After", "slow responses"):
         assert figures["failed"] == 0 and (figures["retries"] > 0 or name == "slow responses")
+    if name == "429 + Retry-After":  # exactly what Retry-After said, once per 429, no backoff on top
+        assert figures["waits"] == [2.0] * 3
+    del figures["waits"]
     if name == "404s":
         assert figures["classes"] == {"not_found": len(MISSING)}
     figure("R4", scenario=name, mode="bulk" if bulk else "per-user", ratio=0, **figures)
@@ -179,6 +182,7 @@ def test_each_fault_alone_and_mixed(tmp_path, name, bulk):
 @pytest.mark.parametrize("name", ["mixed", "404s", "429 Retry-After over the cap"])
 def test_strict_orders_release_failing_batches_and_say_why(tmp_path, name, bulk):
     figures = run_scenario(tmp_path, name, bulk=bulk, ratio=1.0)
+    del figures["waits"]
     assert figures["released_batches"] >= 1
     figure("R4", scenario=name, mode="bulk" if bulk else "per-user", ratio=1, **figures)
 

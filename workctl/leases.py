@@ -170,7 +170,10 @@ def release(s: Session, item_id: str, *, agent: str, error: str | None = None,
     claimed again, so a failing item is not hammered in a tight loop."""
     row = check_lease(s, item_id, agent, token)
     now = s.now()
-    guard, guard_params = fence(agent, token, now)
+    # Fenced on the very lease that was read (its token, even when the caller gave none): the attempt
+    # count written below is computed from that read, so a lease taken since (a reclaim by another
+    # process with the same agent id) must not be ended, nor its counted attempt undone.
+    guard, guard_params = fence(agent, row["lease_token"], now)
     attempts = row["attempts"] if error else max(row["attempts"] - 1, 0)
     failed = bool(error) and attempts >= row["max_attempts"]
     record = {"code": "released_with_error", "message": error, "agent": agent} if error else None

@@ -16,7 +16,8 @@ from . import idempotency
 from .clock import iso
 from .errors import Conflict, IllegalTransition, Invalid, Usage
 from .leases import check_lease, fence, lease_problem, reclaim_expired
-from .lifecycle import ITEM_DONE_STATES, Actor, append_event, dumps, move_item, move_order, refresh_order
+from .lifecycle import (ITEM_DONE_STATES, Actor, Encoded, append_event, dumps, move_item, move_order,
+                        refresh_order)
 from .session import Session, loads
 from .store import write_tx
 from .types import ApplyContext, get_type
@@ -216,17 +217,19 @@ def _marker(conn: sqlite3.Connection, order_id: str) -> dict[str, Any] | None:
 
 
 def _apply_once(conn: sqlite3.Connection, order_type: Any, settings: Mapping[str, Any],
-                order: dict[str, Any], items: list[dict[str, Any]], now: str) -> dict[str, Any]:
-    """Inside an open write transaction on the target: apply unless the marker says it was done."""
+                order: dict[str, Any], items: list[dict[str, Any]], now: str) -> tuple[dict[str, Any], Encoded]:
+    """Inside an open write transaction on the target: apply unless the marker says it was done.
+    Returns the diff and its JSON text (encoded once, stored wherever the diff is kept)."""
     done = _marker(conn, order["id"])
     if done is not None:
-        return done
+        return done, Encoded(dumps(done))
     diff = order_type.apply(ApplyContext(target=conn, settings=settings, now=now), order, items)
+    diff_json = Encoded(dumps(diff))
     _ensure_marker(conn)
     conn.execute(f"INSERT INTO {MARKER_TABLE} (order_id, applied_at, diff) VALUES (?, ?, ?)",
-                 (order["id"], now, dumps(diff)))
+                 (order["id"], now, diff_json))
     _crash_point("after_apply")
-    return diff
+    return diff, diff_json
 
 
 def _crash_point(name: str) -> None:
@@ -315,7 +318,7 @@ def approve(s: Session, order_id: str, *, actor: Actor, dry_run: bool = False,
         # marker: a reject either ran before (seen here) or runs after this commit (and sees the marker).
         with target as tconn, write_tx(tconn):
             _check_unchanged(s.conn, order_id, watermark)
-            diff = _apply_once(tconn, order_type, settings, order, items, now)
+            diff, diff_json = _apply_once(tconn, order_type, settings, order, items, now)
         _crash_point("after_target_commit")
     s.conn.execute("PRAGMA synchronous = FULL")  # the apply commit is the one that must survive power loss
     try:
@@ -326,8 +329,8 @@ def approve(s: Session, order_id: str, *, actor: Actor, dry_run: bool = False,
                     return earlier
             _check_unchanged(conn, order_id, watermark)
             if target.same:
-                diff = _apply_once(conn, order_type, settings, order, items, now)
-            _finish_approval(conn, order_id, items, diff, actor, now)
+                diff, diff_json = _apply_once(conn, order_type, settings, order, items, now)
+            _finish_approval(conn, order_id, items, diff, diff_json, actor, now)
             order_type.record_applied(conn, order, items, diff, now)
             webhooks.enqueue(conn, hooks, order, diff, now)  # the outbox: sent after commit (api.approve)
             response = {"order": {"id": order_id, "state": "completed"}, "diff": diff}
@@ -347,11 +350,11 @@ def approve(s: Session, order_id: str, *, actor: Actor, dry_run: bool = False,
 
 
 def _finish_approval(conn: sqlite3.Connection, order_id: str, items: list[dict[str, Any]],
-                     diff: dict[str, Any], actor: Actor, now: str) -> None:
+                     diff: dict[str, Any], diff_json: Encoded, actor: Actor, now: str) -> None:
     move_order(conn, order_id=order_id, current="submitted", target="approved", now=now, actor=actor,
                sets={"approved_at": now})
     move_order(conn, order_id=order_id, current="approved", target="applied", now=now, actor=Actor.system(),
-               payload={"diff": diff}, sets={"applied_at": now, "diff": dumps(diff)})
+               payload=Encoded('{"diff":' + diff_json + "}"), sets={"applied_at": now, "diff": diff_json})
     for item in items:
         move_item(conn, item_id=item["id"], order_id=order_id, current="submitted", target="accepted",
                   now=now, actor=actor)
