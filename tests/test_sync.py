@@ -10,7 +10,6 @@ import json
 import sqlite3
 from dataclasses import replace
 
-import pytest
 
 from helpers import make_users, run
 from workctl import Workctl

@@ -14,7 +14,6 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-import pytest
 
 from helpers import make_users, run, run_process
 from workctl.sources.sample_server import Faults, SampleServer, sample_user, updated_at

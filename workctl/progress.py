@@ -12,7 +12,9 @@ from typing import Any
 class LineProgress:
     """No animation: one line per finished batch and per wait, for logs."""
 
-    def __init__(self, stream: Any = None):
+    def __init__(self, stream: Any = None, *, unit: str = "batch", counted: str = "users"):
+        # sync counts batches and users; run --exec counts items and results.
+        self.unit, self.counted = unit, counted
         self.stream = stream or sys.stderr
         self.done = self.ok = self.failed = 0
         self.total: int | None = None
@@ -37,8 +39,8 @@ class LineProgress:
         self.failed += failed
         total = f"/{self.total}" if self.total else ""
         rate = self.ok / max(time.monotonic() - self.started_at, 1e-6)
-        self._write(f"workctl: batch {self.done}{total} {outcome}: {synced} users ok, {failed} failed "
-                    f"(total {self.ok} ok, {self.failed} failed, {rate:.0f} users/s)")
+        self._write(f"workctl: {self.unit} {self.done}{total} {outcome}: {synced} {self.counted} ok, {failed} failed "
+                    f"(total {self.ok} ok, {self.failed} failed, {rate:.0f} {self.counted}/s)")
 
     def waiting(self, source: str, reason: str, seconds: float) -> None:
         if seconds >= 1:
@@ -54,13 +56,13 @@ class LineProgress:
 class RichProgress(LineProgress):
     """A live bar: batches done / total, users ok / failed, users per second, the current wait, ETA."""
 
-    def __init__(self) -> None:
-        super().__init__()
+    def __init__(self, *, unit: str = "batch", counted: str = "users") -> None:
+        super().__init__(unit=unit, counted=counted)
         from rich.console import Console
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
         self.console = Console(stderr=True)
-        self.bar = Progress(TextColumn("batches"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+        self.bar = Progress(TextColumn(f"{unit}es" if unit.endswith("ch") else f"{unit}s"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                             TextColumn("{task.fields[detail]}", markup=False), console=self.console,
                             transient=False)
         self.task = self.bar.add_task("sync", total=None, detail="")
@@ -73,7 +75,7 @@ class RichProgress(LineProgress):
 
     def _detail(self) -> str:
         rate = self.ok / max(time.monotonic() - self.started_at, 1e-6)
-        return f"users {self.ok} ok / {self.failed} failed, {rate:.0f}/s {self.wait_note}"
+        return f"{self.counted} {self.ok} ok / {self.failed} failed, {rate:.0f}/s {self.wait_note}"
 
     def item_finished(self, item: dict[str, Any], outcome: str, synced: int, failed: int) -> None:
         self.done += 1
@@ -104,7 +106,7 @@ class Quiet:
     def close(self) -> None: pass
 
 
-def make_progress(*, quiet: bool) -> LineProgress | Quiet:
+def make_progress(*, quiet: bool, unit: str = "batch", counted: str = "users") -> LineProgress | Quiet:
     if quiet:
         return Quiet()
-    return RichProgress() if sys.stderr.isatty() else LineProgress()
+    return RichProgress(unit=unit, counted=counted) if sys.stderr.isatty() else LineProgress(unit=unit, counted=counted)

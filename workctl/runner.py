@@ -64,6 +64,7 @@ class Runner:
         self.report = RunReport()
         self.claimed = 0
         self.claim_lock = threading.Lock()
+        self.stopping = threading.Event()
 
     def _open(self) -> Any:
         from .api import Workctl
@@ -87,10 +88,19 @@ class Runner:
         every = self.heartbeat_every or max(1.0, min(self.wc.config.heartbeat_every_seconds,
                                                      (self.options.ttl or self.wc.config.ttl_seconds) / 3))
         with Heartbeats(self._open, ttl=self.options.ttl, every=every) as self.heartbeats:
-            for worker in workers:
-                worker.start()
-            for worker in workers:
-                worker.join()
+            try:
+                for worker in workers:
+                    worker.start()
+                for worker in workers:
+                    worker.join()
+            except KeyboardInterrupt:
+                # Ctrl-C reaches only this thread: workers finish (submit or release) the item they
+                # hold and take no new one; then the run stops with exit 130.
+                self.stopping.set()
+                for worker in workers:
+                    if worker.is_alive():
+                        worker.join()
+                raise
         self.report.seconds = time.monotonic() - started
         if errors:
             raise errors[0]
@@ -98,6 +108,8 @@ class Runner:
 
     def _take_slot(self) -> bool:
         with self.claim_lock:
+            if self.stopping.is_set():
+                return False
             if self.options.max_items is not None and self.claimed >= self.options.max_items:
                 return False
             self.claimed += 1

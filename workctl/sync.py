@@ -190,10 +190,19 @@ class Syncer:
                 self.stopping.set()
 
         threads = [threading.Thread(target=worker, name=f"workctl-sync-{n}") for n in range(workers)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
+        try:
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+        except KeyboardInterrupt:
+            # Ctrl-C reaches only this thread: let every worker finish (submit or release) the batch it
+            # holds, take no new one, then stop (exit 130), leaving no lease to expire.
+            self.stopping.set()
+            for thread in threads:
+                if thread.is_alive():
+                    thread.join()
+            raise
         if errors:
             raise errors[0]
 
@@ -246,8 +255,9 @@ class Syncer:
             return
         except Invalid as exc:
             self._record_failures(item, failed)
-            released = wc.release(item["id"], agent=self.agent, lease_token=item["lease_token"], error=exc.message)
-            note = (f"batch {item['id']} not accepted ({exc.message}); released as attempt "
+            why = "; ".join(f"{d['path']}: {d['message']}" for d in exc.details[:3] if "path" in d) or exc.message
+            released = wc.release(item["id"], agent=self.agent, lease_token=item["lease_token"], error=why)
+            note = (f"batch {item['id']} not accepted ({why}); released as attempt "
                     f"{item['attempts']}/{item['max_attempts']}, now {released['item']['state']}")
             with self.lock:
                 self.report.items_released += 1

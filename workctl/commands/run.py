@@ -32,7 +32,7 @@ def run(
     if not exec_.strip():
         raise Usage("--exec CMD is required")
     with open_workctl(ctx) as wc:
-        progress = make_progress(quiet=quiet or json_)
+        progress = make_progress(quiet=quiet or json_, unit="item", counted="results")
         try:
             report = wc.run_exec(RunOptions(command=exec_, order_id=order_id, type_name=type_name, agent=agent,
                                             parallel=parallel, max_items=max_items, ttl=ttl, timeout=timeout),
