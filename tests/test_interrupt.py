@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sqlite3
@@ -68,3 +69,18 @@ def test_sigint_during_run_exec_takes_no_new_item_and_exits_130(tmp_path):
     queued = conn.execute("SELECT count(*) FROM items WHERE state = 'queued'").fetchone()[0]
     conn.close()
     assert queued >= 15  # it stopped after the items in hand
+
+
+def test_log_follow_streams_new_events_until_ctrl_c(tmp_path):
+    db = tmp_path / "w.db"
+    order_id = run(db, "propose", "task.batch", "--payload", '{"tasks": [1, 2]}', "--json").json["order"]["id"]
+    proc = subprocess.Popen([sys.executable, "-m", "workctl", "--db", str(db), "log", order_id, "--follow", "--nl",
+                             "--interval", "0.1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    first = [proc.stdout.readline() for _ in range(2)]  # proposed, planned
+    assert [json.loads(line)["event"] for line in first] == ["proposed", "planned"]
+    assert run(db, "checkout", order_id, "--agent", "a").exit_code == 0
+    later = [json.loads(proc.stdout.readline())["event"] for _ in range(2)]  # arrives while following
+    assert later == ["leased", "started"]
+    proc.send_signal(signal.SIGINT)
+    proc.communicate(timeout=30)
+    assert proc.returncode == 130
