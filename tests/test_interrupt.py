@@ -84,3 +84,14 @@ def test_log_follow_streams_new_events_until_ctrl_c(tmp_path):
     proc.send_signal(signal.SIGINT)
     proc.communicate(timeout=30)
     assert proc.returncode == 130
+
+
+def test_a_reader_that_goes_away_is_a_quiet_exit_141(tmp_path):
+    db = tmp_path / "w.db"
+    order_id = run(db, "propose", "task.batch", "--payload", json.dumps({"tasks": [1, 2]}), "--json").json["order"]["id"]
+    for command in (["show", order_id, "--json"], ["status", order_id, "--json"]):  # Typer, fast path
+        proc = subprocess.Popen([sys.executable, "-m", "workctl", "--db", str(db), *command],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        proc.stdout.close()  # the reader is gone before the output comes (like `| head -c 0`)
+        assert proc.wait(timeout=60) == 141
+        assert proc.stderr.read() == b""

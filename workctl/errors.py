@@ -21,6 +21,7 @@ class ExitCode(IntEnum):
     REMOTE = 7
     STORE = 8
     INTERRUPTED = 130
+    BROKEN_PIPE = 141  # 128 + SIGPIPE: the reader of stdout went away (`| head`); said quietly
 
 
 # What each code means, in the words of the README's table (kept here so the table can be generated).
@@ -36,6 +37,7 @@ EXIT_CODE_MEANINGS: dict[ExitCode, str] = {
     ExitCode.REMOTE: "a source or webhook failed after retries",
     ExitCode.STORE: "database locked past the timeout, corrupt, read-only, or created by a newer workctl",
     ExitCode.INTERRUPTED: "interrupted (Ctrl-C)",
+    ExitCode.BROKEN_PIPE: "stdout was closed by its reader (e.g. piped into head); nothing more is printed",
 }
 
 

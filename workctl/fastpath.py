@@ -207,29 +207,17 @@ def _execute(command: str, a: dict[str, Any]) -> None:
 def main(argv: list[str] | None = None) -> int | None:
     """Run a hot command without Typer and return its exit code; None when Typer must handle ``argv``.
 
-    The error handling is ``commands._common.boundary``'s, and Ctrl-C is 130 as in ``cli.main``."""
+    Errors go through the same boundary as the Typer commands (``output.failure_exit_code``)."""
     parsed = parse(sys.argv[1:] if argv is None else argv)
     if parsed is None:
         return None
     command, arguments = parsed
     from . import output
-    from .errors import ExitCode, WorkctlError
 
-    as_json = bool(arguments["json_"])
     try:
         _execute(command, arguments)
-    except WorkctlError as exc:
-        output.error(exc, as_json=as_json)
-        return int(exc.exit_code)
-    except KeyboardInterrupt:
-        return int(ExitCode.INTERRUPTED)
-    except Exception as exc:
-        if os.environ.get("WORKCTL_DEBUG"):
-            raise
-        bug = WorkctlError(f"unexpected {type(exc).__name__}: {exc} (this is a bug; set WORKCTL_DEBUG=1 "
-                           "for a traceback)", code="internal_error")
-        output.error(bug, as_json=as_json)
-        return int(ExitCode.ERROR)
+    except (Exception, KeyboardInterrupt) as exc:
+        return output.failure_exit_code(exc, as_json=bool(arguments["json_"]))
     return 0
 
 

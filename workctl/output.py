@@ -65,6 +65,31 @@ def error(exc: WorkctlError, *, as_json: bool) -> None:
         sys.stderr.write(f"  … and {len(exc.details) - 20} more (see --json)\n")
 
 
+def failure_exit_code(exc: BaseException, *, as_json: bool) -> int:
+    """The CLI's error boundary (used by the Typer commands and the fast path alike): report ``exc``
+    the documented way and return its exit code. Under WORKCTL_DEBUG=1 a bug re-raises instead."""
+    import os
+
+    from .errors import ExitCode
+
+    if isinstance(exc, WorkctlError):
+        error(exc, as_json=as_json)
+        return int(exc.exit_code)
+    if isinstance(exc, KeyboardInterrupt):
+        return int(ExitCode.INTERRUPTED)
+    if isinstance(exc, BrokenPipeError):
+        # The reader is gone: say nothing, and keep the interpreter's final flush from failing again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return int(ExitCode.BROKEN_PIPE)
+    if os.environ.get("WORKCTL_DEBUG"):
+        raise exc
+    bug = WorkctlError(f"unexpected {type(exc).__name__}: {exc} (this is a bug; set WORKCTL_DEBUG=1 "
+                       "for a traceback)", code="internal_error")
+    error(bug, as_json=as_json)
+    return int(ExitCode.ERROR)
+
+
 def warn(message: str) -> None:
     sys.stderr.write(f"workctl: warning: {message}\n")
 

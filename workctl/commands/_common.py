@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import functools
-import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Any, Callable, TypeVar
 
 import typer
 
 from .. import output
-from ..errors import ExitCode, WorkctlError
 
 if TYPE_CHECKING:
     from ..api import Workctl
@@ -51,19 +49,9 @@ def boundary(fn: F) -> F:
         as_json = bool(kwargs.get("json_") or kwargs.get("nl"))
         try:
             return fn(*args, **kwargs)
-        except WorkctlError as exc:
-            output.error(exc, as_json=as_json)
-            raise typer.Exit(int(exc.exit_code)) from None
-        except KeyboardInterrupt:
-            raise typer.Exit(int(ExitCode.INTERRUPTED)) from None
         except (typer.Exit, typer.Abort):
             raise
-        except Exception as exc:
-            if os.environ.get("WORKCTL_DEBUG"):
-                raise
-            bug = WorkctlError(f"unexpected {type(exc).__name__}: {exc} (this is a bug; set WORKCTL_DEBUG=1 "
-                               "for a traceback)", code="internal_error")
-            output.error(bug, as_json=as_json)
-            raise typer.Exit(int(ExitCode.ERROR)) from None
+        except (Exception, KeyboardInterrupt) as exc:
+            raise typer.Exit(output.failure_exit_code(exc, as_json=as_json)) from None
 
     return wrapper  # type: ignore[return-value]
