@@ -20,6 +20,7 @@ from typing import Any
 from .errors import Conflict, Invalid, NoWork
 from .progress import Quiet
 from .heartbeat import Heartbeats
+from .workers import run_workers
 
 STDERR_TAIL = 2000
 
@@ -75,35 +76,15 @@ class Runner:
         if self.options.order_id:
             self.wc.show(self.options.order_id)  # NotFound before any work
         self.listener.started(self.wc.pending_item_count(self.options.order_id, self.options.type_name))
-        errors: list[BaseException] = []
-
-        def guarded(n: int) -> None:
-            try:
-                self._worker(n)
-            except BaseException as exc:  # surfaced after the other workers finish
-                errors.append(exc)
-
-        workers = [threading.Thread(target=guarded, args=(n,), name=f"workctl-run-{n}")
-                   for n in range(max(1, self.options.parallel))]
         every = self.heartbeat_every or max(1.0, min(self.wc.config.heartbeat_every_seconds,
                                                      (self.options.ttl or self.wc.config.ttl_seconds) / 3))
-        with Heartbeats(self._open, ttl=self.options.ttl, every=every) as self.heartbeats:
-            try:
-                for worker in workers:
-                    worker.start()
-                for worker in workers:
-                    worker.join()
-            except KeyboardInterrupt:
-                # Ctrl-C reaches only this thread: workers finish (submit or release) the item they
-                # hold and take no new one; then the run stops with exit 130.
-                self.stopping.set()
-                for worker in workers:
-                    if worker.is_alive():
-                        worker.join()
-                raise
-        self.report.seconds = time.monotonic() - started
-        if errors:
-            raise errors[0]
+        try:
+            with Heartbeats(self._open, ttl=self.options.ttl, every=every) as self.heartbeats:
+                # Ctrl-C: each worker finishes (submits or releases) the item it holds, then exit 130.
+                run_workers(self._worker, max(1, self.options.parallel), stopping=self.stopping,
+                            name="workctl-run")
+        finally:
+            self.report.seconds = time.monotonic() - started
         return self.report
 
     def _take_slot(self) -> bool:

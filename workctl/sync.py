@@ -19,6 +19,7 @@ from .clock import iso
 from .delta import fetch_since
 from .errors import Conflict, Invalid, NoWork, Usage, WorkctlError
 from .heartbeat import Heartbeats
+from .workers import run_workers
 from .progress import Quiet
 from .sources.client import SourceClient, UserOutcome
 from .sources.config import SourceConfig, load_source
@@ -179,32 +180,12 @@ class Syncer:
         return min((c.config.concurrency for c in self.clients.values()), default=1)
 
     def _run_parallel(self, workers: int) -> None:
-        errors: list[BaseException] = []
+        def worker(n: int) -> None:
+            with self._open_peer() as wc:
+                self._work(wc)
 
-        def worker() -> None:
-            try:
-                with self._open_peer() as wc:
-                    self._work(wc)
-            except BaseException as exc:  # re-raised in the caller's thread once all workers stop
-                errors.append(exc)
-                self.stopping.set()
-
-        threads = [threading.Thread(target=worker, name=f"workctl-sync-{n}") for n in range(workers)]
-        try:
-            for thread in threads:
-                thread.start()
-            for thread in threads:
-                thread.join()
-        except KeyboardInterrupt:
-            # Ctrl-C reaches only this thread: let every worker finish (submit or release) the batch it
-            # holds, take no new one, then stop (exit 130), leaving no lease to expire.
-            self.stopping.set()
-            for thread in threads:
-                if thread.is_alive():
-                    thread.join()
-            raise
-        if errors:
-            raise errors[0]
+        # Ctrl-C: every worker finishes (submits or releases) the batch it holds, then exit 130.
+        run_workers(worker, workers, stopping=self.stopping, name="workctl-sync")
 
     def _take_slot(self) -> bool:
         with self.lock:
