@@ -13,6 +13,11 @@ from typing import Any, Callable, Iterator
 from .errors import Conflict, WorkctlError
 
 
+def beat_interval(config: Any, ttl: int | None) -> float:
+    """How often to beat: the configured heartbeat interval, but at least three beats per lease."""
+    return max(1.0, min(config.heartbeat_every_seconds, (ttl or config.ttl_seconds) / 3))
+
+
 @dataclass
 class Held:
     """One lease being kept alive; ``lost`` is set when a beat finds it gone."""

@@ -46,8 +46,6 @@ ITEM_TRANSITIONS: dict[str | None, dict[str, str]] = {
     "rejected": {},
 }
 
-TERMINAL_ORDER_STATES = frozenset(s for s, nxt in ORDER_TRANSITIONS.items() if s and not nxt)
-TERMINAL_ITEM_STATES = frozenset(s for s, nxt in ITEM_TRANSITIONS.items() if s and not nxt)
 # An item whose work is done as far as the order's readiness is concerned.
 ITEM_DONE_STATES = frozenset({"submitted", "accepted", "completed"})
 

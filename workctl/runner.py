@@ -19,7 +19,7 @@ from typing import Any
 
 from .errors import Conflict, Invalid, NoWork
 from .progress import Quiet
-from .heartbeat import Heartbeats
+from .heartbeat import Heartbeats, beat_interval
 from .workers import run_workers
 
 STDERR_TAIL = 2000
@@ -76,8 +76,7 @@ class Runner:
         if self.options.order_id:
             self.wc.show(self.options.order_id)  # NotFound before any work
         self.listener.started(self.wc.pending_item_count(self.options.order_id, self.options.type_name))
-        every = self.heartbeat_every or max(1.0, min(self.wc.config.heartbeat_every_seconds,
-                                                     (self.options.ttl or self.wc.config.ttl_seconds) / 3))
+        every = self.heartbeat_every or beat_interval(self.wc.config, self.options.ttl)
         try:
             with Heartbeats(self._open, ttl=self.options.ttl, every=every) as self.heartbeats:
                 # Ctrl-C: each worker finishes (submits or releases) the item it holds, then exit 130.

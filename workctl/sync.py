@@ -18,7 +18,7 @@ from typing import Any, Callable, Protocol
 from .clock import iso
 from .delta import fetch_since
 from .errors import Conflict, Invalid, NoWork, Usage, WorkctlError
-from .heartbeat import Heartbeats
+from .heartbeat import Heartbeats, beat_interval
 from .workers import run_workers
 from .progress import Quiet
 from .sources.client import SourceClient, UserOutcome
@@ -161,8 +161,7 @@ class Syncer:
             pending = self.wc.pending_item_count(self.options.order_id, SYNC_TYPE)
             self.listener.started(pending)
             workers = max(1, min(self.options.workers or self._default_workers(), pending or 1))
-            every = self.heartbeat_every or max(1.0, min(self.wc.config.heartbeat_every_seconds,
-                                                         (self.options.ttl or self.wc.config.ttl_seconds) / 3))
+            every = self.heartbeat_every or beat_interval(self.wc.config, self.options.ttl)
             with Heartbeats(self._open_peer, ttl=self.options.ttl, every=every) as self.heartbeats:
                 if workers == 1:
                     self._work(self.wc)

@@ -7,7 +7,6 @@ hot path). A plugin that fails to load is a warning on stderr, never a crash.
 from __future__ import annotations
 
 import os
-import sys
 from typing import Callable
 
 from ..errors import NotFound
@@ -49,7 +48,8 @@ def _load_plugins() -> dict[str, OrderType]:
                 raise TypeError("entry point must be an OrderType subclass or instance with a name")
             _plugins[instance.name] = instance
         except Exception as exc:  # a broken plugin must not take the CLI down
-            print(f"workctl: warning: order type plugin {ep.name!r} failed to load: {exc}", file=sys.stderr)
+            from ..output import warn
+            warn(f"order type plugin {ep.name!r} failed to load: {exc}")
     return _plugins
 
 
