@@ -83,7 +83,7 @@ def time_approve(path: str, order: str) -> tuple[float, dict]:
 
 def breakdown(path: str, order: str) -> dict[str, float]:
     """One more approve (untimed in the figure) with timers around its phases: where the time goes."""
-    from workctl import lifecycle, orders
+    from workctl.core import lifecycle, orders
     from workctl.types.user_data_sync import UserDataSync
 
     spent: dict[str, float] = {}

@@ -44,7 +44,7 @@ wc.close()
 SYNC = """
 from sync_bench import config_for, make_db, FIELDS
 from workctl import Workctl
-from workctl.sync import SyncOptions
+from workctl.agents.sync import SyncOptions
 db = make_db({n})
 with Workctl(db, config=config_for({url!r})) as wc:
     wc.propose("user.data.sync", {{"source": "crm", "user_ids": list(range(1, {n} + 1)), "fields": FIELDS}})

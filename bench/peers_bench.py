@@ -277,7 +277,7 @@ def run_variant(key: str, base: str, n: int, k: int) -> dict:
 def statement_breakdown(base: str, cycles: int) -> dict:
     """Where one checkout + submit cycle of workctl goes, in one process: time per SQL statement
     (execute, including COMMIT) per cycle, and the rest (Python outside SQLite)."""
-    import workctl.store as store
+    import workctl.store.sqlite as store
     from workctl import Workctl
     from workctl.config import Config
 

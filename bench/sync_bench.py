@@ -26,7 +26,7 @@ import httpx
 
 from workctl import Workctl
 from workctl.config import Config
-from workctl.sync import SyncOptions
+from workctl.agents.sync import SyncOptions
 
 FIELDS = ["email", "phone", "company"]
 

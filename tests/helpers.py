@@ -14,7 +14,7 @@ from typing import Any
 
 from typer.testing import CliRunner
 
-from workctl.cli import app
+from workctl.cli.app import app
 
 
 @dataclass

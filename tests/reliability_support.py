@@ -18,7 +18,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any, Iterable
 
-from workctl.lifecycle import ITEM_STATES, ITEM_TRANSITIONS, ORDER_STATES, ORDER_TRANSITIONS
+from workctl.core.lifecycle import ITEM_STATES, ITEM_TRANSITIONS, ORDER_STATES, ORDER_TRANSITIONS
 
 REPO = Path(__file__).resolve().parents[1]
 NOW = "2026-01-01T00:00:00Z"

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import typer.main
 
-import workctl.cli
+import workctl.cli.app
 from workctl.errors import EXIT_CODE_MEANINGS, ExitCode
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -38,7 +38,7 @@ def command_paths() -> list[str]:
         else:
             paths.append(prefix)
 
-    walk(typer.main.get_command(workctl.cli.app), "")
+    walk(typer.main.get_command(workctl.cli.app.app), "")
     return paths
 
 

@@ -1,4 +1,4 @@
-"""The agent commands' fast path (workctl.fastpath) behaves exactly like the Typer commands.
+"""The agent commands' fast path (workctl.cli.fastpath) behaves exactly like the Typer commands.
 
 Every case runs twice on the same store file restored from one template, with the clock pinned and
 lease tokens made deterministic: once through ``fastpath.main`` (no Typer) and once through the Typer
@@ -22,8 +22,10 @@ import pytest
 from typer.testing import CliRunner
 
 from helpers import make_users
-from workctl import Workctl, fastpath, leases
-from workctl.cli import app
+from workctl import Workctl
+from workctl.cli import fastpath
+from workctl.core import leases
+from workctl.cli.app import app
 from workctl.config import Config
 
 NOW = "2026-03-01T12:00:00Z"

@@ -27,7 +27,7 @@ def imported_modules(args, cwd, env=None):
 def test_checkout_help_does_not_import_httpx(tmp_path):
     proc, modules = imported_modules(["checkout", "--help"], tmp_path)
     assert proc.returncode == 0
-    assert "workctl.cli" in modules
+    assert "workctl.cli.app" in modules
     assert not {m for m in modules if m.split(".")[0] == "httpx"}
 
 
@@ -42,7 +42,7 @@ def store_with_work(tmp_path):
 
 @pytest.mark.parametrize("command", ["checkout", "status", "heartbeat", "release", "submit"])
 def test_agent_commands_import_no_heavy_modules(store_with_work, tmp_path, command):
-    """The hot agent commands run on the fast path (workctl.fastpath): no Typer (nor click, pydantic,
+    """The hot agent commands run on the fast path (workctl.cli.fastpath): no Typer (nor click, pydantic,
     rich), no httpx, no jsonschema, no sqlite-utils; only the stdlib and workctl's own core modules."""
     db = str(store_with_work)
     lease = json.loads(subprocess.run([sys.executable, "-m", "workctl", "--db", db, "checkout", "--agent", "a",
@@ -58,10 +58,10 @@ def test_agent_commands_import_no_heavy_modules(store_with_work, tmp_path, comma
     }[command]
     proc, modules = imported_modules(["--db", db, *argv], tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "workctl.fastpath" in modules
+    assert "workctl.cli.fastpath" in modules
     heavy = sorted(m for m in modules if m.split(".")[0] in HEAVY + FALLBACK_ONLY)
     assert heavy == [], heavy
-    typer_side = sorted(m for m in modules if m == "workctl.cli" or m.startswith("workctl.commands"))
+    typer_side = sorted(m for m in modules if m == "workctl.cli.app" or m.startswith("workctl.commands"))
     assert typer_side == [], typer_side
 
 
@@ -78,11 +78,11 @@ def test_checkout_json_loads_neither_httpx_nor_jsonschema_nor_typer(store_with_w
 
 
 def test_console_script_entry_is_the_fast_path():
-    """pyproject's [project.scripts] and `python -m workctl` both enter through workctl.fastpath:run."""
+    """pyproject's [project.scripts] and `python -m workctl` both enter through workctl.cli.fastpath:run."""
     import tomllib
     from pathlib import Path
 
     root = Path(__file__).resolve().parent.parent
     scripts = tomllib.loads((root / "pyproject.toml").read_text())["project"]["scripts"]
-    assert scripts["workctl"] == "workctl.fastpath:run"
-    assert "workctl.fastpath import run" in (root / "workctl" / "__main__.py").read_text()
+    assert scripts["workctl"] == "workctl.cli.fastpath:run"
+    assert "workctl.cli.fastpath import run" in (root / "workctl" / "__main__.py").read_text()

@@ -14,11 +14,12 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_state_machine_as_test
 
 from conftest import events, rows, snapshot, sync_result
-from workctl import Workctl, leases
+from workctl import Workctl
+from workctl.core import leases
 from workctl.clock import ManualClock, after, iso, parse
 from workctl.config import Config
 from workctl.errors import Conflict, ExitCode, IllegalTransition, LeaseLost, NoWork, NotFound
-from workctl.lifecycle import ITEM_TRANSITIONS, derived_order_state
+from workctl.core.lifecycle import ITEM_TRANSITIONS, derived_order_state
 
 
 def tasks(wc, n, *, priority=0, max_attempts=None):

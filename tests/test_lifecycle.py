@@ -9,14 +9,14 @@ from pathlib import Path
 import pytest
 
 from conftest import events, sync_result
-from workctl import lifecycle
+from workctl.core import lifecycle
 from workctl.clock import iso, parse
 from workctl.errors import ExitCode, IllegalTransition, NoWork
-from workctl.lifecycle import (ITEM_STATES, ITEM_TRANSITIONS, ORDER_STATES, ORDER_TRANSITIONS, Actor,
+from workctl.core.lifecycle import (ITEM_STATES, ITEM_TRANSITIONS, ORDER_STATES, ORDER_TRANSITIONS, Actor,
                                derived_order_state, move_item, move_order, refresh_order)
-from workctl.store import connect
+from workctl.store.sqlite import connect
 
-# The contract, written out edge by edge (independently of workctl.lifecycle) as (from, to, event).
+# The contract, written out edge by edge (independently of workctl.core.lifecycle) as (from, to, event).
 EXPECTED_ORDER_EDGES = {
     (None, "queued", "proposed"),
     ("queued", "in_progress", "started"),

@@ -257,7 +257,7 @@ def test_revert_restores_only_untouched_values_in_a_separate_target(tmp_path):
 
 
 def test_revert_heals_after_a_crash_between_the_target_and_the_store_commit(tmp_path, monkeypatch):
-    import workctl.revert as revert_module
+    import workctl.types.user_data_sync.revert as revert_module
     from workctl import Workctl
     from workctl.config import Config
 
@@ -340,8 +340,8 @@ def test_skip_if_newer_time_rules_and_masking(wc, db_path):
     unreadable local time keeps the local value; without any local time the sync writes."""
     from datetime import datetime, timezone
 
-    from workctl.masking import Masker, mask
-    from workctl.provenance import UNREADABLE, parse_time
+    from workctl.types.user_data_sync.masking import Masker, mask
+    from workctl.types.user_data_sync.provenance import UNREADABLE, parse_time
 
     assert parse_time("2026-03-01 00:00:00") == datetime(2026, 3, 1, tzinfo=timezone.utc)
     assert parse_time("2026-03-01T01:00:00+01:00") == datetime(2026, 3, 1, tzinfo=timezone.utc)

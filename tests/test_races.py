@@ -16,7 +16,7 @@ from conftest import events, read_users, rows, sync_result
 from workctl import Workctl
 from workctl.clock import ManualClock
 from workctl.config import Config
-from workctl.migrations import MIGRATION_NAMES
+from workctl.store.sqlite_migrations import MIGRATION_NAMES
 
 REPO = Path(__file__).resolve().parents[1]
 NOW = "2026-01-01T00:00:00Z"  # every process reads the same pinned time, so no lease can expire mid-race

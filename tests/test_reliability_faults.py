@@ -32,7 +32,7 @@ from workctl.clock import ManualClock
 from workctl.config import Config
 from workctl.sources.client import SourceClient
 from workctl.sources.sample_server import Faults, SampleServer, sample_user
-from workctl.sync import Syncer, SyncOptions
+from workctl.agents.sync import Syncer, SyncOptions
 
 FIELDS = ["email", "phone", "company"]
 MAX_ATTEMPTS = 4

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-import workctl.jsoninput
+import workctl.cli.jsoninput
 from helpers import make_users, run, run_process, snapshot, sync_result
 from reliability_support import NOW, figure
 
@@ -125,7 +125,7 @@ def big_payload():
 # (name, argv builder, exit code, machine code, words in the message, options)
 # options: env (dict or callable w -> dict), stdin (callable w -> str), limit (lower the input limit)
 WORLD_CASES = [
-    # -- oversized input (the limit: workctl.jsoninput.MAX_INPUT_BYTES, 64 MiB)
+    # -- oversized input (the limit: workctl.cli.jsoninput.MAX_INPUT_BYTES, 64 MiB)
     ("propose: inline payload over the limit", lambda w: ["propose", "task.batch", "--payload", big_payload()],
      5, "input_too_large", "larger than", {"limit": True}),
     ("propose: payload file over the limit", lambda w: ["propose", "task.batch", "--payload",
@@ -288,7 +288,7 @@ def check_error(out, exit_code, code, words):
 @pytest.mark.parametrize("name, argv, exit_code, code, words, options", WORLD_CASES, ids=[c[0] for c in WORLD_CASES])
 def test_bad_input_against_a_busy_store(world, monkeypatch, name, argv, exit_code, code, words, options):
     if options.get("limit"):
-        monkeypatch.setattr(workctl.jsoninput, "MAX_INPUT_BYTES", LIMIT)
+        monkeypatch.setattr(workctl.cli.jsoninput, "MAX_INPUT_BYTES", LIMIT)
     monkeypatch.delenv("WORKCTL_TEST_ABSENT_TOKEN", raising=False)
     env = options.get("env")
     env = env(world) if callable(env) else env
@@ -304,11 +304,11 @@ def test_bad_input_against_a_busy_store(world, monkeypatch, name, argv, exit_cod
 
 
 def test_the_input_limit_is_64_mib_and_checked_before_parsing(tmp_path):
-    assert workctl.jsoninput.MAX_INPUT_BYTES == 64 * 1024 * 1024
+    assert workctl.cli.jsoninput.MAX_INPUT_BYTES == 64 * 1024 * 1024
     # one byte over the limit is refused without being parsed: it is not even valid JSON
     big = tmp_path / "big.json"
     with open(big, "wb") as handle:
-        handle.write(b"[" + b" " * (workctl.jsoninput.MAX_INPUT_BYTES))
+        handle.write(b"[" + b" " * (workctl.cli.jsoninput.MAX_INPUT_BYTES))
     db = tmp_path / "w.db"
     out = run_process(db, "propose", "task.batch", "--payload", f"@{big}", "--json")
     check_error(out, 5, "input_too_large", "64 MiB")

@@ -43,8 +43,8 @@ from workctl import Workctl
 from workctl.clock import ManualClock
 from workctl.config import Config
 from workctl.errors import NoWork, WorkctlError
-from workctl.lifecycle import ITEM_STATES, ORDER_STATES, derived_order_state
-from workctl.orders import MARKER_TABLE
+from workctl.core.lifecycle import ITEM_STATES, ORDER_STATES, derived_order_state
+from workctl.core.orders import MARKER_TABLE
 from workctl.types import OrderType, get_type
 
 AGENTS = ("a", "b", "c", "d")
@@ -483,7 +483,7 @@ def test_a_tokenless_release_cannot_undo_an_attempt_counted_since_it_read_the_it
     reclaimed the item (attempt 2) between the first one's read and write, the stale release went
     through: it ended the second agent's live lease and wrote attempts back to 1, so the item could be
     tried more often than max_attempts. The write is now also a compare-and-set on the attempt count."""
-    import workctl.leases as leases
+    import workctl.core.leases as leases
 
     db = tmp_path / "w.db"
     start = ManualClock()

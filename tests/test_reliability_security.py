@@ -287,7 +287,7 @@ def test_a_source_cannot_smuggle_protected_columns_through_its_field_map(privile
         with Workctl(privileged, config=config, clock=ManualClock(NOW)) as wc:
             order_id = wc.propose("user.data.sync", {"source": "crm", "user_ids": list(range(1, 21)),
                                                      "fields": ["email"], "min_success_ratio": 0})["order"]["id"]
-            from workctl.sync import SyncOptions
+            from workctl.agents.sync import SyncOptions
             report = wc.sync(SyncOptions(order_id=order_id, agent="s", approve=True))
     assert report["items"]["submitted"] == 1
     rows = sqlite3.connect(privileged).execute("SELECT id, email, is_admin, password, role FROM users "
@@ -465,7 +465,7 @@ def test_store_files_are_private_even_with_a_permissive_umask(tmp_path):
 
 # -- webhook signatures ----------------------------------------------------------------------------------
 def test_webhook_signatures_verify_and_tampering_does_not(tmp_path, monkeypatch):
-    webhooks = pytest.importorskip("workctl.webhooks")
+    webhooks = pytest.importorskip("workctl.core.outbox")
     secret = "whsec-sntl-5e6f"
     monkeypatch.setenv("WORKCTL_TEST_WEBHOOK_SECRET", secret)
     received: list[tuple[bytes, dict]] = []

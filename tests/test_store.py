@@ -14,8 +14,8 @@ import pytest
 from workctl import Workctl
 from workctl.config import Config
 from workctl.errors import ExitCode, StoreError
-from workctl.migrations import MIGRATION_NAMES, MIGRATION_SET
-from workctl.store import BUSY_TIMEOUT_MS, connect
+from workctl.store.sqlite_migrations import MIGRATION_NAMES, MIGRATION_SET
+from workctl.store.sqlite import BUSY_TIMEOUT_MS, connect
 
 
 def close_cleanly(path: Path) -> None:

@@ -18,7 +18,7 @@ from workctl.config import Config
 from workctl.sources.client import SourceClient
 from workctl.sources.config import load_source
 from workctl.sources.sample_server import Faults, SampleServer, sample_user
-from workctl.sync import Syncer, SyncOptions
+from workctl.agents.sync import Syncer, SyncOptions
 
 FIELDS = ["email", "phone", "company"]
 

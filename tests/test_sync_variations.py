@@ -17,7 +17,7 @@ from typing import Any
 
 from helpers import make_users, run, run_process
 from workctl.sources.sample_server import Faults, SampleServer, sample_user, updated_at
-from workctl.webhooks import verify
+from workctl.core.outbox import verify
 
 SECRET = "whsec-sentinel-5f4e3d2c1b0a"
 

@@ -1,3 +1,3 @@
-from workctl.fastpath import run
+from workctl.cli.fastpath import run
 
 run()

@@ -18,12 +18,12 @@ import os
 import sqlite3
 from typing import Any, Callable, TypeVar
 
-from . import leases, orders, queries
+from .core import leases, orders, queries
 from .clock import Clock, clock_from_env
 from .config import Config, load_config
-from .lifecycle import Actor
-from .session import Session
-from .store import connect, default_db_path, translate
+from .core.lifecycle import Actor
+from .core.session import Session
+from .store.sqlite import connect, default_db_path, translate
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -152,31 +152,31 @@ class Workctl:
     def failures(self, order_id: str | None = None, *, source: str | None = None, error_class: str | None = None,
                  limit: int = 1000) -> list[dict[str, Any]]:
         """The per-user error ledger: every failed user of every submitted batch (oldest first)."""
-        from .failures import list_failures
+        from .types.user_data_sync.ledger import list_failures
         return list_failures(self.session, order_id, source=source, error_class=error_class, limit=limit)
 
     @_store_errors
     def retry_failed(self, order_id: str, *, idempotency_key: str | None = None) -> dict[str, Any]:
         """Propose a new order for exactly the users of ``order_id`` that failed (and are not synced since)."""
-        from .failures import SYNC_TYPE, retry_payload
+        from .types.user_data_sync.ledger import SYNC_TYPE, retry_payload
         return self.propose(SYNC_TYPE, retry_payload(self.session, order_id), idempotency_key=idempotency_key)
 
     @_store_errors
     def cursors(self) -> list[dict[str, Any]]:
         """The delta-sync cursor of each source (moved only by the apply of a delta order)."""
-        from .delta import cursors
+        from .types.user_data_sync.delta import cursors
         return cursors(self.session.conn)
 
     @_store_errors
     def outbox(self, *, order_id: str | None = None, state: str | None = None,
                limit: int = 1000) -> list[dict[str, Any]]:
         """Webhook notifications: pending, sent or failed (after their last attempt)."""
-        from .webhooks import outbox
+        from .core.outbox import outbox
         return outbox(self.session, order_id=order_id, state=state, limit=limit)
 
     def _deliver_webhooks(self, order_id: str | None = None) -> dict[str, int] | None:
         """Send due outbox rows of the configured webhooks; None when no webhook is configured."""
-        from . import webhooks
+        from .core import outbox as webhooks
         hooks = webhooks.configured(self.config)
         if not hooks:
             return None
@@ -213,13 +213,13 @@ class Workctl:
     @_store_errors
     def sync(self, options: Any, *, listener: Any = None) -> dict[str, Any]:
         """Run the fetch loop (see workctl.sync); returns the run's report."""
-        from .sync import Syncer
+        from .agents.sync import Syncer
         return Syncer(self, options, listener=listener).run().to_dict()
 
     @_store_errors
     def run_exec(self, options: Any, *, listener: Any = None) -> dict[str, Any]:
         """Run a shell command per item (see workctl.runner); returns the run's report."""
-        from .runner import Runner
+        from .agents.exec import Runner
         return Runner(self, options, listener=listener).run().to_dict()
 
     @_store_errors
@@ -230,13 +230,13 @@ class Workctl:
     @_store_errors
     def diff(self, order_id: str) -> dict[str, Any]:
         """The field-level changes approve would make (a submitted order) or made (a completed one)."""
-        from .preview import preview
+        from .core.preview import preview
         return preview(self.session, order_id, actor=self._operator())
 
     @_store_errors
     def revert(self, order_id: str, *, dry_run: bool = False) -> dict[str, Any]:
         """Restore what an applied order overwrote, where the value is still the one it wrote."""
-        from .revert import revert
+        from .types.user_data_sync.revert import revert
         result = revert(self.session, order_id, actor=self._operator(), dry_run=dry_run)
         if not dry_run:
             try:  # after the commit, as for approve: what fails stays in the outbox for maintain
@@ -250,11 +250,11 @@ class Workctl:
     @_store_errors
     def why(self, user_id: int, field: str | None = None) -> dict[str, Any]:
         """The recorded history of a user's fields (every value, when, by which order/source/agent)."""
-        from .provenance import history
+        from .types.user_data_sync.provenance import history
         return history(self.session, user_id, field)
 
     def sensitive_fields(self, type_name: str = "user.data.sync") -> frozenset[str]:
         """Fields whose values human output masks (``[types."<type>"] sensitive_fields``)."""
-        from .masking import sensitive_fields
+        from .types.user_data_sync.masking import sensitive_fields
         return sensitive_fields(self.config.type_settings(type_name))
 

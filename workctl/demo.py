@@ -19,7 +19,7 @@ DEMO_FIELDS = ["email", "phone", "company"]
 
 def seed_users(path: str, count: int = DEMO_USERS) -> int:
     """Create the local users table (if needed) with users 1..count; return how many were added."""
-    from .store import connect, translate, write_tx
+    from .store.sqlite import connect, translate, write_tx
 
     conn = connect(path)  # creates the file 0600 and the workctl schema
     try:
@@ -42,7 +42,7 @@ def run_demo(db_path: str | None = None, *, config_path: str | None = None, list
     from .api import Workctl
     from .config import load_config
     from .sources.sample_server import SampleServer
-    from .sync import SyncOptions
+    from .agents.sync import SyncOptions
 
     if db_path is None:
         db_path = str(Path(tempfile.mkdtemp(prefix="workctl-demo-")) / "demo.db")

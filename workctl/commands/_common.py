@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Callable, TypeVar
 
 import typer
 
-from .. import output
+from ..cli import render as output
 
 if TYPE_CHECKING:
     from ..api import Workctl

@@ -6,8 +6,8 @@ from typing import Annotated, Any, Callable
 
 import typer
 
-from .. import output
-from ..masking import Masker
+from ..cli import render as output
+from ..types.user_data_sync.masking import Masker
 from ._common import IdempotencyKey, Json, boundary, open_workctl
 
 SHOWN_CHANGES = 20

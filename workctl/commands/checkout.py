@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from ..fastpath import show_checkout
+from ..cli.fastpath import show_checkout
 from ._common import Agent, Json, Ttl, boundary, open_workctl
 
 

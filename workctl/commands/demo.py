@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from .. import output
+from ..cli import render as output
 from ._common import Globals, Json, boundary
 
 
@@ -18,7 +18,7 @@ def demo(
 ) -> None:
     """Run the seed's sync end to end: 150 users from a built-in sample CRM, synced and approved."""
     from ..demo import run_demo
-    from ..progress import make_progress
+    from ..cli.progress import make_progress
 
     options: Globals = ctx.obj or Globals()
     # The demo seeds users into its database: only an explicit --db may point it at an existing

@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from ..fastpath import show_heartbeat
+from ..cli.fastpath import show_heartbeat
 from ._common import Agent, Json, LeaseToken, Ttl, boundary, open_workctl
 
 

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
-from .. import output
+from ..cli import render as output
 from ._common import Json, Nl, boundary, open_workctl
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from .. import output
+from ..cli import render as output
 from ._common import Json, boundary, open_workctl
 
 

@@ -6,8 +6,8 @@ from typing import Annotated
 
 import typer
 
-from .. import output
-from ..jsoninput import read_json
+from ..cli import render as output
+from ..cli.jsoninput import read_json
 from ._common import IdempotencyKey, Json, boundary, open_workctl
 
 

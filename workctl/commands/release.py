@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from ..fastpath import show_release
+from ..cli.fastpath import show_release
 from ._common import Agent, Json, LeaseToken, boundary, open_workctl
 
 

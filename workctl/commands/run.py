@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from .. import output
+from ..cli import render as output
 from ._common import Agent, Json, Ttl, boundary, open_workctl
 
 
@@ -26,8 +26,8 @@ def run(
 ) -> None:
     """Check out items and run CMD for each; submit its stdout, release on failure (exit 0 when done)."""
     from ..errors import Usage
-    from ..progress import make_progress
-    from ..runner import RunOptions
+    from ..cli.progress import make_progress
+    from ..agents.exec import RunOptions
 
     if not exec_.strip():
         raise Usage("--exec CMD is required")

@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from .. import output
+from ..cli import render as output
 from ._common import Globals, Json, boundary
 
 app = typer.Typer(help="External sources: list, check, and the built-in sample server.", no_args_is_help=True)

@@ -6,8 +6,8 @@ from typing import Annotated
 
 import typer
 
-from ..fastpath import show_submit
-from ..jsoninput import read_json
+from ..cli.fastpath import show_submit
+from ..cli.jsoninput import read_json
 from ._common import Agent, IdempotencyKey, Json, LeaseToken, boundary, open_workctl
 
 

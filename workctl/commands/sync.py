@@ -9,7 +9,7 @@ from typing import Annotated, Any
 
 import typer
 
-from .. import output
+from ..cli import render as output
 from ._common import Agent, Json, Ttl, boundary, open_workctl
 
 
@@ -34,8 +34,8 @@ def sync(
     json_: Json = False,
 ) -> None:
     """Fetch and submit batches until no work is left (exit 0 when there was nothing to do)."""
-    from ..progress import make_progress
-    from ..sync import SyncOptions, propose_from_source
+    from ..cli.progress import make_progress
+    from ..agents.sync import SyncOptions, propose_from_source
 
     from ..errors import Usage
 
@@ -89,5 +89,5 @@ def render_report(report: dict[str, Any], *, sensitive: frozenset[str] = frozens
     for approved in report["approved"]:
         from .approve import render_diff
         output.line(f"order {approved['order_id']}:")
-        from ..masking import Masker
+        from ..types.user_data_sync.masking import Masker
         render_diff(approved["diff"], mask=Masker(sensitive))

@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from .. import output
+from ..cli import render as output
 from ._common import Json, boundary, open_workctl
 
 app = typer.Typer(help="List registered order types, or show one's JSON Schema.", invoke_without_command=True)

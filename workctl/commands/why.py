@@ -6,8 +6,8 @@ from typing import Annotated
 
 import typer
 
-from .. import output
-from ..masking import Masker
+from ..cli import render as output
+from ..types.user_data_sync.masking import Masker
 from ._common import Json, boundary, open_workctl
 
 

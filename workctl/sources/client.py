@@ -25,7 +25,7 @@ from typing import Any, Callable, Iterable
 
 import httpx
 
-from .. import fieldmap
+from ..types.user_data_sync import fieldmap
 from .config import SourceConfig
 
 RETRY_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})

@@ -48,7 +48,7 @@ def _load_plugins() -> dict[str, OrderType]:
                 raise TypeError("entry point must be an OrderType subclass or instance with a name")
             _plugins[instance.name] = instance
         except Exception as exc:  # a broken plugin must not take the CLI down
-            from ..output import warn
+            from ..cli.render import warn
             warn(f"order type plugin {ep.name!r} failed to load: {exc}")
     return _plugins
 

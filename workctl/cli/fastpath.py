@@ -129,7 +129,7 @@ def parse(argv: list[str]) -> tuple[str, dict[str, Any]] | None:
 
 # -- renderers shared with the Typer commands (one source for both paths) ------------------------
 def show_checkout(result: dict[str, Any], json_: bool) -> None:
-    from . import output
+    from . import render as output
 
     if json_:
         output.print_json(result)
@@ -143,7 +143,7 @@ def show_checkout(result: dict[str, Any], json_: bool) -> None:
 
 
 def show_heartbeat(result: dict[str, Any], item_id: str, json_: bool) -> None:
-    from . import output
+    from . import render as output
 
     if json_:
         output.print_json(result)
@@ -152,7 +152,7 @@ def show_heartbeat(result: dict[str, Any], item_id: str, json_: bool) -> None:
 
 
 def show_release(result: dict[str, Any], item_id: str, json_: bool) -> None:
-    from . import output
+    from . import render as output
 
     if json_:
         output.print_json(result)
@@ -162,7 +162,7 @@ def show_release(result: dict[str, Any], item_id: str, json_: bool) -> None:
 
 
 def show_submit(response: dict[str, Any], item_id: str, json_: bool) -> None:
-    from . import output
+    from . import render as output
 
     if json_:
         output.print_json(response)
@@ -173,9 +173,9 @@ def show_submit(response: dict[str, Any], item_id: str, json_: bool) -> None:
 
 # -- running a parsed command ------------------------------------------------------------------
 def _execute(command: str, a: dict[str, Any]) -> None:
-    from . import output
-    from .api import Workctl
-    from .config import load_config
+    from . import render as output
+    from ..api import Workctl
+    from ..config import load_config
 
     if command == "submit":  # read before opening the store, as the Typer command does
         from .jsoninput import read_json
@@ -212,7 +212,7 @@ def main(argv: list[str] | None = None) -> int | None:
     if parsed is None:
         return None
     command, arguments = parsed
-    from . import output
+    from . import render as output
 
     try:
         _execute(command, arguments)
@@ -226,7 +226,7 @@ def run() -> None:
     argv = sys.argv[1:]
     code = None if os.environ.get("WORKCTL_NO_FASTPATH") else main(argv)
     if code is None:
-        from .cli import main as typer_main
+        from .app import main as typer_main
 
         code = typer_main(argv)
     sys.exit(code)

@@ -30,8 +30,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Iterable, Mapping
 
-from .lifecycle import Actor, append_event
-from .session import Session, loads
+from ...core.lifecycle import Actor, append_event
+from ...core.session import Session, loads
 
 POLICIES = ("overwrite", "fill_empty", "skip_if_newer")
 FROM_SUFFIX = "_updated_from"
@@ -286,7 +286,7 @@ def history(s: Session, user_id: int, field_name: str | None = None) -> dict[str
 
 
 def _current_values(s: Session, user_id: int, fields: list[str]) -> dict[str, Any]:
-    from .orders import target_connection
+    from ...core.orders import target_connection
 
     try:
         with target_connection(s) as target:

@@ -8,15 +8,14 @@ from typing import Annotated
 
 import typer
 
-from . import __version__
-from .commands import (approve, checkout, demo, heartbeat, log, maintain, orders, propose, reject, release,
-                       retry, run, show, sources, status, submit, sync, types)
-from .commands import diff as diff_command
-from .commands import revert as revert_command
-from .commands import why as why_command
-from .commands import failures as failures_command
-from .commands._common import Globals
-from .errors import ExitCode
+from .. import __version__
+from ..commands import (approve, checkout, demo, heartbeat, log, maintain, orders, propose, reject, release, retry, run, show, sources, status, submit, sync, types)
+from ..commands import diff as diff_command
+from ..commands import revert as revert_command
+from ..commands import why as why_command
+from ..commands import failures as failures_command
+from ..commands._common import Globals
+from ..errors import ExitCode
 
 app = typer.Typer(
     name="workctl",
@@ -72,8 +71,8 @@ def main(argv: list[str] | None = None) -> int:
         # Click's usage errors (typer vendors click, so match the interface, not a private class).
         if not (hasattr(exc, "format_message") and isinstance(getattr(exc, "exit_code", None), int)):
             raise
-        from . import output
-        from .errors import WorkctlError
+        from . import render as output
+        from ..errors import WorkctlError
 
         error = WorkctlError(exc.format_message(), code="usage")
         output.error(error, as_json="--json" in args or "--nl" in args)

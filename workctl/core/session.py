@@ -7,9 +7,9 @@ import sqlite3
 from dataclasses import dataclass
 from typing import Any
 
-from .clock import Clock, iso
-from .config import Config
-from .errors import NotFound
+from ..clock import Clock, iso
+from ..config import Config
+from ..errors import NotFound
 
 
 @dataclass

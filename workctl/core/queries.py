@@ -92,7 +92,7 @@ def pending_sources(s: Session, type_name: str, order_id: str | None = None) -> 
     if order_id:
         row = s.order_row(order_id)
         if row["type"] != type_name:
-            from .errors import Invalid
+            from ..errors import Invalid
             raise Invalid(f"order {order_id} is a {row['type']} order; this command handles {type_name}",
                           code="wrong_order_type")
         return [loads(row["payload"])["source"]]

@@ -13,14 +13,13 @@ from datetime import timedelta
 from typing import Any, Mapping
 
 from . import idempotency
-from .clock import iso
-from .errors import Conflict, IllegalTransition, Invalid, Usage
+from ..clock import iso
+from ..errors import Conflict, IllegalTransition, Invalid, Usage
 from .leases import check_lease, fence, lease_problem, reclaim_expired
-from .lifecycle import (ITEM_DONE_STATES, Actor, Encoded, append_event, dumps, move_item, move_order,
-                        refresh_order)
+from .lifecycle import ITEM_DONE_STATES, Actor, Encoded, append_event, dumps, move_item, move_order, refresh_order
 from .session import Session, loads
-from .store import write_tx
-from .types import ApplyContext, get_type
+from ..store.sqlite import write_tx
+from ..types import ApplyContext, get_type
 
 MARKER_TABLE = "_workctl_applied"
 
@@ -297,7 +296,7 @@ def approve(s: Session, order_id: str, *, actor: Actor, dry_run: bool = False,
         raise Invalid("the order cannot be approved: " + "; ".join(p["message"] for p in problems),
                       code="approval_check_failed", details=problems)
     settings = s.config.type_settings(row["type"])
-    from . import webhooks  # a malformed [[webhooks]] is refused here, before anything is written
+    from . import outbox as webhooks  # a malformed [[webhooks]] is refused here, before anything is written
     hooks = [] if dry_run else webhooks.configured(s.config)
 
     if dry_run:

@@ -10,7 +10,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
-from .errors import Conflict, WorkctlError
+from ..errors import Conflict, WorkctlError
 
 
 def beat_interval(config: Any, ttl: int | None) -> float:

@@ -14,10 +14,10 @@ import sqlite3
 from datetime import datetime
 from typing import Any, Iterable, Iterator, Mapping
 
-from .. import provenance
-from .. import delta, failures, fieldmap
-from ..errors import Invalid
-from .base import ApplyContext, OrderType, PlannedItem, Problem
+from . import provenance
+from . import delta, ledger as failures, fieldmap
+from ...errors import Invalid
+from ..base import ApplyContext, OrderType, PlannedItem, Problem
 
 SOURCES = ("crm", "analytics", "billing")
 # What each source returns when the order names no fields (intersected with the allowed columns).
@@ -259,7 +259,7 @@ class UserDataSync(OrderType):
                 incoming[entry["user_id"]] = entry["data"]
             failed.extend(result.get("failed_users", []))
 
-        from ..lifecycle import dumps
+        from ...core.lifecycle import dumps
 
         # Policies and provenance columns (workctl.provenance); extra columns are read after the fields.
         plan = provenance.FieldPlan.build(conn, payload, fields, items, now=ctx.now)

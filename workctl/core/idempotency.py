@@ -12,7 +12,7 @@ import sqlite3
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import Conflict
+from ..errors import Conflict
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Sequence
 if TYPE_CHECKING:
     from rich.console import Console
 
-from .errors import WorkctlError
+from ..errors import WorkctlError
 
 _console: Console | None = None
 
@@ -70,7 +70,7 @@ def failure_exit_code(exc: BaseException, *, as_json: bool) -> int:
     the documented way and return its exit code. Under WORKCTL_DEBUG=1 a bug re-raises instead."""
     import os
 
-    from .errors import ExitCode
+    from ..errors import ExitCode
 
     if isinstance(exc, WorkctlError):
         error(exc, as_json=as_json)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .errors import IllegalTransition
+from ..errors import IllegalTransition
 from .lifecycle import Actor
 from .orders import approve
 from .session import Session, loads

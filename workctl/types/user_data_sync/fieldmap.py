@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Any, Iterable, Mapping
 
-from .errors import Invalid
+from ...errors import Invalid
 
 
 def check(field_map: Mapping[str, str] | None, allowed: Iterable[str]) -> None:

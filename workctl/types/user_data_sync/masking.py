@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any, Iterable, Mapping
 
-from .errors import Invalid
+from ...errors import Invalid
 
 
 def sensitive_fields(settings: Mapping[str, Any]) -> frozenset[str]:

@@ -12,7 +12,7 @@ import sqlite3
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from .errors import IllegalTransition
+from ..errors import IllegalTransition
 
 ORDER_STATES = ("queued", "in_progress", "submitted", "approved", "applied", "completed",
                 "rejected", "failed", "dead_lettered")

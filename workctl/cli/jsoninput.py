@@ -6,7 +6,7 @@ import json
 import sys
 from typing import Any
 
-from .errors import Invalid
+from ..errors import Invalid
 
 # Larger inputs are refused before parsing (a 1,000,000-id proposal is about 8 MB).
 MAX_INPUT_BYTES = 64 * 1024 * 1024

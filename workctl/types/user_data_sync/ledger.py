@@ -19,8 +19,8 @@ import re
 import sqlite3
 from typing import Any, Iterable, Mapping
 
-from .errors import Conflict, Invalid
-from .session import Session, loads
+from ...errors import Conflict, Invalid
+from ...core.session import Session, loads
 
 _CLASS = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
 SYNC_TYPE = "user.data.sync"

@@ -15,14 +15,14 @@ from collections import Counter
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Protocol
 
-from .clock import iso
-from .delta import fetch_since
-from .errors import Conflict, Invalid, NoWork, Usage, WorkctlError
+from ..clock import iso
+from ..types.user_data_sync.delta import fetch_since
+from ..errors import Conflict, Invalid, NoWork, Usage, WorkctlError
 from .heartbeat import Heartbeats, beat_interval
-from .workers import run_workers
-from .progress import Quiet
-from .sources.client import SourceClient, UserOutcome
-from .sources.config import SourceConfig, load_source
+from .pool import run_workers
+from ..cli.progress import Quiet
+from ..sources.client import SourceClient, UserOutcome
+from ..sources.config import SourceConfig, load_source
 
 SYNC_TYPE = "user.data.sync"
 
@@ -120,7 +120,7 @@ class Syncer:
     def __init__(self, wc: Any, options: SyncOptions, *, listener: SyncListener | None = None,
                  client_factory: Callable[[SourceConfig, Callable[..., None]], SourceClient] | None = None,
                  heartbeat_every: float | None = None):
-        from .api import Workctl, default_agent
+        from ..api import Workctl, default_agent
 
         self.wc: Workctl = wc
         self.options = options
@@ -135,7 +135,7 @@ class Syncer:
         self.taken = 0
 
     def _open_peer(self) -> Any:
-        from .api import Workctl
+        from ..api import Workctl
         return Workctl(self.wc.db_path, config=self.wc.config, clock=self.wc.clock)
 
     def client(self, source: str) -> SourceClient:

@@ -16,8 +16,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from .errors import StoreError
-from .migrations import MIGRATION_NAMES, MIGRATION_SET
+from ..errors import StoreError
+from .sqlite_migrations import MIGRATION_NAMES, MIGRATION_SET
 
 BUSY_TIMEOUT_MS = 30_000
 
@@ -156,7 +156,7 @@ def _migrate(conn: sqlite3.Connection) -> None:
     """Apply pending migrations under the write lock, so concurrent first opens cannot race."""
     from sqlite_utils import Database
 
-    from .migrations import build
+    from .sqlite_migrations import build
 
     conn.execute("BEGIN IMMEDIATE")
     try:

@@ -11,11 +11,11 @@ import os
 import sqlite3
 from typing import Any
 
-from .clock import after
-from .errors import Conflict, IllegalTransition, LeaseLost, NoWork
+from ..clock import after
+from ..errors import Conflict, IllegalTransition, LeaseLost, NoWork
 from .lifecycle import Actor, append_event, dumps, move_item, refresh_order
 from .session import Session, loads
-from .store import write_tx
+from ..store.sqlite import write_tx
 
 _LEASE_CLEARED = {"leased_by": None, "lease_token": None, "lease_expires_at": None, "visible_at": ""}
 _FENCE = " AND leased_by = ? AND lease_expires_at > ?"
@@ -52,7 +52,7 @@ def checkout(s: Session, *, agent: str, order_id: str | None = None, type_name: 
     if order_id:
         s.order_row(order_id)  # NotFound before taking any lock
     if type_name:
-        from .types import get_type
+        from ..types import get_type
         get_type(type_name)  # an unknown type is exit 4, not "no work"
     now = s.now()
     expires = after(s.clock(), ttl)

@@ -17,10 +17,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import Conflict, Invalid, NoWork
-from .progress import Quiet
+from ..errors import Conflict, Invalid, NoWork
+from ..cli.progress import Quiet
 from .heartbeat import Heartbeats, beat_interval
-from .workers import run_workers
+from .pool import run_workers
 
 STDERR_TAIL = 2000
 
@@ -55,7 +55,7 @@ class RunReport:
 
 class Runner:
     def __init__(self, wc: Any, options: RunOptions, *, listener: Any = None, heartbeat_every: float | None = None):
-        from .api import default_agent
+        from ..api import default_agent
 
         self.wc = wc
         self.options = options
@@ -68,7 +68,7 @@ class Runner:
         self.stopping = threading.Event()
 
     def _open(self) -> Any:
-        from .api import Workctl
+        from ..api import Workctl
         return Workctl(self.wc.db_path, config=self.wc.config, clock=self.wc.clock)
 
     def run(self) -> RunReport:

@@ -24,8 +24,8 @@ import sqlite3
 from datetime import datetime, timezone
 from typing import Any, Mapping
 
-from .errors import Invalid
-from .lifecycle import Actor, append_event
+from ...errors import Invalid
+from ...core.lifecycle import Actor, append_event
 
 MODES = ("full", "delta")
 

@@ -41,8 +41,8 @@ from datetime import timedelta
 from typing import Any, Mapping
 from urllib.parse import urlsplit
 
-from .clock import iso, parse as parse_iso
-from .errors import Invalid
+from ..clock import iso, parse as parse_iso
+from ..errors import Invalid
 from .lifecycle import Actor, append_event, dumps
 
 EVENTS = ("order.applied", "order.reverted", "user.updated")
@@ -241,7 +241,7 @@ def deliver(s: Any, hooks: list[Webhook], *, order_id: str | None = None,
             http: Any = None) -> dict[str, int]:
     """Send every due pending row of the configured webhooks (of one order, or all); never raises for
     a failed delivery. Returns {"sent", "failed", "pending"} (pending: still waiting, all webhooks)."""
-    from .store import write_tx
+    from ..store.sqlite import write_tx
 
     sent = failed = 0
     by_name = {h.name: h for h in hooks}

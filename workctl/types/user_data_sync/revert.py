@@ -21,12 +21,12 @@ import sqlite3
 import uuid
 from typing import Any
 
-from .errors import Conflict, IllegalTransition, Invalid
-from .lifecycle import Actor, append_event, dumps
-from .orders import target_connection
+from ...errors import Conflict, IllegalTransition, Invalid
+from ...core.lifecycle import Actor, append_event, dumps
+from ...core.orders import target_connection
 from .provenance import AT_SUFFIX, FROM_SUFFIX, REVERT_SOURCE, quote, user_columns
-from .session import Session, loads
-from .store import write_tx
+from ...core.session import Session, loads
+from ...store.sqlite import write_tx
 
 MARKER_TABLE = "_workctl_reverted"
 SYNC_TYPE = "user.data.sync"
@@ -134,7 +134,7 @@ def revert(s: Session, order_id: str, *, actor: Actor, dry_run: bool = False) ->
     earlier = _already(s.conn, order_id)
     if earlier:
         raise earlier
-    from .types.user_data_sync import allowed_columns, deny_list
+    from . import allowed_columns, deny_list
 
     settings = s.config.type_settings(SYNC_TYPE)
     changes = recorded_changes(s.conn, row)
@@ -170,7 +170,7 @@ def revert(s: Session, order_id: str, *, actor: Actor, dry_run: bool = False) ->
 
 def _notify(conn: sqlite3.Connection, s: Session, row: sqlite3.Row, outcome: dict[str, Any], now: str) -> None:
     """Outbox rows for the revert, in its store transaction (sent after commit, like approve's)."""
-    from . import webhooks
+    from ...core import outbox as webhooks
 
     hooks = webhooks.configured(s.config)
     restored = outcome["restored"]
