@@ -1,7 +1,7 @@
 """Shared machinery of the reliability suite (issue 4, docs/reliability.md): real processes, kill -9,
 event-trail checkers, and the figures each test reports.
 
-Not a test module itself; the tests named ``test_reliability_*.py`` import it.
+Not a test module itself; the reliability tests (load, crash, faults, bad input, security, state machine) import it.
 """
 
 from __future__ import annotations
