@@ -83,7 +83,8 @@ def time_approve(path: str, order: str) -> tuple[float, dict]:
 
 def breakdown(path: str, order: str) -> dict[str, float]:
     """One more approve (untimed in the figure) with timers around its phases: where the time goes."""
-    from workctl.core import lifecycle, orders
+    from workctl import jsonio
+    from workctl.core import approve as orders
     from workctl.types.user_data_sync import UserDataSync
 
     spent: dict[str, float] = {}
@@ -102,13 +103,13 @@ def breakdown(path: str, order: str) -> dict[str, float]:
 
     timer(UserDataSync, "apply", "apply: read users, diff, executemany UPDATE")
     timer(orders, "_apply_once", "apply + marker row (the diff encoded once)")
-    timer(orders, "_finish_approval", "order/item transitions + events (reusing that JSON)")
+    timer(orders, "_finish", "order/item transitions + events (reusing that JSON)")
     timer(UserDataSync, "record_applied", "record_applied: provenance rows, cursor")
     elapsed, response = time_approve(path, order)
     spent["apply + marker row (the diff encoded once)"] -= spent.get("apply: read users, diff, executemany UPDATE", 0.0)
     spent["rest: read items and results, checks, COMMIT"] = elapsed - sum(spent.values())
     started = time.perf_counter()
-    text = lifecycle.dumps(response["diff"])
+    text = jsonio.dumps(response["diff"])
     spent[f"(encoding the diff once: {len(text) / 1e6:.1f} MB of JSON; approve does it once)"] = (
         time.perf_counter() - started)
     spent["total approve"] = elapsed

@@ -38,7 +38,7 @@ from workctl import Workctl
 from workctl.clock import ManualClock, after, parse
 from workctl.config import Config
 from workctl.errors import Conflict, IllegalTransition
-from workctl.core.orders import MARKER_TABLE
+from workctl.store.target import APPLIED_MARKER as MARKER_TABLE
 from workctl.sources.sample_server import Faults, SampleServer, sample_user
 from workctl.types import OrderType, get_type
 

@@ -3,7 +3,7 @@
 * Large id arrays are proven valid without jsonschema walking them (workctl.types.bulkcheck), and
   validation reports exactly what full jsonschema validation reports, valid or not.
 * ``orders.uuid4_text`` is ``str(uuid.UUID(bytes=…, version=4))``.
-* ``lifecycle.dumps`` (one cached encoder) is ``json.dumps(…, separators=(",", ":"), ensure_ascii=False)``.
+* ``jsonio.dumps`` (one cached encoder) is ``json.dumps(…, separators=(",", ":"), ensure_ascii=False)``.
 """
 
 from __future__ import annotations
@@ -120,7 +120,7 @@ def test_uuid4_text_is_uuid4():
     import os
     import uuid
 
-    from workctl.core.orders import new_id, uuid4_text
+    from workctl.core.ids import new_id, uuid4_text
 
     for raw in [bytes(16), b"\xff" * 16, *(os.urandom(16) for _ in range(2000))]:
         assert uuid4_text(raw) == str(uuid.UUID(bytes=raw, version=4))
@@ -132,13 +132,13 @@ def test_uuid4_text_is_uuid4():
 def test_dumps_is_compact_json_dumps(value):
     import json
 
-    from workctl.core.lifecycle import dumps
+    from workctl.jsonio import dumps
 
     assert dumps(value) == json.dumps(value, separators=(",", ":"), ensure_ascii=False)
 
 
 def test_dumps_refuses_what_json_dumps_refuses():
-    from workctl.core.lifecycle import dumps
+    from workctl.jsonio import dumps
 
     with pytest.raises(TypeError):
         dumps({"x": object()})

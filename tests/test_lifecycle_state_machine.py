@@ -44,7 +44,7 @@ from workctl.clock import ManualClock
 from workctl.config import Config
 from workctl.errors import NoWork, WorkctlError
 from workctl.core.lifecycle import ITEM_STATES, ORDER_STATES, derived_order_state
-from workctl.core.orders import MARKER_TABLE
+from workctl.store.target import APPLIED_MARKER as MARKER_TABLE
 from workctl.types import OrderType, get_type
 
 AGENTS = ("a", "b", "c", "d")

@@ -12,7 +12,7 @@ from conftest import events, read_users, rows, seed_users, snapshot, sync_result
 from workctl.clock import iso
 from workctl.config import Config
 from workctl.errors import Conflict, ExitCode, IllegalTransition, Invalid, NoWork, NotFound, StoreError
-from workctl.core.orders import MARKER_TABLE
+from workctl.store.target import APPLIED_MARKER as MARKER_TABLE
 
 ALL_USERS = list(range(1, 151))
 CRM_FIELDS = ["email", "phone", "company", "name"]
@@ -644,7 +644,8 @@ def test_apply_is_exactly_once_when_the_store_commit_does_not_happen(split, db_p
 
 def test_marker_written_by_a_previous_apply_prevents_a_second_one(split, db_path, app_db):
     """The same situation built by hand: the order's apply and marker are already in the target."""
-    from workctl.core.orders import _apply_once, connect_target
+    from workctl.core.approve import _apply_once
+    from workctl.store.target import connect_target
     from workctl.store.sqlite import write_tx
     from workctl.types import get_type
 

@@ -4,11 +4,14 @@
     with Workctl("workctl.db") as wc:
         order = wc.propose("user.data.sync", {"source": "crm", "user_ids": [1, 2, 3]})
         item = wc.checkout(agent="agent-1")["item"]
-        wc.submit(item["id"], result, agent="agent-1")
+        wc.submit(item["id"], result, agent="agent-1", lease_token=item["lease_token"])
         wc.approve(order["order"]["id"])
 
 Every method returns the JSON-shaped dict documented in the README and raises ``WorkctlError``
 subclasses (each with its exit code); SQLite errors surface as ``StoreError`` (exit 8).
+
+Only what the hot agent commands need is imported with this module (leases, submit, queries); every
+other operation imports its module when it is first called.
 """
 
 from __future__ import annotations
@@ -18,19 +21,17 @@ import os
 import sqlite3
 from typing import Any, Callable, TypeVar
 
-from .core import leases, orders, queries
 from .clock import Clock, clock_from_env
-from .config import Config, load_config
+from .config import Config, default_agent, load_config
+from .core import leases, queries
 from .core.lifecycle import Actor
 from .core.session import Session
+from .core.submit import submit
 from .store.sqlite import connect, default_db_path, translate
 
+__all__ = ["Workctl", "default_agent"]
+
 F = TypeVar("F", bound=Callable[..., Any])
-
-
-def default_agent() -> str:
-    user = os.environ.get("USER") or os.environ.get("LOGNAME") or "agent"
-    return f"{user}@{os.uname().nodename}"
 
 
 def _store_errors(method: F) -> F:
@@ -61,6 +62,11 @@ class Workctl:
             self._session = Session(conn, self.db_path, self.config, self.clock)
         return self._session
 
+    def peer(self) -> Workctl:
+        """Another handle on the same store, config and clock, with its own connection: what the
+        agent loops give each worker thread (a connection is never shared between threads)."""
+        return Workctl(self.db_path, config=self.config, clock=self.clock, user=self.user)
+
     def close(self) -> None:
         if self._session is not None:
             self._session.conn.close()
@@ -89,8 +95,9 @@ class Workctl:
     @_store_errors
     def propose(self, type_name: str, payload: Any, *, priority: int = 0,
                 idempotency_key: str | None = None) -> dict[str, Any]:
-        return orders.propose(self.session, type_name, payload, priority=priority, actor=self._operator(),
-                              idempotency_key=idempotency_key)
+        from .core.propose import propose
+        return propose(self.session, type_name, payload, priority=priority, actor=self._operator(),
+                       idempotency_key=idempotency_key)
 
     @_store_errors
     def checkout(self, order_id: str | None = None, *, agent: str | None = None, type_name: str | None = None,
@@ -112,40 +119,34 @@ class Workctl:
     @_store_errors
     def submit(self, item_id: str, result: Any, *, agent: str | None = None, lease_token: str | None = None,
                idempotency_key: str | None = None) -> dict[str, Any]:
-        return orders.submit(self.session, item_id, result, agent=agent or default_agent(), token=lease_token,
-                             idempotency_key=idempotency_key)
+        return submit(self.session, item_id, result, agent=agent or default_agent(), token=lease_token,
+                      idempotency_key=idempotency_key)
 
     @_store_errors
     def approve(self, order_id: str, *, dry_run: bool = False,
                 idempotency_key: str | None = None) -> dict[str, Any]:
-        response = orders.approve(self.session, order_id, actor=self._operator(), dry_run=dry_run,
-                                  idempotency_key=idempotency_key)
-        if not dry_run:
-            # After the commit: send this order's webhooks (the outbox rows approve wrote). A failed
-            # delivery is recorded and retried by maintain; it never undoes the apply.
-            try:
-                sent = self._deliver_webhooks(order_id=order_id)
-            except Exception as exc:  # noqa: BLE001 — committed already; maintain sends what is left
-                sent = {"sent": 0, "failed": 0, "error": f"{type(exc).__name__}: {exc}"}
-            if sent is not None:
-                response = {**response, "webhooks": sent}
-        return response
+        from .core.approve import approve
+        response = approve(self.session, order_id, actor=self._operator(), dry_run=dry_run,
+                           idempotency_key=idempotency_key)
+        return response if dry_run else self._after_commit(response, order_id=order_id)
 
     @_store_errors
     def reject(self, order_id: str, *, reason: str, requeue: bool = False,
                idempotency_key: str | None = None) -> dict[str, Any]:
-        return orders.reject(self.session, order_id, reason=reason, requeue=requeue, actor=self._operator(),
-                             idempotency_key=idempotency_key)
+        from .core.reject import reject
+        return reject(self.session, order_id, reason=reason, requeue=requeue, actor=self._operator(),
+                      idempotency_key=idempotency_key)
 
     @_store_errors
     def retry(self, item_id: str | None = None, *, order_id: str | None = None) -> dict[str, Any]:
-        return orders.retry(self.session, item_id=item_id, order_id=order_id, actor=self._operator())
+        from .core.retry import retry
+        return retry(self.session, item_id=item_id, order_id=order_id, actor=self._operator())
 
     @_store_errors
     def maintain(self) -> dict[str, Any]:
-        result = orders.maintain(self.session)
-        sent = self._deliver_webhooks()  # re-send what is pending and due (after the maintenance commit)
-        return result if sent is None else {**result, "webhooks": sent}
+        from .core.maintain import maintain
+        # Re-send what is pending and due, after the maintenance commit.
+        return self._after_commit(maintain(self.session))
 
     # -- failures, delta cursors, webhooks (user.data.sync variations 1, 4, 5) -------------------
     @_store_errors
@@ -174,13 +175,20 @@ class Workctl:
         from .core.outbox import outbox
         return outbox(self.session, order_id=order_id, state=state, limit=limit)
 
-    def _deliver_webhooks(self, order_id: str | None = None) -> dict[str, int] | None:
-        """Send due outbox rows of the configured webhooks; None when no webhook is configured."""
-        from .core import outbox as webhooks
-        hooks = webhooks.configured(self.config)
+    def _after_commit(self, response: dict[str, Any], *, order_id: str | None = None) -> dict[str, Any]:
+        """Send the due outbox rows (of one order, or all) once an operation has committed, and add the
+        delivery counts to its response. A failed delivery is recorded for ``maintain`` to retry; it never
+        undoes what was committed, so nothing here may raise."""
+        from .core import outbox
+
+        hooks = outbox.configured(self.config)
         if not hooks:
-            return None
-        return webhooks.deliver(self.session, hooks, order_id=order_id)
+            return response
+        try:
+            sent: dict[str, Any] = outbox.deliver(self.session, hooks, order_id=order_id)
+        except Exception as exc:  # noqa: BLE001 — committed already; maintain sends what is left
+            sent = {"sent": 0, "failed": 0, "error": f"{type(exc).__name__}: {exc}"}
+        return {**response, "webhooks": sent}
 
     # -- views -----------------------------------------------------------------------------------
     @_store_errors
@@ -207,30 +215,31 @@ class Workctl:
     @_store_errors
     def local_user_ids(self) -> list[int]:
         """Ids of the users table in the target database (for ``sync --users all``)."""
-        return orders.local_user_ids(self.session)
-
-    # -- agents that run inside workctl ----------------------------------------------------------
-    @_store_errors
-    def sync(self, options: Any, *, listener: Any = None) -> dict[str, Any]:
-        """Run the fetch loop (see workctl.sync); returns the run's report."""
-        from .agents.sync import Syncer
-        return Syncer(self, options, listener=listener).run().to_dict()
-
-    @_store_errors
-    def run_exec(self, options: Any, *, listener: Any = None) -> dict[str, Any]:
-        """Run a shell command per item (see workctl.runner); returns the run's report."""
-        from .agents.exec import Runner
-        return Runner(self, options, listener=listener).run().to_dict()
+        from .store.target import local_user_ids
+        return local_user_ids(self.session)
 
     @_store_errors
     def log(self, order_id: str, *, after_id: int = 0) -> list[dict[str, Any]]:
         return queries.log(self.session, order_id, after_id=after_id)
 
+    # -- agents that run inside workctl ----------------------------------------------------------
+    @_store_errors
+    def sync(self, options: Any, *, listener: Any = None) -> dict[str, Any]:
+        """Run the fetch loop (workctl.agents.sync); returns the run's report."""
+        from .agents.sync import Syncer
+        return Syncer(self, options, listener=listener).run().to_dict()
+
+    @_store_errors
+    def run_exec(self, options: Any, *, listener: Any = None) -> dict[str, Any]:
+        """Run a shell command per item (workctl.agents.exec); returns the run's report."""
+        from .agents.exec import Runner
+        return Runner(self, options, listener=listener).run().to_dict()
+
     # -- preview, revert, provenance (user.data.sync) -------------------------------------------
     @_store_errors
     def diff(self, order_id: str) -> dict[str, Any]:
         """The field-level changes approve would make (a submitted order) or made (a completed one)."""
-        from .core.preview import preview
+        from .core.approve import preview
         return preview(self.session, order_id, actor=self._operator())
 
     @_store_errors
@@ -238,14 +247,7 @@ class Workctl:
         """Restore what an applied order overwrote, where the value is still the one it wrote."""
         from .types.user_data_sync.revert import revert
         result = revert(self.session, order_id, actor=self._operator(), dry_run=dry_run)
-        if not dry_run:
-            try:  # after the commit, as for approve: what fails stays in the outbox for maintain
-                sent = self._deliver_webhooks(order_id=order_id)
-            except Exception as exc:  # noqa: BLE001 — the revert is committed already
-                sent = {"sent": 0, "failed": 0, "error": f"{type(exc).__name__}: {exc}"}
-            if sent is not None:
-                result = {**result, "webhooks": sent}
-        return result
+        return result if dry_run else self._after_commit(result, order_id=order_id)
 
     @_store_errors
     def why(self, user_id: int, field: str | None = None) -> dict[str, Any]:
@@ -257,4 +259,3 @@ class Workctl:
         """Fields whose values human output masks (``[types."<type>"] sensitive_fields``)."""
         from .types.user_data_sync.masking import sensitive_fields
         return sensitive_fields(self.config.type_settings(type_name))
-

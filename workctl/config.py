@@ -32,6 +32,12 @@ from .errors import Invalid
 DEFAULT_CONFIG = "workctl.toml"
 
 
+def default_agent() -> str:
+    """The agent id when none is given (``--agent``, ``WORKCTL_AGENT_ID``): ``USER@HOSTNAME``."""
+    user = os.environ.get("USER") or os.environ.get("LOGNAME") or "agent"
+    return f"{user}@{os.uname().nodename}"
+
+
 @dataclass(frozen=True)
 class Config:
     ttl_seconds: int = 600

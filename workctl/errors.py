@@ -6,6 +6,7 @@ message on stderr, an ``{"error": …}`` document under ``--json``, and the exit
 
 from __future__ import annotations
 
+import sys
 from enum import IntEnum
 from typing import Any
 
@@ -100,3 +101,9 @@ class RemoteError(WorkctlError):
 class StoreError(WorkctlError):
     exit_code = ExitCode.STORE
     default_code = "store_error"
+
+
+def warn(message: str) -> None:
+    """A warning for the person at the terminal (stderr), for the rare library-level problem that must
+    not stop the command (a plugin that fails to load)."""
+    sys.stderr.write(f"workctl: warning: {message}\n")

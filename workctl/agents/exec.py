@@ -12,15 +12,13 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import threading
 import time
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Protocol
 
+from ..config import default_agent
 from ..errors import Conflict, Invalid, NoWork
-from ..cli.progress import Quiet
-from .heartbeat import Heartbeats, beat_interval
-from .pool import run_workers
+from .loop import AgentLoop, Handle, Listener
 
 STDERR_TAIL = 2000
 
@@ -37,125 +35,99 @@ class RunOptions:
     timeout: float | None = None
 
 
-@dataclass
-class RunReport:
-    submitted: int = 0
-    released: int = 0
-    lost: int = 0
-    errors: list[dict[str, Any]] = field(default_factory=list)
-    seconds: float = 0.0
-    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
-
-    def to_dict(self) -> dict[str, Any]:
-        done = self.submitted + self.released + self.lost
-        return {"items": {"submitted": self.submitted, "released": self.released, "lost": self.lost},
-                "errors": self.errors, "seconds": round(self.seconds, 3),
-                "items_per_second": round(done / self.seconds, 1) if self.seconds else None}
+class RunHandle(Handle, Protocol):
+    def show(self, order_id: str) -> dict[str, Any]: ...
+    def pending_item_count(self, order_id: str | None = None, type_name: str | None = None) -> int: ...
 
 
-class Runner:
-    def __init__(self, wc: Any, options: RunOptions, *, listener: Any = None, heartbeat_every: float | None = None):
-        from ..api import default_agent
+class Runner(AgentLoop):
+    name = "workctl-run"
 
+    def __init__(self, wc: RunHandle, options: RunOptions, *, listener: Listener | None = None,
+                 heartbeat_every: float | None = None):
+        super().__init__(wc, agent=options.agent or default_agent(), workers=options.parallel,
+                         max_items=options.max_items, ttl=options.ttl, listener=listener,
+                         heartbeat_every=heartbeat_every)
         self.wc = wc
         self.options = options
-        self.agent = options.agent or default_agent()
-        self.listener = listener or Quiet()
-        self.heartbeat_every = heartbeat_every
-        self.report = RunReport()
-        self.claimed = 0
-        self.claim_lock = threading.Lock()
-        self.stopping = threading.Event()
+        self.errors: list[dict[str, Any]] = []
+        self.seconds = 0.0
 
-    def _open(self) -> Any:
-        from ..api import Workctl
-        return Workctl(self.wc.db_path, config=self.wc.config, clock=self.wc.clock)
-
-    def run(self) -> RunReport:
+    def run(self) -> Runner:
         started = time.monotonic()
         if self.options.order_id:
             self.wc.show(self.options.order_id)  # NotFound before any work
         self.listener.started(self.wc.pending_item_count(self.options.order_id, self.options.type_name))
-        every = self.heartbeat_every or beat_interval(self.wc.config, self.options.ttl)
         try:
-            with Heartbeats(self._open, ttl=self.options.ttl, every=every) as self.heartbeats:
-                # Ctrl-C: each worker finishes (submits or releases) the item it holds, then exit 130.
-                run_workers(self._worker, max(1, self.options.parallel), stopping=self.stopping,
-                            name="workctl-run")
+            self.run_loop()
         finally:
-            self.report.seconds = time.monotonic() - started
-        return self.report
+            self.seconds = time.monotonic() - started
+        return self
 
-    def _take_slot(self) -> bool:
-        with self.claim_lock:
-            if self.stopping.is_set():
-                return False
-            if self.options.max_items is not None and self.claimed >= self.options.max_items:
-                return False
-            self.claimed += 1
-            return True
+    def to_dict(self) -> dict[str, Any]:
+        t = self.tally
+        done = t.submitted + t.released + t.lost
+        return {"items": {"submitted": t.submitted, "released": t.released, "lost": t.lost},
+                "errors": self.errors, "seconds": round(self.seconds, 3),
+                "items_per_second": round(done / self.seconds, 1) if self.seconds else None}
 
-    def _worker(self, n: int) -> None:
-        agent = self.agent if self.options.parallel == 1 else f"{self.agent}#{n + 1}"
-        with self._open() as wc:
-            while self._take_slot():
-                try:
-                    item = wc.checkout(self.options.order_id, agent=agent, type_name=self.options.type_name,
-                                       ttl=self.options.ttl)["item"]
-                except NoWork:
-                    return
-                self._one(wc, item, agent)
+    def agent_of(self, worker: int) -> str:
+        return self.agent if self.workers == 1 else f"{self.agent}#{worker + 1}"
 
-    def _one(self, wc: Any, item: dict[str, Any], agent: str) -> None:
-        self.listener.item_started(item)
+    def checkout(self, wc: Handle, agent: str) -> dict[str, Any] | None:
+        try:
+            return wc.checkout(self.options.order_id, agent=agent, type_name=self.options.type_name,
+                               ttl=self.options.ttl)["item"]
+        except NoWork:
+            return None
+
+    def work(self, wc: Handle, item: dict[str, Any], agent: str) -> None:
         env = {**os.environ, "WORKCTL_ITEM_ID": item["id"], "WORKCTL_ORDER_ID": item["order_id"],
                "WORKCTL_LEASE_TOKEN": item["lease_token"], "WORKCTL_AGENT_ID": agent}
         with self.heartbeats.keep(item, agent) as beat:
-            proc = subprocess.Popen(self.options.command, shell=True, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                    stderr=subprocess.PIPE, text=True, env=env)
-            try:
-                out, err = proc.communicate(json.dumps(item), timeout=self.options.timeout)
-                timed_out = False
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                out, err = proc.communicate()
-                timed_out = True
+            problem, result = self._execute(item, env)
         if beat.lost is not None:
-            return self._lost(item, str(beat.lost))
-        problem = None
-        if timed_out:
-            problem = f"command timed out after {self.options.timeout} s"
-        elif proc.returncode != 0:
-            problem = f"command exited {proc.returncode}: {err.strip()[-STDERR_TAIL:]}"
-        else:
-            try:
-                result = json.loads(out)
-            except json.JSONDecodeError as exc:
-                problem = f"command printed invalid JSON on stdout: {exc.msg} at line {exc.lineno}"
+            return self.lost(item, str(beat.lost))
         if problem is None:
             try:
                 wc.submit(item["id"], result, agent=agent, lease_token=item["lease_token"])
-                with self.report.lock:
-                    self.report.submitted += 1
+                with self.tally.lock:
+                    self.tally.submitted += 1
                 self.listener.item_finished(item, "submitted", 1, 0)
-                return
+                return None
             except Conflict as exc:
-                return self._lost(item, exc.message)
+                return self.lost(item, exc.message)
             except Invalid as exc:
                 problem = f"result refused: {exc.message}"
         try:
             released = wc.release(item["id"], agent=agent, error=problem, lease_token=item["lease_token"])
         except Conflict as exc:
-            return self._lost(item, exc.message)
-        with self.report.lock:
-            self.report.released += 1
-            self.report.errors.append({"item_id": item["id"], "error": problem, "state": released["item"]["state"]})
-        self.listener.message(f"item {item['id']}: {problem}; released ({released['item']['state']})")
+            return self.lost(item, exc.message)
+        with self.tally.lock:
+            self.tally.released += 1
+            self.errors.append({"item_id": item["id"], "error": problem, "state": released["item"]["state"]})
+        self.note(f"item {item['id']}: {problem}; released ({released['item']['state']})")
         self.listener.item_finished(item, "released", 0, 1)
+        return None
 
-    def _lost(self, item: dict[str, Any], why: str) -> None:
-        with self.report.lock:
-            self.report.lost += 1
-            self.report.errors.append({"item_id": item["id"], "error": f"lease lost: {why}", "state": "lost"})
-        self.listener.message(f"lease on item {item['id']} was lost ({why}); its result was dropped")
-        self.listener.item_finished(item, "lost", 0, 0)
+    def _execute(self, item: dict[str, Any], env: dict[str, str]) -> tuple[str | None, Any]:
+        """Run the command for one item: (None, result) or (the problem, None)."""
+        proc = subprocess.Popen(self.options.command, shell=True, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, env=env)
+        try:
+            out, err = proc.communicate(json.dumps(item), timeout=self.options.timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+            return f"command timed out after {self.options.timeout} s", None
+        if proc.returncode != 0:
+            return f"command exited {proc.returncode}: {err.strip()[-STDERR_TAIL:]}", None
+        try:
+            return None, json.loads(out)
+        except json.JSONDecodeError as exc:
+            return f"command printed invalid JSON on stdout: {exc.msg} at line {exc.lineno}", None
+
+    def lost(self, item: dict[str, Any], why: str) -> None:
+        with self.tally.lock:
+            self.errors.append({"item_id": item["id"], "error": f"lease lost: {why}", "state": "lost"})
+        super().lost(item, why)

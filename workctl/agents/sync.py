@@ -16,31 +16,19 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Protocol
 
 from ..clock import iso
-from ..types.user_data_sync.delta import fetch_since
+from ..config import default_agent
 from ..errors import Conflict, Invalid, NoWork, Usage, WorkctlError
-from .heartbeat import Heartbeats, beat_interval
-from .pool import run_workers
-from ..cli.progress import Quiet
 from ..sources.client import SourceClient, UserOutcome
 from ..sources.config import SourceConfig, load_source
+from ..types.user_data_sync.delta import fetch_since
+from .loop import AgentLoop, Handle, Listener, Tally
 
 SYNC_TYPE = "user.data.sync"
-
-
-class SyncListener(Protocol):
-    def started(self, total_items: int | None) -> None: ...
-    def item_started(self, item: dict[str, Any]) -> None: ...
-    def item_finished(self, item: dict[str, Any], outcome: str, synced: int, failed: int) -> None: ...
-    def waiting(self, source: str, reason: str, seconds: float) -> None: ...
-    def message(self, text: str) -> None: ...
 
 
 @dataclass
 class SyncReport:
     orders: list[str] = field(default_factory=list)
-    items_submitted: int = 0
-    items_released: int = 0
-    items_lost: int = 0
     users_synced: int = 0
     users_failed: int = 0
     users_unchanged: int = 0  # delta sync: not changed at the source, so not fetched
@@ -50,17 +38,16 @@ class SyncReport:
     retries: int = 0
     seconds: float = 0.0
     approved: list[dict[str, Any]] = field(default_factory=list)
-    messages: list[str] = field(default_factory=list)
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"orders": self.orders, "items": {"submitted": self.items_submitted, "released": self.items_released,
-                                                 "lost": self.items_lost},
+    def to_dict(self, tally: Tally) -> dict[str, Any]:
+        return {"orders": self.orders, "items": {"submitted": tally.submitted, "released": tally.released,
+                                                 "lost": tally.lost},
                 "users": {"synced": self.users_synced, "failed": self.users_failed,
                           "failed_by_class": dict(self.failures_by_class), "unchanged": self.users_unchanged},
                 "failed_users": self.failed_users, "requests": self.requests, "retries": self.retries,
                 "seconds": round(self.seconds, 3),
                 "users_per_second": round(self.users_synced / self.seconds, 1) if self.seconds else None,
-                "approved": self.approved, "messages": self.messages}
+                "approved": self.approved, "messages": tally.messages}
 
 
 _SCALARS = frozenset({str, int, float, bool})
@@ -116,27 +103,27 @@ class SyncOptions:
     workers: int | None = None  # batches in flight (default: the source's concurrency cap)
 
 
-class Syncer:
-    def __init__(self, wc: Any, options: SyncOptions, *, listener: SyncListener | None = None,
+class SyncHandle(Handle, Protocol):
+    """What the fetch loop needs of the library besides the agent operations."""
+
+    def pending_sync_sources(self, order_id: str | None = None) -> list[str]: ...
+    def pending_item_count(self, order_id: str | None = None, type_name: str | None = None) -> int: ...
+
+
+class Syncer(AgentLoop):
+    name = "workctl-sync"
+
+    def __init__(self, wc: SyncHandle, options: SyncOptions, *, listener: Listener | None = None,
                  client_factory: Callable[[SourceConfig, Callable[..., None]], SourceClient] | None = None,
                  heartbeat_every: float | None = None):
-        from ..api import Workctl, default_agent
-
-        self.wc: Workctl = wc
+        super().__init__(wc, agent=options.agent or default_agent(), workers=1, max_items=options.max_items,
+                         ttl=options.ttl, listener=listener, heartbeat_every=heartbeat_every)
+        self.wc = wc
         self.options = options
-        self.agent = options.agent or default_agent()
-        self.listener = listener or Quiet()
         self.client_factory = client_factory or (lambda config, on_wait: SourceClient(config, on_wait=on_wait))
-        self.heartbeat_every = heartbeat_every
         self.clients: dict[str, SourceClient] = {}
         self.report = SyncReport()
-        self.lock = threading.Lock()  # guards the report, the clients and the item budget
-        self.stopping = threading.Event()
-        self.taken = 0
-
-    def _open_peer(self) -> Any:
-        from ..api import Workctl
-        return Workctl(self.wc.db_path, config=self.wc.config, clock=self.wc.clock)
+        self.lock = threading.Lock()  # guards the report and the clients
 
     def client(self, source: str) -> SourceClient:
         with self.lock:
@@ -152,7 +139,7 @@ class Syncer:
         for source in self.wc.pending_sync_sources(self.options.order_id):
             self.client(source)
 
-    def run(self) -> SyncReport:
+    def run(self) -> Syncer:
         """Work batches in parallel (``workers`` at once, each with its own store connection) until
         no work is left; the source client (rate limit, concurrency cap) is shared by all of them."""
         started = time.monotonic()
@@ -160,52 +147,29 @@ class Syncer:
             self.prepare()
             pending = self.wc.pending_item_count(self.options.order_id, SYNC_TYPE)
             self.listener.started(pending)
-            workers = max(1, min(self.options.workers or self._default_workers(), pending or 1))
-            every = self.heartbeat_every or beat_interval(self.wc.config, self.options.ttl)
-            with Heartbeats(self._open_peer, ttl=self.options.ttl, every=every) as self.heartbeats:
-                if workers == 1:
-                    self._work(self.wc)
-                else:
-                    self._run_parallel(workers)
+            self.workers = max(1, min(self.options.workers or self._default_workers(), pending or 1))
+            self.run_loop()
         finally:
             for client in self.clients.values():
                 self.report.requests += client.stats.requests
                 self.report.retries += client.stats.retries
                 client.close()
             self.report.seconds = time.monotonic() - started
-        return self.report
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.report.to_dict(self.tally)
 
     def _default_workers(self) -> int:
         return min((c.config.concurrency for c in self.clients.values()), default=1)
 
-    def _run_parallel(self, workers: int) -> None:
-        def worker(n: int) -> None:
-            with self._open_peer() as wc:
-                self._work(wc)
+    def checkout(self, wc: Handle, agent: str) -> dict[str, Any] | None:
+        try:
+            return wc.checkout(self.options.order_id, agent=agent, type_name=SYNC_TYPE, ttl=self.options.ttl)["item"]
+        except NoWork:
+            return None
 
-        # Ctrl-C: every worker finishes (submits or releases) the batch it holds, then exit 130.
-        run_workers(worker, workers, stopping=self.stopping, name="workctl-sync")
-
-    def _take_slot(self) -> bool:
-        with self.lock:
-            if self.stopping.is_set():
-                return False
-            if self.options.max_items is not None and self.taken >= self.options.max_items:
-                return False
-            self.taken += 1
-            return True
-
-    def _work(self, wc: Any) -> None:
-        while self._take_slot():
-            try:
-                item = wc.checkout(self.options.order_id, agent=self.agent, type_name=SYNC_TYPE,
-                                   ttl=self.options.ttl)["item"]
-            except NoWork:
-                return
-            self._process(wc, item)
-
-    def _process(self, wc: Any, item: dict[str, Any]) -> None:
-        self.listener.item_started(item)
+    def work(self, wc: Handle, item: dict[str, Any], agent: str) -> None:
         with self.lock:
             if item["order_id"] not in self.report.orders:
                 self.report.orders.append(item["order_id"])
@@ -213,45 +177,30 @@ class Syncer:
         try:
             client = self.client(spec["source"])
         except WorkctlError:
-            wc.release(item["id"], agent=self.agent, lease_token=item["lease_token"])
+            wc.release(item["id"], agent=agent, lease_token=item["lease_token"])
             raise
         fetched_at = iso(wc.clock())  # skip_if_newer compares local change times with this
         try:
-            with self.heartbeats.keep(item, self.agent) as beat:
+            with self.heartbeats.keep(item, agent) as beat:
                 outcomes = client.fetch_batch(spec["user_ids"], field_map=spec.get("field_map"),
                                               since=fetch_since(spec))
         except BaseException:
-            wc.release(item["id"], agent=self.agent, lease_token=item["lease_token"])
+            wc.release(item["id"], agent=agent, lease_token=item["lease_token"])
             raise
         result, failed = build_result(spec["user_ids"], outcomes, spec["fields"])
         result["fetched_at"] = fetched_at
         if beat.lost is not None:
-            self._lost(item, str(beat.lost))
+            self.lost(item, str(beat.lost))
             return
         try:
-            response = wc.submit(item["id"], result, agent=self.agent, lease_token=item["lease_token"])
+            response = wc.submit(item["id"], result, agent=agent, lease_token=item["lease_token"])
         except Conflict as exc:
-            self._lost(item, exc.message)
+            self.lost(item, exc.message)
             return
         except Invalid as exc:
-            self._record_failures(item, failed)
-            why = "; ".join(f"{d['path']}: {d['message']}" for d in exc.details[:3] if "path" in d) or exc.message
-            released = wc.release(item["id"], agent=self.agent, lease_token=item["lease_token"], error=why)
-            note = (f"batch {item['id']} not accepted ({why}); released as attempt "
-                    f"{item['attempts']}/{item['max_attempts']}, now {released['item']['state']}")
-            with self.lock:
-                self.report.items_released += 1
-                self.report.messages.append(note)
-            self.listener.message(note)
-            self.listener.item_finished(item, "released", 0, len(failed))
+            self._refused(wc, item, agent, failed, exc)
             return
-        synced = len(result["synced_users"])
-        with self.lock:
-            self.report.items_submitted += 1
-            self.report.users_synced += synced
-            self.report.users_unchanged += len(result.get("unchanged_users", ()))
-        self._record_failures(item, failed)
-        self.listener.item_finished(item, "submitted", synced, len(failed))
+        self._submitted(item, result, failed)
         # Only the submit that completed the order sees it 'submitted', so exactly one worker approves.
         if self.options.approve and response["order"]["state"] == "submitted":
             approved = wc.approve(item["order_id"])
@@ -259,20 +208,34 @@ class Syncer:
                 self.report.approved.append({"order_id": item["order_id"], "diff": approved["diff"]})
             self.listener.message(f"approved order {item['order_id']}: {approved['diff'].get('summary')}")
 
+    def _submitted(self, item: dict[str, Any], result: dict[str, Any], failed: list[dict[str, Any]]) -> None:
+        synced = len(result["synced_users"])
+        with self.tally.lock:
+            self.tally.submitted += 1
+        with self.lock:
+            self.report.users_synced += synced
+            self.report.users_unchanged += len(result.get("unchanged_users", ()))
+        self._record_failures(item, failed)
+        self.listener.item_finished(item, "submitted", synced, len(failed))
+
+    def _refused(self, wc: Handle, item: dict[str, Any], agent: str, failed: list[dict[str, Any]],
+                 exc: Invalid) -> None:
+        """The batch's result was refused (below min_success_ratio, …): release it with the reason."""
+        self._record_failures(item, failed)
+        why = "; ".join(f"{d['path']}: {d['message']}" for d in exc.details[:3] if "path" in d) or exc.message
+        released = wc.release(item["id"], agent=agent, lease_token=item["lease_token"], error=why)
+        with self.tally.lock:
+            self.tally.released += 1
+        self.note(f"batch {item['id']} not accepted ({why}); released as attempt "
+                  f"{item['attempts']}/{item['max_attempts']}, now {released['item']['state']}")
+        self.listener.item_finished(item, "released", 0, len(failed))
+
     def _record_failures(self, item: dict[str, Any], failed: list[dict[str, Any]]) -> None:
         with self.lock:
             self.report.users_failed += len(failed)
             for entry in failed:
                 self.report.failures_by_class[entry["error_class"]] += 1
                 self.report.failed_users.append({"order_id": item["order_id"], "item_id": item["id"], **entry})
-
-    def _lost(self, item: dict[str, Any], why: str) -> None:
-        note = f"lease on item {item['id']} was lost ({why}); its result was dropped"
-        with self.lock:
-            self.report.items_lost += 1
-            self.report.messages.append(note)
-        self.listener.message(note)
-        self.listener.item_finished(item, "lost", 0, 0)
 
 
 def parse_users(spec: str, all_ids: Callable[[], list[int]]) -> list[int]:
@@ -313,7 +276,7 @@ def propose_from_source(wc: Any, *, source: str | None, users: str | None, field
     """The cron one-liner's first step: propose a user.data.sync order; return its id.
 
     ``delta`` (implied by ``since``) makes it a delta order, for ``--users all`` unless told otherwise;
-    without ``since`` it starts from the source's stored cursor (workctl.delta)."""
+    without ``since`` it starts from the source's stored cursor (types/user_data_sync/delta)."""
     delta = delta or since is not None
     if delta and source and not users:
         users = "all"

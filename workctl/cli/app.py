@@ -71,11 +71,11 @@ def main(argv: list[str] | None = None) -> int:
         # Click's usage errors (typer vendors click, so match the interface, not a private class).
         if not (hasattr(exc, "format_message") and isinstance(getattr(exc, "exit_code", None), int)):
             raise
-        from . import render as output
+        from . import render
         from ..errors import WorkctlError
 
         error = WorkctlError(exc.format_message(), code="usage")
-        output.error(error, as_json="--json" in args or "--nl" in args)
+        render.error(error, as_json="--json" in args or "--nl" in args)
         return int(ExitCode.USAGE) if exc.exit_code == 2 else exc.exit_code
     return code if isinstance(code, int) else 0
 

@@ -11,7 +11,7 @@ sends everything to Typer (for comparisons: bench/startup_bench.py, tests/test_f
 
 When the fast path handles a command it produces the same stdout, stderr and exit code as the Typer
 command: both call the same library method and the same renderers below, and errors go through the
-same ``output.error`` as ``commands._common.boundary`` (tests/test_fastpath.py runs every hot command
+same ``render.error`` as ``commands._common.boundary`` (tests/test_fastpath.py runs every hot command
 both ways). The parser mirrors Click's: group options (``--db``, ``--config``) only before the
 command name, command options and arguments interspersed, ``--opt value`` and ``--opt=value``,
 flags without a value, environment variables only when set and non-empty.
@@ -24,13 +24,19 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any, Callable
+
+from . import render
+
+if TYPE_CHECKING:
+    from ..api import Workctl
 
 # Option -> (keyword, takes a value). Every hot command also has --help, which is not listed: it falls back.
 _AGENT = {"--agent": ("agent", True), "--json": ("json_", False)}
 _FENCED = {**_AGENT, "--lease-token": ("lease_token", True)}
-# command -> (positional parameters as (keyword, required), options, environment defaults)
-_COMMANDS: dict[str, tuple[tuple[tuple[str, bool], ...], dict[str, tuple[str, bool]], dict[str, str]]] = {
+# command -> (positional parameters as (keyword, required), options, environment defaults); checked
+# against the Typer commands' own parameters by tests/test_fastpath.py, so the two cannot drift.
+SYNTAX: dict[str, tuple[tuple[tuple[str, bool], ...], dict[str, tuple[str, bool]], dict[str, str]]] = {
     "checkout": ((("order_id", False),), {**_AGENT, "--type": ("type_name", True), "--ttl": ("ttl", True)},
                  {"agent": "WORKCTL_AGENT_ID"}),
     "heartbeat": ((("item_id", True),), {**_FENCED, "--ttl": ("ttl", True)},
@@ -67,10 +73,10 @@ def parse(argv: list[str]) -> tuple[str, dict[str, Any]] | None:
             i += 1
         args[key] = value
         i += 1
-    if i >= n or argv[i] not in _COMMANDS:
+    if i >= n or argv[i] not in SYNTAX:
         return None
     command = argv[i]
-    positional, options, envvars = _COMMANDS[command]
+    positional, options, envvars = SYNTAX[command]
     for keyword, takes_value in options.values():
         args[keyword] = None if takes_value else False
     words: list[str] = []
@@ -127,97 +133,53 @@ def parse(argv: list[str]) -> tuple[str, dict[str, Any]] | None:
     return command, args
 
 
-# -- renderers shared with the Typer commands (one source for both paths) ------------------------
-def show_checkout(result: dict[str, Any], json_: bool) -> None:
-    from . import render as output
-
-    if json_:
-        output.print_json(result)
-        return
-    item = result["item"]
-    output.line(f"Leased item {item['id']} of order {item['order_id']} until {item['lease_expires_at']} "
-                f"(attempt {item['attempts']}/{item['max_attempts']}, heartbeat every "
-                f"{item['heartbeat_every_seconds']} s)")
-    output.line(f"lease token: {item['lease_token']}")
-    output.line(f"input: {output.compact(item['input'], 200)}")
+# -- running a parsed command: one table of (call, render) per command -------------------------------
+Call = Callable[["Workctl", dict[str, Any]], dict[str, Any]]
+Show = Callable[[dict[str, Any], dict[str, Any]], None]
 
 
-def show_heartbeat(result: dict[str, Any], item_id: str, json_: bool) -> None:
-    from . import render as output
-
-    if json_:
-        output.print_json(result)
-        return
-    output.line(f"Lease on item {item_id} extended until {result['item']['lease_expires_at']}")
-
-
-def show_release(result: dict[str, Any], item_id: str, json_: bool) -> None:
-    from . import render as output
-
-    if json_:
-        output.print_json(result)
-        return
-    item = result["item"]
-    output.line(f"Released item {item_id}: now {item['state']} (attempts {item['attempts']}/{item['max_attempts']})")
+HANDLERS: dict[str, tuple[Call, Show]] = {
+    "checkout": (lambda wc, a: wc.checkout(a["order_id"], agent=a["agent"], type_name=a["type_name"], ttl=a["ttl"]),
+                 lambda r, a: render.show_checkout(r, a["json_"])),
+    "heartbeat": (lambda wc, a: wc.heartbeat(a["item_id"], agent=a["agent"], ttl=a["ttl"],
+                                             lease_token=a["lease_token"]),
+                  lambda r, a: render.show_heartbeat(r, a["item_id"], a["json_"])),
+    "release": (lambda wc, a: wc.release(a["item_id"], agent=a["agent"], error=a["error"],
+                                         lease_token=a["lease_token"]),
+                lambda r, a: render.show_release(r, a["item_id"], a["json_"])),
+    "submit": (lambda wc, a: wc.submit(a["item_id"], a["result"], agent=a["agent"], lease_token=a["lease_token"],
+                                       idempotency_key=a["idempotency_key"]),
+               lambda r, a: render.show_submit(r, a["item_id"], a["json_"])),
+    "status": (lambda wc, a: wc.status(a["order_id"]), lambda r, a: render.print_json(r)),
+}
 
 
-def show_submit(response: dict[str, Any], item_id: str, json_: bool) -> None:
-    from . import render as output
-
-    if json_:
-        output.print_json(response)
-        return
-    order = response["order"]
-    output.line(f"Submitted item {item_id}; order {order['id']} is {order['state']}")
-
-
-# -- running a parsed command ------------------------------------------------------------------
 def _execute(command: str, a: dict[str, Any]) -> None:
-    from . import render as output
     from ..api import Workctl
     from ..config import load_config
 
+    call, show = HANDLERS[command]
     if command == "submit":  # read before opening the store, as the Typer command does
         from .jsoninput import read_json
 
-        document = read_json(a["result"], option="--result")
+        a["result"] = read_json(a["result"], option="--result")
     with Workctl(a["db"], config=load_config(a["config"])) as wc:
-        if command == "checkout":
-            result = wc.checkout(a["order_id"], agent=a["agent"], type_name=a["type_name"], ttl=a["ttl"])
-        elif command == "heartbeat":
-            result = wc.heartbeat(a["item_id"], agent=a["agent"], ttl=a["ttl"], lease_token=a["lease_token"])
-        elif command == "release":
-            result = wc.release(a["item_id"], agent=a["agent"], error=a["error"], lease_token=a["lease_token"])
-        elif command == "submit":
-            result = wc.submit(a["item_id"], document, agent=a["agent"], lease_token=a["lease_token"],
-                               idempotency_key=a["idempotency_key"])
-        else:
-            output.print_json(wc.status(a["order_id"]))
-            return
-    if command == "checkout":
-        show_checkout(result, a["json_"])
-    elif command == "heartbeat":
-        show_heartbeat(result, a["item_id"], a["json_"])
-    elif command == "release":
-        show_release(result, a["item_id"], a["json_"])
-    else:
-        show_submit(result, a["item_id"], a["json_"])
+        result = call(wc, a)
+    show(result, a)
 
 
 def main(argv: list[str] | None = None) -> int | None:
     """Run a hot command without Typer and return its exit code; None when Typer must handle ``argv``.
 
-    Errors go through the same boundary as the Typer commands (``output.failure_exit_code``)."""
+    Errors go through the same boundary as the Typer commands (``render.failure_exit_code``)."""
     parsed = parse(sys.argv[1:] if argv is None else argv)
     if parsed is None:
         return None
     command, arguments = parsed
-    from . import render as output
-
     try:
         _execute(command, arguments)
     except (Exception, KeyboardInterrupt) as exc:
-        return output.failure_exit_code(exc, as_json=bool(arguments["json_"]))
+        return render.failure_exit_code(exc, as_json=bool(arguments["json_"]))
     return 0
 
 

@@ -8,6 +8,8 @@ import threading
 import time
 from typing import Any
 
+from ..agents.loop import Quiet
+
 
 class LineProgress:
     """No animation: one line per finished batch and per wait, for logs."""
@@ -93,17 +95,6 @@ class RichProgress(LineProgress):
 
     def close(self) -> None:
         self.bar.stop()
-
-
-class Quiet:
-    """Says nothing (--quiet, and the library's default)."""
-
-    def started(self, total_items: int | None) -> None: pass
-    def item_started(self, item: dict[str, Any]) -> None: pass
-    def item_finished(self, item: dict[str, Any], outcome: str, synced: int, failed: int) -> None: pass
-    def waiting(self, source: str, reason: str, seconds: float) -> None: pass
-    def message(self, text: str) -> None: pass
-    def close(self) -> None: pass
 
 
 def make_progress(*, quiet: bool, unit: str = "batch", counted: str = "users") -> LineProgress | Quiet:

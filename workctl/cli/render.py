@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     from rich.console import Console
 
 from ..errors import WorkctlError
+from ..errors import warn as warn  # re-exported: commands warn through the renderer
 
 _console: Console | None = None
 
@@ -90,10 +91,42 @@ def failure_exit_code(exc: BaseException, *, as_json: bool) -> int:
     return int(ExitCode.ERROR)
 
 
-def warn(message: str) -> None:
-    sys.stderr.write(f"workctl: warning: {message}\n")
-
-
 def compact(value: Any, width: int = 60) -> str:
     text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, default=str)
     return text if len(text) <= width else text[: width - 1] + "…"
+
+
+# -- the agent commands' human output, shared by the Typer commands and the fast path --------------
+def show_checkout(result: dict[str, Any], json_: bool) -> None:
+    if json_:
+        print_json(result)
+        return
+    item = result["item"]
+    line(f"Leased item {item['id']} of order {item['order_id']} until {item['lease_expires_at']} "
+         f"(attempt {item['attempts']}/{item['max_attempts']}, heartbeat every "
+         f"{item['heartbeat_every_seconds']} s)")
+    line(f"lease token: {item['lease_token']}")
+    line(f"input: {compact(item['input'], 200)}")
+
+
+def show_heartbeat(result: dict[str, Any], item_id: str, json_: bool) -> None:
+    if json_:
+        print_json(result)
+        return
+    line(f"Lease on item {item_id} extended until {result['item']['lease_expires_at']}")
+
+
+def show_release(result: dict[str, Any], item_id: str, json_: bool) -> None:
+    if json_:
+        print_json(result)
+        return
+    item = result["item"]
+    line(f"Released item {item_id}: now {item['state']} (attempts {item['attempts']}/{item['max_attempts']})")
+
+
+def show_submit(response: dict[str, Any], item_id: str, json_: bool) -> None:
+    if json_:
+        print_json(response)
+        return
+    order = response["order"]
+    line(f"Submitted item {item_id}; order {order['id']} is {order['state']}")

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Callable, TypeVar
 
 import typer
 
-from ..cli import render as output
+from ..cli import render
 
 if TYPE_CHECKING:
     from ..api import Workctl
@@ -52,6 +52,6 @@ def boundary(fn: F) -> F:
         except (typer.Exit, typer.Abort):
             raise
         except (Exception, KeyboardInterrupt) as exc:
-            raise typer.Exit(output.failure_exit_code(exc, as_json=as_json)) from None
+            raise typer.Exit(render.failure_exit_code(exc, as_json=as_json)) from None
 
     return wrapper  # type: ignore[return-value]

@@ -6,7 +6,7 @@ from typing import Annotated, Any, Callable
 
 import typer
 
-from ..cli import render as output
+from ..cli import render
 from ..types.user_data_sync.masking import Masker
 from ._common import IdempotencyKey, Json, boundary, open_workctl
 
@@ -26,35 +26,35 @@ def approve(
         result = wc.approve(order_id, dry_run=dry_run, idempotency_key=idempotency_key)
         masker = None if json_ else Masker(wc.sensitive_fields())
     if json_:
-        output.print_json(result)
+        render.print_json(result)
         return
     render_diff(result["diff"], dry_run=dry_run, mask=masker)
     state = result["order"]["state"]
-    output.line(f"Dry run: nothing changed; order {order_id} is still {state}" if dry_run
+    render.line(f"Dry run: nothing changed; order {order_id} is still {state}" if dry_run
                 else f"Order {order_id} is {state}")
     if "webhooks" in result:  # only when [[webhooks]] are configured
-        output.line("webhooks: " + ", ".join(f"{name} {count}" for name, count in result["webhooks"].items()))
+        render.line("webhooks: " + ", ".join(f"{name} {count}" for name, count in result["webhooks"].items()))
 
 
 def render_diff(diff: dict[str, Any], *, dry_run: bool = False, mask: Callable[[str, Any], Any] | None = None,
                 limit: int = SHOWN_CHANGES) -> None:
     """The human diff: summary, stats, then the first ``limit`` changes (0: all), sensitive values masked."""
     show = mask or (lambda _field, value: value)
-    output.line(("Would apply: " if dry_run else "") + str(diff.get("summary", "")))
-    output.line(f"before: {output.compact(diff.get('before'))}  after: {output.compact(diff.get('after'))}")
+    render.line(("Would apply: " if dry_run else "") + str(diff.get("summary", "")))
+    render.line(f"before: {render.compact(diff.get('before'))}  after: {render.compact(diff.get('after'))}")
     if diff.get("stats"):
-        output.line("stats: " + ", ".join(f"{k} {v}" for k, v in diff["stats"].items()))
+        render.line("stats: " + ", ".join(f"{k} {v}" for k, v in diff["stats"].items()))
     if diff.get("skipped_by_policy"):
-        output.line("skipped by policy (not written, not listed): "
+        render.line("skipped by policy (not written, not listed): "
                     + ", ".join(f"{k} {v}" for k, v in diff["skipped_by_policy"].items()))
     changes = diff.get("changes") or []
     if changes:
         shown = changes[:limit] if limit else changes
-        output.table(None, ["user", "field", "old", "new"],
-                     [(c["user_id"], c["field"], output.compact(show(c["field"], c["old"]), 40),
-                       output.compact(show(c["field"], c["new"]), 40)) for c in shown])
+        render.table(None, ["user", "field", "old", "new"],
+                     [(c["user_id"], c["field"], render.compact(show(c["field"], c["old"]), 40),
+                       render.compact(show(c["field"], c["new"]), 40)) for c in shown])
         if len(changes) > len(shown):
-            output.line(f"… and {len(changes) - len(shown)} more changes (all of them with --json)")
+            render.line(f"… and {len(changes) - len(shown)} more changes (all of them with --json)")
     for change in diff.get("schema_changes") or []:
-        output.line(f"schema: {'would add' if dry_run else 'added'} column {change['add_column']} "
+        render.line(f"schema: {'would add' if dry_run else 'added'} column {change['add_column']} "
                     f"({change['type']}) to {change['table']}")

@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from ..cli.fastpath import show_checkout
+from ..cli.render import show_checkout
 from ._common import Agent, Json, Ttl, boundary, open_workctl
 
 
@@ -22,4 +22,4 @@ def checkout(
     """Lease the next item (highest priority, then oldest); exit 3 when there is none."""
     with open_workctl(ctx) as wc:
         result = wc.checkout(order_id, agent=agent, type_name=type_name, ttl=ttl)
-    show_checkout(result, json_)  # shared with the fast path (workctl.fastpath)
+    show_checkout(result, json_)  # shared with the fast path (workctl.cli.fastpath)

@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from ..cli import render as output
+from ..cli import render
 from ._common import Globals, Json, boundary
 
 
@@ -32,14 +32,14 @@ def demo(
     finally:
         progress.close()
     if json_:
-        output.print_json(result)
+        render.print_json(result)
         return
     from .approve import render_diff
 
     order = result["order"]
-    output.line(f"Seeded {result['users_seeded']} local users in {result['db']}")
-    output.line(f"Order {order['id']}: {result['items']} batches synced from the sample crm and approved")
+    render.line(f"Seeded {result['users_seeded']} local users in {result['db']}")
+    render.line(f"Order {order['id']}: {result['items']} batches synced from the sample crm and approved")
     if result["diff"]:
         render_diff(result["diff"])
-    output.line(f"Final state: {order['state']} ({result['progress']['done']}/{result['progress']['total']} items)")
-    output.line(f"Explore: workctl --db {result['db']} log {order['id']}")
+    render.line(f"Final state: {order['state']} ({result['progress']['done']}/{result['progress']['total']} items)")
+    render.line(f"Explore: workctl --db {result['db']} log {order['id']}")

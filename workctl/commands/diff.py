@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from ..cli import render as output
+from ..cli import render
 from ..types.user_data_sync.masking import Masker
 from ._common import Json, boundary, open_workctl
 from .approve import render_diff
@@ -24,17 +24,17 @@ def diff(
         result = wc.diff(order_id)
         masker = None if json_ else Masker(wc.sensitive_fields())
     if json_:
-        output.print_json(result)
+        render.print_json(result)
         return
     order, changes = result["order"], result["diff"].get("changes") or []
     users = len({c["user_id"] for c in changes})
     stats = result["diff"].get("stats") or {}
     verb = "changed" if result["applied"] else "would change"
-    output.line(f"order {order['id']} ({order['type']}, {order['state']}): {verb} {_n(len(changes), 'field')} "
+    render.line(f"order {order['id']} ({order['type']}, {order['state']}): {verb} {_n(len(changes), 'field')} "
                 f"of {_n(users, 'user')}; {_n(stats.get('unchanged', 0), 'user')} unchanged")
     render_diff(result["diff"], dry_run=not result["applied"], mask=masker, limit=limit)
     if masker and masker.fields:
-        output.line(f"masked: {', '.join(sorted(masker.fields))} (sensitive_fields; --json shows the values)")
+        render.line(f"masked: {', '.join(sorted(masker.fields))} (sensitive_fields; --json shows the values)")
 
 
 def _n(count: int, noun: str) -> str:

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from ..cli import render as output
+from ..cli import render
 from ._common import Json, Nl, boundary, open_workctl
 
 
@@ -25,21 +25,21 @@ def failures(
     with open_workctl(ctx) as wc:
         listed = wc.failures(order_id, source=source, error_class=error_class, limit=limit)
     if nl:
-        output.print_nl(listed)
+        render.print_nl(listed)
         return
     if json_:
-        output.print_json({"failures": listed})
+        render.print_json({"failures": listed})
         return
     # One order: no order or source column. Times to the second; the whole message is in --json.
     columns = ["user", "class", "attempt", "failed at (UTC)", "message"]
     rows = [(f["user_id"], f["error_class"], f["attempt"], f["created_at"][:19].replace("T", " "),
-             output.compact(f["message"].split(": ", 1)[-1], 40)) for f in listed]
+             render.compact(f["message"].split(": ", 1)[-1], 40)) for f in listed]
     if not order_id:
         columns[:1] = ["order", "user", "source"]
         rows = [(f["order_id"][:8], f["user_id"], f["source"], *row[1:]) for f, row in zip(listed, rows)]
-    output.table(None, columns, rows)
+    render.table(None, columns, rows)
     classes = Counter(f["error_class"] for f in listed)
     by_class = ", ".join(f"{name} {count}" for name, count in sorted(classes.items()))
-    output.line(f"{len(listed)} failed users" + (f" ({by_class})" if listed else ""))
+    render.line(f"{len(listed)} failed users" + (f" ({by_class})" if listed else ""))
     if order_id and listed:
-        output.line(f"Retry exactly these users: workctl sync --retry-failed {order_id}")
+        render.line(f"Retry exactly these users: workctl sync --retry-failed {order_id}")

@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from ..cli.fastpath import show_heartbeat
+from ..cli.render import show_heartbeat
 from ._common import Agent, Json, LeaseToken, Ttl, boundary, open_workctl
 
 
@@ -22,4 +22,4 @@ def heartbeat(
     """Extend your lease on an item."""
     with open_workctl(ctx) as wc:
         result = wc.heartbeat(item_id, agent=agent, ttl=ttl, lease_token=lease_token)
-    show_heartbeat(result, item_id, json_)  # shared with the fast path (workctl.fastpath)
+    show_heartbeat(result, item_id, json_)  # shared with the fast path (workctl.cli.fastpath)

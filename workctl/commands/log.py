@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
-from ..cli import render as output
+from ..cli import render
 from ._common import Json, Nl, boundary, open_workctl
 
 
@@ -24,9 +24,9 @@ def log(
     with open_workctl(ctx) as wc:
         events = wc.log(order_id)
         if json_ and not follow:
-            output.print_json({"events": events})
+            render.print_json({"events": events})
             return
-        emit = output.print_nl if (nl or json_) else _print_events
+        emit = render.print_nl if (nl or json_) else _print_events
         emit(events)
         last = events[-1]["id"] if events else 0
         while follow:
@@ -41,6 +41,6 @@ def _print_events(events: list[dict[str, Any]]) -> None:
     for e in events:
         subject = f"item {e['item_id']}" if e["item_id"] else "order"
         move = f"{e['from'] or '∅'} → {e['to']}" if e["to"] else ""
-        detail = f" {output.compact(e['payload'], 80)}" if e["payload"] else ""
-        output.line(f"{e['created_at']}  {e['event']:<14} {subject:<42} {move:<24} "
+        detail = f" {render.compact(e['payload'], 80)}" if e["payload"] else ""
+        render.line(f"{e['created_at']}  {e['event']:<14} {subject:<42} {move:<24} "
                     f"{e['actor_type']}:{e['actor_id']}{detail}")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from ..cli import render as output
+from ..cli import render
 from ._common import Json, boundary, open_workctl
 
 
@@ -14,9 +14,9 @@ def maintain(ctx: typer.Context, json_: Json = False) -> None:
     with open_workctl(ctx) as wc:
         result = wc.maintain()
     if json_:
-        output.print_json(result)
+        render.print_json(result)
         return
-    output.line(", ".join(f"{name.replace('_', ' ')}: {count}" for name, count in result.items()
+    render.line(", ".join(f"{name.replace('_', ' ')}: {count}" for name, count in result.items()
                           if not isinstance(count, dict)))
     if "webhooks" in result:  # only when [[webhooks]] are configured
-        output.line("webhooks: " + ", ".join(f"{name} {count}" for name, count in result["webhooks"].items()))
+        render.line("webhooks: " + ", ".join(f"{name} {count}" for name, count in result["webhooks"].items()))

@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from ..cli import render as output
+from ..cli import render
 from ._common import Json, Nl, boundary, open_workctl
 
 
@@ -23,10 +23,10 @@ def orders(
     with open_workctl(ctx) as wc:
         listed = wc.orders(state=state, type_name=type_name, limit=limit)
     if nl:
-        output.print_nl(listed)
+        render.print_nl(listed)
     elif json_:
-        output.print_json({"orders": listed})
+        render.print_json({"orders": listed})
     else:
-        output.table(None, ["order", "type", "state", "items", "priority", "created"],
+        render.table(None, ["order", "type", "state", "items", "priority", "created"],
                      [(o["id"], o["type"], o["state"], o["item_count"], o["priority"], o["created_at"])
                       for o in listed])

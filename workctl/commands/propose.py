@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from ..cli import render as output
+from ..cli import render
 from ..cli.jsoninput import read_json
 from ._common import IdempotencyKey, Json, boundary, open_workctl
 
@@ -25,11 +25,11 @@ def propose(
         result = wc.propose(type_name, read_json(payload, option="--payload"), priority=priority,
                             idempotency_key=idempotency_key)
     if json_:
-        output.print_json(result)
+        render.print_json(result)
         return
     order, items = result["order"], result["items"]
-    output.line(f"Proposed order {order['id']} ({order['type']}, {len(items)} items, priority {order['priority']})")
-    output.table(None, ["#", "item", "state", "input"],
-                 [(n, it["id"], it["state"], output.compact(it["input"])) for n, it in enumerate(items[:20], 1)])
+    render.line(f"Proposed order {order['id']} ({order['type']}, {len(items)} items, priority {order['priority']})")
+    render.table(None, ["#", "item", "state", "input"],
+                 [(n, it["id"], it["state"], render.compact(it["input"])) for n, it in enumerate(items[:20], 1)])
     if len(items) > 20:
-        output.line(f"… and {len(items) - 20} more items")
+        render.line(f"… and {len(items) - 20} more items")

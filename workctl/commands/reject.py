@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from ..cli import render as output
+from ..cli import render
 from ._common import IdempotencyKey, Json, boundary, open_workctl
 
 
@@ -23,7 +23,7 @@ def reject(
     with open_workctl(ctx) as wc:
         result = wc.reject(order_id, reason=reason, requeue=requeue, idempotency_key=idempotency_key)
     if json_:
-        output.print_json(result)
+        render.print_json(result)
         return
-    output.line(f"Order {order_id} is {result['order']['state']} ({result['items']['count']} items "
+    render.line(f"Order {order_id} is {result['order']['state']} ({result['items']['count']} items "
                 f"{result['items']['state']})")

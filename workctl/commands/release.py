@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from ..cli.fastpath import show_release
+from ..cli.render import show_release
 from ._common import Agent, Json, LeaseToken, boundary, open_workctl
 
 
@@ -22,4 +22,4 @@ def release(
     """Give a lease back; the item is queued again (or failed, if --error used its last attempt)."""
     with open_workctl(ctx) as wc:
         result = wc.release(item_id, agent=agent, error=error, lease_token=lease_token)
-    show_release(result, item_id, json_)  # shared with the fast path (workctl.fastpath)
+    show_release(result, item_id, json_)  # shared with the fast path (workctl.cli.fastpath)

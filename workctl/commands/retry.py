@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from ..cli import render as output
+from ..cli import render
 from ._common import Json, boundary, open_workctl
 
 
@@ -21,6 +21,6 @@ def retry(
     with open_workctl(ctx) as wc:
         result = wc.retry(item_id, order_id=order_id)
     if json_:
-        output.print_json(result)
+        render.print_json(result)
         return
-    output.line(f"Retried {len(result['retried'])} items; order {result['order']['id']} is {result['order']['state']}")
+    render.line(f"Retried {len(result['retried'])} items; order {result['order']['id']} is {result['order']['state']}")

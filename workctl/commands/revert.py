@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from ..cli import render as output
+from ..cli import render
 from ..types.user_data_sync.masking import Masker
 from ._common import Json, boundary, open_workctl
 
@@ -23,19 +23,19 @@ def revert(
         result = wc.revert(order_id, dry_run=dry_run)
         show = Masker(() if json_ else wc.sensitive_fields())
     if json_:
-        output.print_json(result)
+        render.print_json(result)
         return
     stats = result["stats"]
     head = "Would restore" if dry_run else f"Revert {result['revert_id']}: restored"
-    output.line(f"{head} {stats['restored']} of {stats['recorded']} recorded changes of order {order_id}; "
+    render.line(f"{head} {stats['restored']} of {stats['recorded']} recorded changes of order {order_id}; "
                 f"skipped {stats['skipped']} (never overwritten)")
     if result["restored"]:
-        output.table("restored", ["user", "field", "order wrote", "restored"],
-                     [(c["user_id"], c["field"], output.compact(show(c["field"], c["order_wrote"]), 40),
-                       output.compact(show(c["field"], c["restore"]), 40)) for c in result["restored"]])
+        render.table("restored", ["user", "field", "order wrote", "restored"],
+                     [(c["user_id"], c["field"], render.compact(show(c["field"], c["order_wrote"]), 40),
+                       render.compact(show(c["field"], c["restore"]), 40)) for c in result["restored"]])
     if result["skipped"]:
-        output.table("skipped", ["user", "field", "order wrote", "now", "reason"],
-                     [(c["user_id"], c["field"], output.compact(show(c["field"], c["order_wrote"]), 40),
-                       output.compact(show(c["field"], c["current"]), 40), c["reason"]) for c in result["skipped"]])
+        render.table("skipped", ["user", "field", "order wrote", "now", "reason"],
+                     [(c["user_id"], c["field"], render.compact(show(c["field"], c["order_wrote"]), 40),
+                       render.compact(show(c["field"], c["current"]), 40), c["reason"]) for c in result["skipped"]])
     if dry_run:
-        output.line(f"Dry run: nothing changed; run without --dry-run to revert order {order_id}")
+        render.line(f"Dry run: nothing changed; run without --dry-run to revert order {order_id}")

@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from ..cli import render as output
+from ..cli import render
 from ._common import Agent, Json, Ttl, boundary, open_workctl
 
 
@@ -40,10 +40,10 @@ def run(
         finally:
             progress.close()
     if json_:
-        output.print_json(report)
+        render.print_json(report)
         return
     items = report["items"]
-    output.line(f"{items['submitted']} submitted, {items['released']} released, {items['lost']} lost "
+    render.line(f"{items['submitted']} submitted, {items['released']} released, {items['lost']} lost "
                 f"in {report['seconds']} s")
     for error in report["errors"][:20]:
-        output.line(f"  item {error['item_id']}: {error['error']}")
+        render.line(f"  item {error['item_id']}: {error['error']}")

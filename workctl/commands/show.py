@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from ..cli import render as output
+from ..cli import render
 from ._common import Json, boundary, open_workctl
 
 
@@ -20,14 +20,14 @@ def show(
     with open_workctl(ctx) as wc:
         detail = wc.show(order_id)
     if json_:
-        output.print_json(detail)
+        render.print_json(detail)
         return
     order = detail["order"]
-    output.line(f"order {order['id']} ({order['type']}) is {order['state']}, priority {order['priority']}, "
+    render.line(f"order {order['id']} ({order['type']}) is {order['state']}, priority {order['priority']}, "
                 f"requested by {order['requested_by']} at {order['created_at']}")
-    output.line(f"payload: {output.compact(order['payload'], 200)}")
-    output.table(None, ["#", "item", "state", "attempts", "agent", "input"],
+    render.line(f"payload: {render.compact(order['payload'], 200)}")
+    render.table(None, ["#", "item", "state", "attempts", "agent", "input"],
                  [(it["seq"] + 1, it["id"], it["state"], f"{it['attempts']}/{it['max_attempts']}",
-                   it["leased_by"] or it["submitted_by"], output.compact(it["input"])) for it in detail["items"]])
+                   it["leased_by"] or it["submitted_by"], render.compact(it["input"])) for it in detail["items"]])
     if order["diff"]:
-        output.line(f"diff: {order['diff'].get('summary')} ({len(order['diff'].get('changes', []))} changes)")
+        render.line(f"diff: {order['diff'].get('summary')} ({len(order['diff'].get('changes', []))} changes)")

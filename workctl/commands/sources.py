@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from ..cli import render as output
+from ..cli import render
 from ._common import Globals, Json, boundary
 
 app = typer.Typer(help="External sources: list, check, and the built-in sample server.", no_args_is_help=True)
@@ -26,9 +26,9 @@ def list_(ctx: typer.Context, json_: Json = False) -> None:
 
     listed = list_sources(_raw(ctx))
     if json_:
-        output.print_json({"sources": listed})
+        render.print_json({"sources": listed})
         return
-    output.table(None, ["source", "base url", "auth", "rate/s", "concurrency", "status"],
+    render.table(None, ["source", "base url", "auth", "rate/s", "concurrency", "status"],
                  [(s["name"], s.get("base_url"), s.get("auth"), s.get("rate_limit"), s.get("concurrency"),
                    "ok" if s["ok"] else s["error"]) for s in listed])
 
@@ -42,9 +42,9 @@ def check(ctx: typer.Context, name: Annotated[str, typer.Argument(help="Source n
 
     report = check_source(name, _raw(ctx))
     if json_:
-        output.print_json(report)
+        render.print_json(report)
         return
-    output.line(f"{report['name']}: {report['status']}, auth {report['auth']}, {report['latency_ms']} ms "
+    render.line(f"{report['name']}: {report['status']}, auth {report['auth']}, {report['latency_ms']} ms "
                 f"({report['base_url']})")
 
 
@@ -83,8 +83,8 @@ def serve_sample(
                     latency=latency, malformed_rate=malformed_rate, drop_rate=drop_rate, missing=missing_ids,
                     max_user_id=max_user_id, token=secret)
     server = SampleServer(host, port, faults)
-    output.line(f"Serving sample sources on {server.url}: {server.url}/crm/users/1, /analytics/…, /billing/…")
-    output.line(f"Use it with: export WORKCTL_SOURCE_CRM_URL={server.url}/crm")
+    render.line(f"Serving sample sources on {server.url}: {server.url}/crm/users/1, /analytics/…, /billing/…")
+    render.line(f"Use it with: export WORKCTL_SOURCE_CRM_URL={server.url}/crm")
     import sys
     sys.stdout.flush()
     try:

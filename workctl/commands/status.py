@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
-from ..cli import render as output
+from ..cli import render
 from ._common import Json, boundary, open_workctl
 
 
@@ -22,14 +22,14 @@ def status(
     """Counts of orders and items per state and leases held; or one order, its items and last events."""
     with open_workctl(ctx) as wc:
         if json_:
-            output.print_json(wc.status(order_id))
+            render.print_json(wc.status(order_id))
             return
         if not watch:
-            render(wc.status(order_id))
+            render_status(wc.status(order_id))
             return
         from rich.live import Live
 
-        with Live(build(wc.status(order_id)), console=output.console(), auto_refresh=False) as live:
+        with Live(build(wc.status(order_id)), console=render.console(), auto_refresh=False) as live:
             while True:
                 time.sleep(interval)  # a display refresh, not a wait for time to pass in tests
                 live.update(build(wc.status(order_id)), refresh=True)
@@ -67,5 +67,5 @@ def build(data: dict[str, Any]) -> Any:
     return Group(header, items, events)
 
 
-def render(data: dict[str, Any]) -> None:
-    output.console().print(build(data))
+def render_status(data: dict[str, Any]) -> None:
+    render.console().print(build(data))

@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from ..cli.fastpath import show_submit
+from ..cli.render import show_submit
 from ..cli.jsoninput import read_json
 from ._common import Agent, IdempotencyKey, Json, LeaseToken, boundary, open_workctl
 
@@ -26,4 +26,4 @@ def submit(
     with open_workctl(ctx) as wc:
         response = wc.submit(item_id, document, agent=agent, lease_token=lease_token,
                              idempotency_key=idempotency_key)
-    show_submit(response, item_id, json_)  # shared with the fast path (workctl.fastpath)
+    show_submit(response, item_id, json_)  # shared with the fast path (workctl.cli.fastpath)

@@ -9,7 +9,7 @@ from typing import Annotated, Any
 
 import typer
 
-from ..cli import render as output
+from ..cli import render
 from ._common import Agent, Json, Ttl, boundary, open_workctl
 
 
@@ -67,11 +67,11 @@ def sync(
                             code="sync_incomplete")
     if json_:
         # One document either way: the report, plus the error object when the run was incomplete.
-        output.print_json({**report, **(error.to_dict() if error else {})})
+        render.print_json({**report, **(error.to_dict() if error else {})})
     else:
         render_report(report, sensitive=sensitive)
     if error:
-        output.error(error, as_json=False)
+        render.error(error, as_json=False)
         raise typer.Exit(int(error.exit_code))
 
 
@@ -83,11 +83,11 @@ def render_report(report: dict[str, Any], *, sensitive: frozenset[str] = frozens
     rows += [(f"  failed: {name}", count) for name, count in sorted(users["failed_by_class"].items())]
     rows += [("requests", report["requests"]), ("retries", report["retries"]), ("seconds", report["seconds"]),
              ("users/s", report["users_per_second"])]
-    output.table("sync", ["", "count"], rows)
+    render.table("sync", ["", "count"], rows)
     for failed in report["failed_users"][:20]:
-        output.line(f"  user {failed['user_id']}: {failed['error_class']}: {failed['error']}")
+        render.line(f"  user {failed['user_id']}: {failed['error_class']}: {failed['error']}")
     for approved in report["approved"]:
         from .approve import render_diff
-        output.line(f"order {approved['order_id']}:")
+        render.line(f"order {approved['order_id']}:")
         from ..types.user_data_sync.masking import Masker
         render_diff(approved["diff"], mask=Masker(sensitive))

@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from ..cli import render as output
+from ..cli import render
 from ._common import Json, boundary, open_workctl
 
 app = typer.Typer(help="List registered order types, or show one's JSON Schema.", invoke_without_command=True)
@@ -20,9 +20,9 @@ def types(ctx: typer.Context, json_: Json = False) -> None:
         return
     listed = open_workctl(ctx).types()
     if json_:
-        output.print_json({"types": listed})
+        render.print_json({"types": listed})
         return
-    output.table(None, ["type", "description"], [(t["name"], t["description"]) for t in listed])
+    render.table(None, ["type", "description"], [(t["name"], t["description"]) for t in listed])
 
 
 @app.command("show")
@@ -31,8 +31,8 @@ def show(ctx: typer.Context, type_name: Annotated[str, typer.Argument(metavar="T
     """Show an order type's JSON Schema."""
     described = open_workctl(ctx).type_schema(type_name)
     if json_:
-        output.print_json(described)
+        render.print_json(described)
         return
-    output.line(f"{described['name']}: {described['description']}")
+    render.line(f"{described['name']}: {described['description']}")
     import json
-    output.line(json.dumps(described["schema"], indent=2))
+    render.line(json.dumps(described["schema"], indent=2))

@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from ..cli import render as output
+from ..cli import render
 from ..types.user_data_sync.masking import Masker
 from ._common import Json, boundary, open_workctl
 
@@ -23,20 +23,20 @@ def why(
         result = wc.why(user_id, field)
         show = Masker(() if json_ else wc.sensitive_fields())
     if json_:
-        output.print_json(result)
+        render.print_json(result)
         return
     if not result["history"]:
         what = f"field {field} of user {user_id}" if field else f"user {user_id}"
-        output.line(f"no recorded changes for {what}"
+        render.line(f"no recorded changes for {what}"
                     + ("" if result["exists_locally"] else " (no such user in the users table)"))
         return
     for name, summary in result["fields"].items():
         rows = []
         for e in (e for e in result["history"] if e["field"] == name):
-            rows.append((e["set_at"][:19].replace("T", " "), output.compact(show(name, e["value"]), 30),
-                         output.compact(show(name, e["old"]), 30), e["source"], e["agent"] or "",
+            rows.append((e["set_at"][:19].replace("T", " "), render.compact(show(name, e["value"]), 30),
+                         render.compact(show(name, e["old"]), 30), e["source"], e["agent"] or "",
                          e["order_id"][:8], "reverted" if e["reverted_by"] else ""))
-        output.line(f"user {user_id} · {name}: now {output.compact(show(name, summary['current']), 40)}")
-        output.table(None, ["set at (UTC)", "value", "was", "source", "agent", "order", ""], rows)
+        render.line(f"user {user_id} · {name}: now {render.compact(show(name, summary['current']), 40)}")
+        render.table(None, ["set at (UTC)", "value", "was", "source", "agent", "order", ""], rows)
         if summary["changed_outside"]:
-            output.line(f"  {name} was changed outside workctl after its last recorded value")
+            render.line(f"  {name} was changed outside workctl after its last recorded value")

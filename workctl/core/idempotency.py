@@ -3,6 +3,19 @@ key with a different request is refused (``idempotency_mismatch``, exit 6).
 
 The key itself is stored only as a SHA-256 hash; the request is fingerprinted from its canonical
 JSON. Only successful responses are stored (a failure changes nothing, so a retry simply runs again).
+
+Every keyed operation uses one ``Guard`` the same way: ``replay`` before any work (a cheap early answer),
+``replay`` again inside the write transaction (another process may have finished the same request
+meanwhile), and ``record`` of the response in that transaction::
+
+    guard = Guard.make("approve:" + order_id, key, {"order_id": order_id})
+    if (earlier := guard.replay(s.conn)) is not None:
+        return earlier
+    with write_tx(s.conn) as conn:
+        if (earlier := guard.replay(conn)) is not None:
+            return earlier
+        ...
+        guard.record(conn, response, now)
 """
 
 from __future__ import annotations
@@ -56,3 +69,22 @@ def store(conn: sqlite3.Connection, key: Key, response: Any, now: str) -> None:
 
 def purge(conn: sqlite3.Connection, older_than: str) -> int:
     return conn.execute("DELETE FROM idempotency_keys WHERE created_at < ?", (older_than,)).rowcount
+
+
+@dataclass(frozen=True)
+class Guard:
+    """The idempotency of one operation: inert (every method a no-op) when the caller gave no key."""
+
+    key: Key | None = None
+
+    @classmethod
+    def make(cls, scope: str, key: str | None, request: Any) -> Guard:
+        return cls(Key.make(scope, key, request) if key else None)
+
+    def replay(self, conn: sqlite3.Connection) -> Any | None:
+        """The response stored for this key and request; None when there is none (or no key)."""
+        return lookup(conn, self.key) if self.key else None
+
+    def record(self, conn: sqlite3.Connection, response: Any, now: str) -> None:
+        if self.key:
+            store(conn, self.key, response, now)

@@ -7,15 +7,17 @@ written; the caller then reads the row once to say precisely why.
 
 from __future__ import annotations
 
-import os
 import sqlite3
 from typing import Any
 
 from ..clock import after
 from ..errors import Conflict, IllegalTransition, LeaseLost, NoWork
-from .lifecycle import Actor, append_event, dumps, move_item, refresh_order
-from .session import Session, loads
+from ..jsonio import dumps, loads
 from ..store.sqlite import write_tx
+from ..types import get_type
+from .ids import new_token
+from .lifecycle import Actor, append_event, move_item, refresh_order
+from .session import Session
 
 _LEASE_CLEARED = {"leased_by": None, "lease_token": None, "lease_expires_at": None, "visible_at": ""}
 _FENCE = " AND leased_by = ? AND lease_expires_at > ?"
@@ -33,10 +35,6 @@ _CLAIM_TYPE = (f"SELECT {_CLAIM_COLUMNS} FROM items WHERE state IN ('queued', 'l
                "AND visible_at <= ? ORDER BY priority DESC, n LIMIT 1")
 
 
-def new_token() -> str:
-    return os.urandom(16).hex()
-
-
 def claim_query(order_id: str | None, type_name: str | None, now: str) -> tuple[str, tuple[Any, ...]]:
     if order_id:
         return _CLAIM_ORDER, (order_id, now)
@@ -52,7 +50,6 @@ def checkout(s: Session, *, agent: str, order_id: str | None = None, type_name: 
     if order_id:
         s.order_row(order_id)  # NotFound before taking any lock
     if type_name:
-        from ..types import get_type
         get_type(type_name)  # an unknown type is exit 4, not "no work"
     now = s.now()
     expires = after(s.clock(), ttl)

@@ -7,12 +7,12 @@ caller's open write transaction.
 
 from __future__ import annotations
 
-import json
 import sqlite3
 from dataclasses import dataclass
 from typing import Any, Mapping
 
 from ..errors import IllegalTransition
+from ..jsonio import Encoded, dumps
 
 ORDER_STATES = ("queued", "in_progress", "submitted", "approved", "applied", "completed",
                 "rejected", "failed", "dead_lettered")
@@ -72,20 +72,6 @@ def check(entity: str, current: str | None, target: str) -> str:
             details=[{"entity": entity, "from": current, "to": target}],
         )
     return allowed[target]
-
-
-# One encoder for every compact dump: ``json.dumps`` with non-default options builds a new JSONEncoder
-# per call, which dominated approve's per-change provenance rows. Same output, same errors.
-_COMPACT = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
-
-
-def dumps(value: Any) -> str:
-    return _COMPACT(value)
-
-
-class Encoded(str):
-    """JSON text already encoded: passed as a payload it is stored as is (a 100k-user diff is ~25 MB,
-    so approve encodes it once and stores that text in the marker, the order and the event)."""
 
 
 def append_event(conn: sqlite3.Connection, *, now: str, actor: Actor, event: str, entity: str,

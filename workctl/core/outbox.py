@@ -43,7 +43,10 @@ from urllib.parse import urlsplit
 
 from ..clock import iso, parse as parse_iso
 from ..errors import Invalid
-from .lifecycle import Actor, append_event, dumps
+from ..jsonio import dumps
+from ..store.sql import where
+from ..store.sqlite import write_tx
+from .lifecycle import Actor, append_event
 
 EVENTS = ("order.applied", "order.reverted", "user.updated")
 SIGNATURE_HEADER = "X-Workctl-Signature"
@@ -241,22 +244,20 @@ def deliver(s: Any, hooks: list[Webhook], *, order_id: str | None = None,
             http: Any = None) -> dict[str, int]:
     """Send every due pending row of the configured webhooks (of one order, or all); never raises for
     a failed delivery. Returns {"sent", "failed", "pending"} (pending: still waiting, all webhooks)."""
-    from ..store.sqlite import write_tx
-
     sent = failed = 0
     by_name = {h.name: h for h in hooks}
     if by_name:
         now = s.now()
-        where, params = "state = 'pending' AND next_attempt_at <= ?", [now]
+        condition, params = "state = 'pending' AND next_attempt_at <= ?", [now]
         if order_id:
-            where += " AND order_id = ?"
+            condition += " AND order_id = ?"
             params.append(order_id)
         names = list(by_name)
-        where += f" AND webhook IN ({', '.join('?' for _ in names)})"
+        condition += f" AND webhook IN ({', '.join('?' for _ in names)})"
         params.extend(names)
         due = [dict(zip(("id", "webhook", "event", "order_id", "payload", "attempts", "next_attempt_at"), tuple(r)))
                for r in s.conn.execute("SELECT id, webhook, event, order_id, payload, attempts, next_attempt_at "
-                                       f"FROM outbox WHERE {where} ORDER BY id", params)]
+                                       f"FROM outbox WHERE {condition} ORDER BY id", params)]
         if due:
             own_client = http is None
             if own_client:
@@ -265,7 +266,7 @@ def deliver(s: Any, hooks: list[Webhook], *, order_id: str | None = None,
                 http = httpx.Client(follow_redirects=False)
             try:
                 for row in due:
-                    outcome = _attempt(s, by_name[row["webhook"]], row, http, write_tx)
+                    outcome = _attempt(s, by_name[row["webhook"]], row, http)
                     sent += outcome == "sent"
                     failed += outcome == "failed"
             finally:
@@ -274,7 +275,7 @@ def deliver(s: Any, hooks: list[Webhook], *, order_id: str | None = None,
     return {"sent": sent, "failed": failed, "pending": pending_count(s.conn)}
 
 
-def _attempt(s: Any, hook: Webhook, row: dict[str, Any], http: Any, write_tx: Any) -> str | None:
+def _attempt(s: Any, hook: Webhook, row: dict[str, Any], http: Any) -> str | None:
     """Claim the row, send it once, record the outcome and its event. None when another sender had it."""
     claimed_at = s.now()
     attempt = row["attempts"] + 1
@@ -315,17 +316,10 @@ def _attempt(s: Any, hook: Webhook, row: dict[str, Any], http: Any, write_tx: An
 def outbox(s: Any, *, order_id: str | None = None, state: str | None = None,
            limit: int = 1000) -> list[dict[str, Any]]:
     """Outbox rows (newest ``limit``, oldest first) with their parsed bodies."""
-    clauses, params = [], []
-    if order_id:
-        clauses.append("order_id = ?")
-        params.append(order_id)
-    if state:
-        clauses.append("state = ?")
-        params.append(state)
-    where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+    clause, params = where(order_id=order_id or None, state=state or None)
     keys = ("id", "webhook", "event", "order_id", "payload", "state", "attempts", "next_attempt_at", "last_error",
             "created_at", "sent_at")
-    rows = s.conn.execute(f"SELECT {', '.join(keys)} FROM outbox {where} ORDER BY id DESC LIMIT ?",
+    rows = s.conn.execute(f"SELECT {', '.join(keys)} FROM outbox {clause} ORDER BY id DESC LIMIT ?",
                           (*params, limit)).fetchall()
     out = []
     for r in reversed(rows):

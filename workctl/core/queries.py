@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from typing import Any, Iterator
 
+from ..errors import Invalid
+from ..jsonio import loads
+from ..store.sql import where
 from .lifecycle import ITEM_DONE_STATES, ITEM_STATES, ORDER_STATES
-from .session import Session, item_summary, loads, order_summary
+from .session import Session, item_summary, order_summary
 
 
 def status(s: Session, order_id: str | None = None, *, events: int = 10) -> dict[str, Any]:
@@ -36,17 +39,9 @@ def order_status(s: Session, order_id: str, *, events: int = 10) -> dict[str, An
 
 def list_orders(s: Session, *, state: str | None = None, type_name: str | None = None,
                 limit: int = 100) -> Iterator[dict[str, Any]]:
-    clauses, params = [], []
-    if state:
-        clauses.append("state = ?")
-        params.append(state)
-    if type_name:
-        clauses.append("type = ?")
-        params.append(type_name)
-    where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
-    params.append(limit)
-    for row in s.conn.execute(f"SELECT * FROM orders {where} ORDER BY created_at DESC, rowid DESC LIMIT ?",
-                              params):
+    clause, params = where(state=state or None, type=type_name or None)
+    for row in s.conn.execute(f"SELECT * FROM orders {clause} ORDER BY created_at DESC, rowid DESC LIMIT ?",
+                              [*params, limit]):
         yield order_summary(row)
 
 
@@ -103,10 +98,6 @@ def pending_sources(s: Session, type_name: str, order_id: str | None = None) -> 
 
 def pending_items(s: Session, *, order_id: str | None = None, type_name: str | None = None) -> int:
     """Items still to hand out (queued or leased)."""
-    if order_id:
-        sql, params = "SELECT count(*) FROM items WHERE order_id = ? AND state IN ('queued', 'leased')", (order_id,)
-    elif type_name:
-        sql, params = "SELECT count(*) FROM items WHERE type = ? AND state IN ('queued', 'leased')", (type_name,)
-    else:
-        sql, params = "SELECT count(*) FROM items WHERE state IN ('queued', 'leased')", ()
-    return s.conn.execute(sql, params).fetchone()[0]
+    clause, params = where(order_id=order_id, type=None if order_id else type_name)
+    clause = f"{clause} AND" if clause else "WHERE"
+    return s.conn.execute(f"SELECT count(*) FROM items {clause} state IN ('queued', 'leased')", params).fetchone()[0]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sqlite3
 from dataclasses import dataclass
 from typing import Any
@@ -10,6 +9,7 @@ from typing import Any
 from ..clock import Clock, iso
 from ..config import Config
 from ..errors import NotFound
+from ..jsonio import loads
 
 
 @dataclass
@@ -33,10 +33,6 @@ class Session:
         if row is None:
             raise NotFound(f"no item with id '{item_id}'", code="item_not_found")
         return row
-
-
-def loads(text: str | None) -> Any:
-    return None if text is None else json.loads(text)
 
 
 def order_summary(row: sqlite3.Row) -> dict[str, Any]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from typing import Callable
 
-from ..errors import NotFound
+from ..errors import NotFound, warn
 from .base import OrderType
 
 ENTRY_POINT_GROUP = "workctl.types"
@@ -48,7 +48,6 @@ def _load_plugins() -> dict[str, OrderType]:
                 raise TypeError("entry point must be an OrderType subclass or instance with a name")
             _plugins[instance.name] = instance
         except Exception as exc:  # a broken plugin must not take the CLI down
-            from ..cli.render import warn
             warn(f"order type plugin {ep.name!r} failed to load: {exc}")
     return _plugins
 

@@ -19,8 +19,10 @@ import re
 import sqlite3
 from typing import Any, Iterable, Mapping
 
+from ...core.session import Session
 from ...errors import Conflict, Invalid
-from ...core.session import Session, loads
+from ...jsonio import loads
+from ...store.sql import where
 
 _CLASS = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
 SYNC_TYPE = "user.data.sync"
@@ -57,21 +59,12 @@ def _row(r: sqlite3.Row | tuple[Any, ...]) -> dict[str, Any]:
 def list_failures(s: Session, order_id: str | None = None, *, source: str | None = None,
                   error_class: str | None = None, limit: int = 1000) -> list[dict[str, Any]]:
     """Ledger rows, oldest first: all of them for an order, else the newest ``limit``."""
-    clauses, params = [], []
     if order_id:
         s.order_row(order_id)  # order_not_found (exit 4) for an unknown id
-        clauses.append("order_id = ?")
-        params.append(order_id)
-    if source:
-        clauses.append("source = ?")
-        params.append(source)
-    if error_class:
-        clauses.append("error_class = ?")
-        params.append(error_class)
-    where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+    clause, params = where(order_id=order_id or None, source=source or None, error_class=error_class or None)
     rows = s.conn.execute(
         "SELECT id, order_id, item_id, user_id, source, error_class, message, attempt, created_at "
-        f"FROM sync_failures {where} ORDER BY id DESC LIMIT ?", (*params, limit)).fetchall()
+        f"FROM sync_failures {clause} ORDER BY id DESC LIMIT ?", (*params, limit)).fetchall()
     return [_row(r) for r in reversed(rows)]
 
 

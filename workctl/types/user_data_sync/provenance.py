@@ -31,27 +31,14 @@ from datetime import datetime, timezone
 from typing import Any, Iterable, Mapping
 
 from ...core.lifecycle import Actor, append_event
-from ...core.session import Session, loads
+from ...core.session import Session
+from ...jsonio import loads
+from ...store.target import Target, quote, user_columns
+from .fields import AT_SUFFIX, FROM_SUFFIX
 
 POLICIES = ("overwrite", "fill_empty", "skip_if_newer")
-FROM_SUFFIX = "_updated_from"
-AT_SUFFIX = "_updated_at"
-SUFFIXES = (FROM_SUFFIX, AT_SUFFIX)
 ROW_UPDATED_AT = "updated_at"
 REVERT_SOURCE = "revert"
-
-
-def quote(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
-
-
-def is_provenance_column(name: str) -> bool:
-    """``<field>_updated_from`` / ``<field>_updated_at``: bookkeeping, never a syncable field."""
-    return name.lower().endswith(SUFFIXES)
-
-
-def user_columns(conn: sqlite3.Connection) -> list[str]:
-    return [row[1] for row in conn.execute("SELECT * FROM pragma_table_info('users')")]
 
 
 def utc_now() -> str:
@@ -286,10 +273,8 @@ def history(s: Session, user_id: int, field_name: str | None = None) -> dict[str
 
 
 def _current_values(s: Session, user_id: int, fields: list[str]) -> dict[str, Any]:
-    from ...core.orders import target_connection
-
     try:
-        with target_connection(s) as target:
+        with Target(s) as target:
             columns = set(user_columns(target))
             readable = [f for f in fields if f in columns]
             if not columns:

@@ -16,25 +16,23 @@ running revert again: it finds the target's marker, reuses that outcome and only
 
 from __future__ import annotations
 
-import os
 import sqlite3
-import uuid
 from typing import Any
 
+from ...core import outbox
+from ...core.ids import new_id
+from ...core.lifecycle import Actor, append_event
+from ...core.session import Session
 from ...errors import Conflict, IllegalTransition, Invalid
-from ...core.lifecycle import Actor, append_event, dumps
-from ...core.orders import target_connection
-from .provenance import AT_SUFFIX, FROM_SUFFIX, REVERT_SOURCE, quote, user_columns
-from ...core.session import Session, loads
+from ...jsonio import dumps, loads
+from ...store import target as targets
 from ...store.sqlite import write_tx
+from ...store.target import quote, user_columns
+from .fields import AT_SUFFIX, FROM_SUFFIX, allowed_columns, deny_list
+from .provenance import REVERT_SOURCE
 
-MARKER_TABLE = "_workctl_reverted"
 SYNC_TYPE = "user.data.sync"
 SKIPPED_IN_EVENT = 100
-
-
-def _new_id() -> str:
-    return str(uuid.UUID(bytes=os.urandom(16), version=4))
 
 
 def recorded_changes(conn: sqlite3.Connection, order_row: sqlite3.Row) -> list[dict[str, Any]]:
@@ -50,20 +48,12 @@ def recorded_changes(conn: sqlite3.Connection, order_row: sqlite3.Row) -> list[d
             for c in diff.get("changes") or []]
 
 
-def _marker(conn: sqlite3.Connection, order_id: str) -> dict[str, Any] | None:
-    exists = conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (MARKER_TABLE,)).fetchone()
-    if not exists:
-        return None
-    row = conn.execute(f"SELECT result FROM {MARKER_TABLE} WHERE order_id = ?", (order_id,)).fetchone()
-    return None if row is None else loads(row[0])
-
-
 def _restore(conn: sqlite3.Connection, order_id: str, revert_id: str, changes: list[dict[str, Any]],
              allowed: set[str], now: str, *, dry_run: bool) -> dict[str, Any]:
     """Inside an open transaction on the target: restore what still holds the order's value."""
-    done = _marker(conn, order_id)
+    done = targets.reverted_outcome(conn, order_id)
     if done is not None:
-        return done
+        return loads(done)
     columns = {c.lower() for c in user_columns(conn)}  # SQLite names are case-insensitive
     restored: list[dict[str, Any]] = []
     skipped: list[dict[str, Any]] = []
@@ -100,10 +90,7 @@ def _restore(conn: sqlite3.Connection, order_id: str, revert_id: str, changes: l
                             "reason": "user_missing" if row is None else "changed_since"})
     outcome = {"revert_id": revert_id, "reverted_at": now, "restored": restored, "skipped": skipped}
     if not dry_run:
-        conn.execute(f"CREATE TABLE IF NOT EXISTS {MARKER_TABLE} (order_id TEXT PRIMARY KEY, revert_id TEXT NOT NULL, "
-                     "reverted_at TEXT NOT NULL, result TEXT NOT NULL)")
-        conn.execute(f"INSERT INTO {MARKER_TABLE} (order_id, revert_id, reverted_at, result) VALUES (?, ?, ?, ?)",
-                     (order_id, revert_id, now, dumps(outcome)))
+        targets.mark_reverted(conn, order_id, revert_id, now, dumps(outcome))
     return outcome
 
 
@@ -134,13 +121,11 @@ def revert(s: Session, order_id: str, *, actor: Actor, dry_run: bool = False) ->
     earlier = _already(s.conn, order_id)
     if earlier:
         raise earlier
-    from . import allowed_columns, deny_list
-
     settings = s.config.type_settings(SYNC_TYPE)
     changes = recorded_changes(s.conn, row)
     now = s.now()
-    revert_id = _new_id()
-    target = target_connection(s)
+    revert_id = new_id()
+    target = targets.Target(s)
 
     if dry_run:
         with target as tconn:
@@ -170,9 +155,7 @@ def revert(s: Session, order_id: str, *, actor: Actor, dry_run: bool = False) ->
 
 def _notify(conn: sqlite3.Connection, s: Session, row: sqlite3.Row, outcome: dict[str, Any], now: str) -> None:
     """Outbox rows for the revert, in its store transaction (sent after commit, like approve's)."""
-    from ...core import outbox as webhooks
-
-    hooks = webhooks.configured(s.config)
+    hooks = outbox.configured(s.config)
     restored = outcome["restored"]
     if not hooks or not restored:
         return
@@ -180,7 +163,7 @@ def _notify(conn: sqlite3.Connection, s: Session, row: sqlite3.Row, outcome: dic
     diff = {"changes": [{"user_id": c["user_id"], "field": c["field"]} for c in restored],
             "stats": {"synced": len({c["user_id"] for c in restored})},
             "summary": f"Reverted {len(restored)} field changes of order {row['id']}"}
-    webhooks.enqueue(conn, hooks, order, diff, now, order_event="order.reverted")
+    outbox.enqueue(conn, hooks, order, diff, now, order_event="order.reverted")
 
 
 def _record(conn: sqlite3.Connection, order_id: str, outcome: dict[str, Any], actor: Actor, now: str) -> None:

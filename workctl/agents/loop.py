@@ -1,0 +1,188 @@
+"""The one agent loop that ``sync`` and ``run --exec`` share: take items, work them, keep the leases
+alive, and stop cleanly.
+
+An ``AgentLoop`` runs ``workers`` threads, each with its own store handle (``Handle.peer``); a shared
+budget (``max_items``) bounds how many items the run takes; a background ``Heartbeats`` thread beats
+every lease the run holds; a lease found lost makes the worker drop its result (``lost``). Subclasses
+say how to check an item out and how to work it; the report counts what became of every item taken.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from typing import Any, Callable, Protocol
+
+from ..config import Config
+from .heartbeat import Heartbeats, beat_interval
+
+
+class Handle(Protocol):
+    """What an agent loop needs of the library (``workctl.Workctl`` is one)."""
+
+    config: Config
+    clock: Callable[[], Any]
+
+    def peer(self) -> Handle: ...
+    def __enter__(self) -> Handle: ...
+    def __exit__(self, *exc: object) -> None: ...
+    def checkout(self, order_id: str | None = None, *, agent: str | None = None, type_name: str | None = None,
+                 ttl: int | None = None) -> dict[str, Any]: ...
+    def heartbeat(self, item_id: str, *, agent: str | None = None, ttl: int | None = None,
+                  lease_token: str | None = None) -> dict[str, Any]: ...
+    def release(self, item_id: str, *, agent: str | None = None, error: str | None = None,
+                lease_token: str | None = None) -> dict[str, Any]: ...
+    def submit(self, item_id: str, result: Any, *, agent: str | None = None, lease_token: str | None = None,
+               idempotency_key: str | None = None) -> dict[str, Any]: ...
+    def approve(self, order_id: str, *, dry_run: bool = False,
+                idempotency_key: str | None = None) -> dict[str, Any]: ...
+
+
+class Listener(Protocol):
+    """Progress of a run (the CLI's progress display; silent in the library)."""
+
+    def started(self, total_items: int | None) -> None: ...
+    def item_started(self, item: dict[str, Any]) -> None: ...
+    def item_finished(self, item: dict[str, Any], outcome: str, ok: int, failed: int) -> None: ...
+    def waiting(self, source: str, reason: str, seconds: float) -> None: ...
+    def message(self, text: str) -> None: ...
+
+
+class Quiet:
+    """Says nothing (the library's default listener)."""
+
+    def started(self, total_items: int | None) -> None: pass
+    def item_started(self, item: dict[str, Any]) -> None: pass
+    def item_finished(self, item: dict[str, Any], outcome: str, ok: int, failed: int) -> None: pass
+    def waiting(self, source: str, reason: str, seconds: float) -> None: pass
+    def message(self, text: str) -> None: pass
+    def close(self) -> None: pass
+
+
+@dataclass
+class Tally:
+    """What became of the items a run took: submitted, released (with an error), or lost (the lease
+    went away while the item was worked, so its result was dropped)."""
+
+    submitted: int = 0
+    released: int = 0
+    lost: int = 0
+    messages: list[str] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+
+def run_workers(work: Callable[[int], None], count: int, *, stopping: threading.Event, name: str) -> None:
+    """Run ``work(n)`` for n in 0..count-1 on threads and wait for all of them.
+
+    The first error of a worker sets ``stopping`` (workers check it before taking new work) and is
+    re-raised here once every worker has stopped. Ctrl-C reaches only this thread: it sets ``stopping``
+    too, waits until every started worker has finished what it holds, and is then re-raised. Each
+    worker's end is an Event of our own: after an interrupted ``join``, ``Thread.is_alive`` can be
+    wrong (a worker would be abandoned holding a lease)."""
+    errors: list[BaseException] = []
+    finished = [threading.Event() for _ in range(count)]
+
+    def guarded(n: int) -> None:
+        try:
+            work(n)
+        except BaseException as exc:
+            errors.append(exc)
+            stopping.set()
+        finally:
+            finished[n].set()
+
+    threads = [threading.Thread(target=guarded, args=(n,), name=f"{name}-{n}") for n in range(count)]
+    try:
+        for thread in threads:
+            thread.start()
+        for done in finished:
+            done.wait()
+    except KeyboardInterrupt:
+        stopping.set()
+        for thread, done in zip(threads, finished, strict=True):
+            if thread.ident is not None:  # started, so it will set its event
+                done.wait()
+        raise
+    for thread in threads:
+        thread.join()
+    if errors:
+        raise errors[0]
+
+
+class AgentLoop:
+    """Take and work items on ``workers`` threads until there are none left, the budget is spent,
+    a worker fails, or Ctrl-C (each worker then finishes the item it holds)."""
+
+    name = "workctl-agent"
+
+    def __init__(self, handle: Handle, *, agent: str, workers: int, max_items: int | None, ttl: int | None,
+                 listener: Listener | None = None, heartbeat_every: float | None = None):
+        self.handle, self.agent, self.workers = handle, agent, max(1, workers)
+        self.max_items, self.ttl = max_items, ttl
+        self.listener: Listener = listener or Quiet()
+        self.heartbeat_every = heartbeat_every
+        self.tally = Tally()
+        self.stopping = threading.Event()
+        self._taken = 0
+        self._budget_lock = threading.Lock()
+        self.heartbeats: Heartbeats
+
+    # -- what subclasses provide -----------------------------------------------------------------
+    def checkout(self, wc: Handle, agent: str) -> dict[str, Any] | None:
+        """The next item for this worker, or None when there is no work."""
+        raise NotImplementedError
+
+    def work(self, wc: Handle, item: dict[str, Any], agent: str) -> None:
+        """Work one leased item to its end: submitted, released, or lost."""
+        raise NotImplementedError
+
+    def agent_of(self, worker: int) -> str:
+        """The agent id worker ``worker`` checks out under."""
+        return self.agent
+
+    # -- the loop --------------------------------------------------------------------------------
+    def run_loop(self) -> None:
+        every = self.heartbeat_every or beat_interval(self.handle.config, self.ttl)
+        with Heartbeats(self.handle.peer, ttl=self.ttl, every=every) as self.heartbeats:
+            if self.workers == 1:
+                self._drain(self.handle, 0)
+            else:
+                # Ctrl-C: every worker finishes (submits or releases) the item it holds, then exit 130.
+                run_workers(self._worker, self.workers, stopping=self.stopping, name=self.name)
+
+    def _worker(self, n: int) -> None:
+        peer: AbstractContextManager[Handle] = self.handle.peer()
+        with peer as wc:
+            self._drain(wc, n)
+
+    def _drain(self, wc: Handle, n: int) -> None:
+        agent = self.agent_of(n)
+        while self._take_slot():
+            item = self.checkout(wc, agent)
+            if item is None:
+                return
+            self.listener.item_started(item)
+            self.work(wc, item, agent)
+
+    def _take_slot(self) -> bool:
+        with self._budget_lock:
+            if self.stopping.is_set():
+                return False
+            if self.max_items is not None and self._taken >= self.max_items:
+                return False
+            self._taken += 1
+            return True
+
+    # -- outcomes --------------------------------------------------------------------------------
+    def note(self, text: str) -> None:
+        with self.tally.lock:
+            self.tally.messages.append(text)
+        self.listener.message(text)
+
+    def lost(self, item: dict[str, Any], why: str) -> None:
+        with self.tally.lock:
+            self.tally.lost += 1
+        self.note(f"lease on item {item['id']} was lost ({why}); its result was dropped")
+        self.listener.item_finished(item, "lost", 0, 0)

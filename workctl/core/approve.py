@@ -1,0 +1,185 @@
+"""approve (and its dry run, which is also ``workctl diff``): apply every item's result exactly once.
+
+The order and its results are read, checked and diffed before any lock; the write transaction
+re-checks that the order did not move meanwhile (its newest event id, the watermark), applies through
+the order type, writes the target's marker row and records the completion, all at once. With a
+separate target file the target commits first and its marker makes a retried approve finish the
+store side without applying twice.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from typing import Any, Callable
+
+from ..errors import Conflict, IllegalTransition, Invalid
+from ..jsonio import Encoded, dumps, loads
+from ..store import target as targets
+from ..store.sqlite import write_tx
+from ..types import ApplyContext, OrderType, get_type
+from . import outbox
+from .idempotency import Guard
+from .lifecycle import ITEM_DONE_STATES, Actor, append_event, move_item, move_order
+from .session import Session
+
+def _crash_point(name: str) -> None:
+    """Test hook for crash tests: WORKCTL_TEST_CRASH_AT=<name> kills the process right here (kill -9).
+
+    The points of approve, in order: after_apply (apply and marker written, inside the target's open
+    transaction), after_target_commit (separate target only: committed there, not yet in the store),
+    before_store_commit (everything written, the store's COMMIT not yet run), after_store_commit."""
+    if os.environ.get("WORKCTL_TEST_CRASH_AT") == name:
+        os.kill(os.getpid(), 9)
+
+def _apply_once(conn: sqlite3.Connection, order_type: OrderType, settings: dict[str, Any],
+                order: dict[str, Any], items: list[dict[str, Any]], now: str) -> tuple[dict[str, Any], Encoded]:
+    """Inside an open write transaction on the target: apply unless the marker says it was done.
+    Returns the diff and its JSON text (encoded once, stored wherever the diff is kept)."""
+    done = targets.applied_diff(conn, order["id"])
+    if done is not None:
+        return loads(done), Encoded(done)
+    diff = order_type.apply(ApplyContext(target=conn, settings=settings, now=now), order, items)
+    diff_json = Encoded(dumps(diff))
+    targets.mark_applied(conn, order["id"], now, diff_json)
+    _crash_point("after_apply")
+    return diff, diff_json
+
+def watermark(conn: sqlite3.Connection, order_id: str) -> int:
+    """The order's newest event id: every transition of the order or its items appends one (one seek)."""
+    return conn.execute("SELECT coalesce(max(id), 0) FROM events WHERE order_id = ?", (order_id,)).fetchone()[0]
+
+def _check_unchanged(conn: sqlite3.Connection, order_id: str, seen: int) -> None:
+    """Approve applies the results it read; refuse if the order moved since (state or newer events)."""
+    current = conn.execute("SELECT * FROM orders WHERE id = ?", (order_id,)).fetchone()
+    if current["state"] != "submitted":
+        raise not_ready(current, conn, "approve")
+    if watermark(conn, order_id) != seen:
+        raise Conflict(f"order {order_id} changed while approve was reading its results (it was rejected, "
+                       "requeued and resubmitted); nothing was applied: review it and approve again",
+                       code="order_changed")
+
+def not_ready(order: sqlite3.Row, conn: sqlite3.Connection, action: str) -> IllegalTransition:
+    """Why an order is not in a state ``action`` (approve, reject, preview) accepts."""
+    counts = dict(conn.execute("SELECT state, count(*) FROM items WHERE order_id = ? GROUP BY state",
+                               (order["id"],)).fetchall())
+    done = sum(counts.get(st, 0) for st in ITEM_DONE_STATES)
+    summary = ", ".join(f"{n} {st}" for st, n in sorted(counts.items()))
+    if order["state"] in ("queued", "in_progress", "failed", "dead_lettered"):
+        hint = f"{done} of {order['item_count']} items submitted ({summary}); {action} needs every item submitted"
+    else:
+        hint = f"{action} is only possible for a submitted order"
+    return IllegalTransition(f"cannot {action} order {order['id']}: it is '{order['state']}'; {hint}",
+                             code="order_not_submitted",
+                             details=[{"state": order["state"], "items": counts}])
+
+def _read(s: Session, order_id: str) -> tuple[dict[str, Any], list[dict[str, Any]], int]:
+    """The submitted order, its items' results (in plan order) and the watermark read before them."""
+    row = s.order_row(order_id)
+    if row["state"] != "submitted":
+        raise not_ready(row, s.conn, "approve")
+    # Read before the results: if the order moves before approve's transaction (a reject --requeue and a
+    # resubmission leave it 'submitted' again, with other results), the transaction sees a newer event.
+    seen = watermark(s.conn, order_id)
+    order = {"id": row["id"], "type": row["type"], "payload": loads(row["payload"])}
+    # A submitted item is not touched again before approve, so its updated_at is its submit time.
+    items = [{"id": r[0], "state": r[1], "result": loads(r[2]), "submitted_by": r[3], "submitted_at": r[4]}
+             for r in s.conn.execute("SELECT id, state, result, submitted_by, updated_at FROM items "
+                                     "WHERE order_id = ? ORDER BY seq", (order_id,))]
+    return order, items, seen
+
+def approve(s: Session, order_id: str, *, actor: Actor, dry_run: bool = False,
+            idempotency_key: str | None = None) -> dict[str, Any]:
+    guard = Guard.make(f"approve:{order_id}", None if dry_run else idempotency_key, {"order_id": order_id})
+    if (earlier := guard.replay(s.conn)) is not None:
+        return earlier
+    order, items, seen = _read(s, order_id)
+    order_type = get_type(order["type"])
+    problems = order_type.can_approve(order["payload"], [it["result"] for it in items])
+    if problems:
+        raise Invalid("the order cannot be approved: " + "; ".join(p["message"] for p in problems),
+                      code="approval_check_failed", details=problems)
+    settings = s.config.type_settings(order["type"])
+    if dry_run:
+        return {"order": {"id": order_id, "state": "submitted"},
+                "diff": _dry_run(s, order_type, settings, order, items), "dry_run": True}
+    hooks = outbox.configured(s.config)  # a malformed [[webhooks]] is refused here, before anything is written
+    now = s.now()
+    target = targets.Target(s)
+    applied: tuple[dict[str, Any], Encoded] | None = None
+    if not target.same:
+        # Separate file: commit the apply + marker there first; a crash before the store commit is
+        # healed by the next approve, which finds the marker and does not apply again.
+        # The check runs under the target's write lock, which reject also takes before it looks for the
+        # marker: a reject either ran before (seen here) or runs after this commit (and sees the marker).
+        with target as tconn, write_tx(tconn):
+            _check_unchanged(s.conn, order_id, seen)
+            applied = _apply_once(tconn, order_type, settings, order, items, now)
+        _crash_point("after_target_commit")
+    s.conn.execute("PRAGMA synchronous = FULL")  # the apply commit is the one that must survive power loss
+    try:
+        with write_tx(s.conn) as conn:
+            if (earlier := guard.replay(conn)) is not None:
+                return earlier
+            _check_unchanged(conn, order_id, seen)
+            diff, diff_json = applied or _apply_once(conn, order_type, settings, order, items, now)
+            _finish(conn, order_id, items, diff, diff_json, actor, now)
+            order_type.record_applied(conn, order, items, diff, now)
+            outbox.enqueue(conn, hooks, order, diff, now)  # sent after the commit (Workctl.approve)
+            response = {"order": {"id": order_id, "state": "completed"}, "diff": diff}
+            guard.record(conn, response, now)
+            _crash_point("before_store_commit")
+    finally:
+        s.conn.execute("PRAGMA synchronous = NORMAL")
+    _crash_point("after_store_commit")
+    _after_apply(s, order_type, order, diff)
+    return response
+
+def _dry_run(s: Session, order_type: OrderType, settings: dict[str, Any], order: dict[str, Any],
+             items: list[dict[str, Any]]) -> dict[str, Any]:
+    """The diff approve would produce, computed by the same apply in a transaction that is rolled back."""
+    with targets.Target(s) as tconn:
+        tconn.execute("BEGIN")
+        try:
+            return order_type.apply(ApplyContext(target=tconn, settings=settings, dry_run=True), order, items)
+        finally:
+            tconn.execute("ROLLBACK")
+
+def _after_apply(s: Session, order_type: OrderType, order: dict[str, Any], diff: dict[str, Any]) -> None:
+    """The type's post-commit hook; its failure is recorded as an event, never undoes the apply."""
+    try:
+        order_type.after_apply(order, diff)
+    except Exception as exc:  # noqa: BLE001 — the apply is committed; a hook failure is recorded
+        with write_tx(s.conn) as conn:
+            append_event(conn, now=s.now(), actor=Actor.system(), event="after_apply_failed", entity="order",
+                         order_id=order["id"], payload={"error": str(exc)})
+
+def _finish(conn: sqlite3.Connection, order_id: str, items: list[dict[str, Any]], diff: dict[str, Any],
+            diff_json: Encoded, actor: Actor, now: str) -> None:
+    move_order(conn, order_id=order_id, current="submitted", target="approved", now=now, actor=actor,
+               sets={"approved_at": now})
+    move_order(conn, order_id=order_id, current="approved", target="applied", now=now, actor=Actor.system(),
+               payload=Encoded('{"diff":' + diff_json + "}"), sets={"applied_at": now, "diff": diff_json})
+    for item in items:
+        move_item(conn, item_id=item["id"], order_id=order_id, current="submitted", target="accepted",
+                  now=now, actor=actor)
+        move_item(conn, item_id=item["id"], order_id=order_id, current="accepted", target="completed",
+                  now=now, actor=Actor.system())
+    move_order(conn, order_id=order_id, current="applied", target="completed", now=now, actor=Actor.system(),
+               payload={"summary": diff.get("summary")}, sets={"completed_at": now})
+
+def preview(s: Session, order_id: str, *, actor: Actor) -> dict[str, Any]:
+    """``workctl diff``: what approve would change (a submitted order) or changed (a completed one).
+
+    A submitted order is previewed by approve's own dry run, so the preview cannot drift from what
+    approve writes. Masking sensitive values is the renderer's job: the document returned is exact."""
+    row = s.order_row(order_id)
+    order = {"id": row["id"], "type": row["type"], "state": row["state"]}
+    if row["state"] == "completed":
+        return {"order": order, "applied": True, "diff": loads(row["diff"]) or {}}
+    if row["state"] != "submitted":
+        raise not_ready(row, s.conn, "preview")
+    result = approve(s, order_id, actor=actor, dry_run=True)
+    return {"order": order, "applied": False, "diff": result["diff"]}
+
+ApproveFn = Callable[..., dict[str, Any]]

@@ -1,0 +1,58 @@
+"""propose: validate a payload against its type, plan it into items, and store order + items at once."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..errors import Invalid
+from ..jsonio import dumps
+from ..store.sqlite import write_tx
+from ..store.target import Target
+from ..types import get_type
+from .ids import new_id
+from .idempotency import Guard
+from .lifecycle import Actor, append_event
+from .session import Session
+
+
+def propose(s: Session, type_name: str, payload: Any, *, priority: int = 0, actor: Actor,
+            idempotency_key: str | None = None) -> dict[str, Any]:
+    order_type = get_type(type_name)
+    guard = Guard.make("propose", idempotency_key, {"type": type_name, "payload": payload, "priority": priority})
+    if (earlier := guard.replay(s.conn)) is not None:
+        return earlier
+    order_type.validate_payload(payload)
+    with Target(s) as target:
+        prepared = order_type.prepare(payload, {**s.config.type_settings(type_name), "target": target,
+                                                  "store": s.conn})
+    # Streamed: each planned item becomes its row dict at once (no second list of PlannedItems).
+    items = [{"id": new_id(), "state": "queued", "input": p.input, "max_attempts": p.max_attempts}
+             for p in order_type.plan(prepared)]
+    if not items:
+        raise Invalid("the order plans no work items", code="empty_plan")
+    now = s.now()
+    order_id = new_id()
+    response = {
+        "order": {"id": order_id, "type": type_name, "state": "queued", "priority": priority,
+                  "payload": prepared, "created_at": now},
+        "items": items,
+    }
+    with write_tx(s.conn) as conn:
+        if (earlier := guard.replay(conn)) is not None:
+            return earlier
+        conn.execute(
+            "INSERT INTO orders (id, type, state, priority, payload, requested_by, item_count, created_at, "
+            "updated_at) VALUES (?, ?, 'queued', ?, ?, ?, ?, ?, ?)",
+            (order_id, type_name, priority, dumps(prepared), f"{actor.type}:{actor.id}", len(items), now, now))
+        append_event(conn, now=now, actor=actor, event="proposed", entity="order", order_id=order_id,
+                     to_state="queued", payload={"type": type_name, "priority": priority})
+        conn.executemany(
+            "INSERT INTO items (id, order_id, seq, type, state, priority, input, max_attempts, created_at, "
+            "updated_at) VALUES (?, ?, ?, ?, 'queued', ?, ?, ?, ?, ?)",
+            ((it["id"], order_id, seq, type_name, priority, dumps(it["input"]), it["max_attempts"], now, now)
+             for seq, it in enumerate(items)))
+        # Item creation is logged once per order (not once per item) so that large plans stay bulk.
+        append_event(conn, now=now, actor=Actor.system(), event="planned", entity="order", order_id=order_id,
+                     payload={"item_count": len(items), "items_state": "queued"})
+        guard.record(conn, response, now)
+    return response
