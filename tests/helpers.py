@@ -1,22 +1,34 @@
-"""CLI test helpers: run workctl in-process (CliRunner) or as a real process, and snapshot a database."""
+"""Test helpers, in one module: run workctl (in-process or as a real process), build and read stores and
+users tables, build agent results, drive real processes (ready/go, kill -9), check event trails, and
+report measured figures. Fixtures live in conftest.py; everything else a test shares is here.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+import signal
 import sqlite3
 import subprocess
 import sys
+import textwrap
+import time
+from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 from typer.testing import CliRunner
 
 from workctl.cli.app import app
+from workctl.core.lifecycle import ITEM_STATES, ITEM_TRANSITIONS, ORDER_STATES, ORDER_TRANSITIONS
+
+REPO = Path(__file__).resolve().parents[1]
+NOW = "2026-01-01T00:00:00Z"
 
 
+# -- running workctl ----------------------------------------------------------------------------------
 @dataclass
 class Ran:
     exit_code: int
@@ -40,16 +52,156 @@ def run_process(db: Path | str, *args: str, env: dict[str, str] | None = None, i
     return Ran(proc.returncode, proc.stdout, proc.stderr)
 
 
-def make_users(path: Path | str, count: int = 150) -> None:
+def child_env(**extra: str) -> dict[str, str]:
+    """The environment of a workctl child process: this checkout, no plugins, nothing inherited that
+    would point it elsewhere (store, config, target, crash hook)."""
+    env = {**os.environ, "PYTHONPATH": str(REPO), "WORKCTL_LOAD_PLUGINS": "0"}
+    for name in ("WORKCTL_DB", "WORKCTL_CONFIG", "WORKCTL_TARGET_DB", "WORKCTL_NOW", "WORKCTL_AGENT_ID",
+                 "WORKCTL_TEST_CRASH_AT", "WORKCTL_DEBUG"):
+        env.pop(name, None)
+    env.update(extra)
+    return env
+
+
+def workctl_cmd(db: Path | str, *args: str) -> list[str]:
+    """argv of a real ``workctl`` process (the console script's entry point, via -m)."""
+    return [sys.executable, "-m", "workctl", "--db", str(db), *args]
+
+
+def python_cmd(script: str, *args: str) -> list[str]:
+    return [sys.executable, "-c", textwrap.dedent(script), *args]
+
+
+def kill9(proc: subprocess.Popen[Any]) -> None:
+    """kill -9 the process and everything in its process group (start it with start_new_session=True)."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait(timeout=30)
+
+
+def start_ready_processes(argvs: list[list[str]], *, cwd: Path, env: dict[str, str]) -> list[subprocess.Popen[str]]:
+    """Start processes that print 'ready' once set up and then wait for a line on stdin; return them
+    once all are ready (so a race or a kill starts from a known point, not from interpreter start-up)."""
+    procs = [subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True, cwd=cwd, env=env, start_new_session=True) for argv in argvs]
+    try:
+        for proc in procs:
+            assert proc.stdout is not None
+            ready = proc.stdout.readline()
+            if ready != "ready\n":
+                err = proc.stderr.read() if proc.stderr and proc.poll() is not None else ""
+                raise AssertionError(f"child not ready: {ready!r} {err}")
+    except BaseException:
+        for proc in procs:
+            if proc.poll() is None:
+                kill9(proc)
+        raise
+    return procs
+
+
+def go(procs: Iterable[subprocess.Popen[str]]) -> None:
+    for proc in procs:
+        assert proc.stdin is not None
+        proc.stdin.write("go\n")
+        proc.stdin.flush()
+
+
+# -- stores and users tables ----------------------------------------------------------------------------
+USERS_SCHEMA = ("CREATE TABLE IF NOT EXISTS users (id INTEGER PRIMARY KEY, name TEXT, email TEXT, phone TEXT, "
+                "company TEXT, last_seen TEXT, sessions INTEGER, plan TEXT, mrr INTEGER, currency TEXT, password TEXT, "
+                "is_admin INTEGER DEFAULT 0, role TEXT)")
+
+
+def make_users(path: str | Path, count: int = 150, *, start: int = 1, filled: bool = False) -> None:
+    """Create ``users`` (if missing) in the SQLite file at ``path`` with users start..start+count-1.
+
+    A user has only a name unless ``filled``, which gives every column an old value (so a sync of any
+    source changes something) and sensitive columns (password, is_admin, role) something to protect."""
+    conn = sqlite3.connect(str(path))
+    try:
+        conn.execute("PRAGMA synchronous = OFF")  # test data: skip the fsyncs, keep the suite fast
+        conn.execute(USERS_SCHEMA)
+        if filled:
+            conn.executemany(
+                "INSERT INTO users (id, name, email, phone, company, last_seen, sessions, plan, mrr, currency, "
+                "password, is_admin, role) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [(i, f"User {i}", f"user{i}@old.example", f"+1-555-{i:04d}", "Old Co", "2025-12-01T00:00:00Z",
+                  i % 7, "free", 0, "USD", f"hash-{i}", 0, "member") for i in range(start, start + count)])
+        else:
+            conn.executemany("INSERT INTO users (id, name) VALUES (?, ?)",
+                             [(i, f"User {i}") for i in range(start, start + count)])
+        conn.commit()
+    finally:
+        conn.close()
+
+
+def read_users(path: str | Path) -> dict[int, dict[str, Any]]:
+    conn = sqlite3.connect(str(path))
+    conn.row_factory = sqlite3.Row
+    try:
+        return {row["id"]: dict(row) for row in conn.execute("SELECT * FROM users ORDER BY id")}
+    finally:
+        conn.close()
+
+
+def events(db: str | Path, where: str = "1", params: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
+    """The events table, oldest first, read through a separate plain connection."""
+    conn = sqlite3.connect(str(db))
+    conn.row_factory = sqlite3.Row
+    try:
+        return [dict(r) for r in conn.execute(f"SELECT * FROM events WHERE {where} ORDER BY id", params)]
+    finally:
+        conn.close()
+
+
+def rows(db: str | Path, table: str, order_by: str = "rowid") -> list[tuple[Any, ...]]:
+    """Every row of a table as plain tuples (for "nothing changed" comparisons)."""
+    conn = sqlite3.connect(str(db))
+    try:
+        return conn.execute(f"SELECT * FROM {table} ORDER BY {order_by}").fetchall()
+    finally:
+        conn.close()
+
+
+def table_snapshot(db: str | Path) -> dict[str, list[tuple[Any, ...]]]:
+    """The whole workflow state of a store: orders, items, events and idempotency keys."""
+    return {table: rows(db, table) for table in ("orders", "items", "events", "idempotency_keys")}
+
+
+def file_snapshot(path: Path | str) -> tuple[str, str]:
+    """(sha256 of the main file, logical dump) after folding the WAL into it: byte-for-byte "unchanged"."""
     conn = sqlite3.connect(path)
-    conn.execute("CREATE TABLE IF NOT EXISTS users (id INTEGER PRIMARY KEY, name TEXT, email TEXT, phone TEXT, "
-                 "company TEXT, password TEXT, is_admin INTEGER DEFAULT 0, role TEXT)")
-    conn.executemany("INSERT INTO users (id, name) VALUES (?, ?)", [(i, f"User {i}") for i in range(1, count + 1)])
-    conn.commit()
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    dump = "\n".join(conn.iterdump())
     conn.close()
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest(), dump
 
 
-def sync_result(user_ids: list[int], **overrides: Any) -> dict[str, Any]:
+# -- agent results -------------------------------------------------------------------------------------
+def result_for_item(item_input: dict[str, Any], **overrides: Any) -> dict[str, Any]:
+    """A valid ``user.data.sync`` result for an item: every batch user synced, verified, every field set.
+
+    Values are derived from the user id and field name, so they always differ from the seeded ones.
+    ``overrides`` replace top-level keys of the result (e.g. ``synced_users=[...]``).
+    """
+    result: dict[str, Any] = {
+        "success": True,
+        "synced_users": [
+            {"user_id": uid, "data": {field: f"{field}-{uid}-new" for field in item_input["fields"]},
+             "verified": True}
+            for uid in item_input["user_ids"]
+        ],
+        "failed_users": [],
+        "errors": [],
+    }
+    result.update(overrides)
+    return result
+
+
+def result_for_users(user_ids: list[int], **overrides: Any) -> dict[str, Any]:
+    """A valid result for the seed's order (email, phone, company) with realistic values."""
     result = {"success": True, "synced_users": [
         {"user_id": uid, "data": {"email": f"user{uid}@example.com", "phone": f"+1555{uid:07d}",
                                   "company": f"Company {uid % 7}"}, "verified": True} for uid in user_ids],
@@ -58,10 +210,127 @@ def sync_result(user_ids: list[int], **overrides: Any) -> dict[str, Any]:
     return result
 
 
-def snapshot(path: Path | str) -> tuple[str, str]:
-    """(sha256 of the main file, logical dump) after folding the WAL into it."""
-    conn = sqlite3.connect(path)
-    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-    dump = "\n".join(conn.iterdump())
-    conn.close()
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest(), dump
+# -- the event trail -------------------------------------------------------------------------------
+def lease_violations(events: list[dict[str, Any]]) -> list[str]:
+    """Double leases in an event trail.
+
+    Replays every item's lease: a 'leased' event opens a lease until its expiry (moved on by
+    'heartbeat'); 'submitted', 'released', 'failed' and 'lease_expired' from 'leased' close it. A
+    violation is a second 'leased' while one is open, or a 'lease_expired' (reclaim) logged before the
+    lease's expiry time: either would mean two agents held the item at once.
+    """
+    open_leases: dict[str, tuple[str, str]] = {}  # item -> (agent, expires)
+    problems = []
+    for ev in events:
+        item = ev["item_id"]
+        if item is None or ev["entity"] != "item":
+            continue
+        payload = json.loads(ev["payload"]) if ev["payload"] else {}
+        if ev["event"] == "leased":
+            if item in open_leases:
+                problems.append(f"event {ev['id']}: {item} leased by {ev['actor_id']} while held by "
+                                f"{open_leases[item][0]}")
+            open_leases[item] = (ev["actor_id"], payload.get("lease_expires_at", ""))
+        elif ev["event"] == "heartbeat":
+            if item not in open_leases or open_leases[item][0] != ev["actor_id"]:
+                problems.append(f"event {ev['id']}: heartbeat on {item} by {ev['actor_id']} without its lease")
+            else:
+                open_leases[item] = (ev["actor_id"], payload["lease_expires_at"])
+        elif ev["from_state"] == "leased":
+            held = open_leases.pop(item, None)
+            if held is None:
+                problems.append(f"event {ev['id']}: {ev['event']} of {item} that was not leased")
+            elif ev["event"] == "lease_expired" and ev["created_at"] < held[1]:
+                problems.append(f"event {ev['id']}: lease of {item} reclaimed at {ev['created_at']}, "
+                                f"before it expired at {held[1]}")
+            elif ev["actor_type"] == "agent" and ev["actor_id"] != held[0]:
+                problems.append(f"event {ev['id']}: {ev['event']} of {item} by {ev['actor_id']}, "
+                                f"but {held[0]} held the lease")
+    return problems
+
+
+def chain_problems(db: Path | str) -> list[str]:
+    """Every order's and item's transition events, in order, must chain through the transition table
+    from its first state to the state its row is in now ("every transition has its event")."""
+    conn = sqlite3.connect(str(db))
+    try:
+        orders = dict(conn.execute("SELECT id, state FROM orders").fetchall())
+        items = {r[0]: (r[1], r[2]) for r in conn.execute("SELECT id, order_id, state FROM items")}
+        events = conn.execute("SELECT id, entity, order_id, item_id, event, from_state, to_state FROM events "
+                              "WHERE entity IN ('order', 'item') AND to_state IS NOT NULL ORDER BY id").fetchall()
+        planned = {r[0] for r in conn.execute("SELECT order_id FROM events WHERE event = 'planned'")}
+    finally:
+        conn.close()
+    problems = []
+    order_at: dict[str, str | None] = {oid: None for oid in orders}
+    item_at: dict[str, str] = {iid: "queued" for iid in items}  # items are created queued ('planned')
+    for ev_id, entity, order_id, item_id, event, src, dst in events:
+        if entity == "order":
+            table, at, key = ORDER_TRANSITIONS, order_at, order_id
+        else:
+            table, at, key = ITEM_TRANSITIONS, item_at, item_id
+        if key not in at:
+            problems.append(f"event {ev_id}: {entity} {key} does not exist")
+            continue
+        if at[key] != src or dst not in table.get(src, {}):
+            problems.append(f"event {ev_id}: {entity} {key} {src}->{dst} ({event}) but it was {at[key]}")
+        at[key] = dst
+    for oid, state in orders.items():
+        if state not in ORDER_STATES:
+            problems.append(f"order {oid} in unknown state {state}")
+        if order_at[oid] != state:
+            problems.append(f"order {oid} is {state} but its events end at {order_at[oid]}")
+        if oid not in planned:
+            problems.append(f"order {oid} has no 'planned' event")
+    for iid, (_, state) in items.items():
+        if state not in ITEM_STATES:
+            problems.append(f"item {iid} in unknown state {state}")
+        if item_at[iid] != state:
+            problems.append(f"item {iid} is {state} but its events end at {item_at[iid]}")
+    return problems
+
+
+def per_item_counts(events: list[dict[str, Any]]) -> dict[str, dict[str, int]]:
+    counts: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    for ev in events:
+        if ev["item_id"]:
+            counts[ev["item_id"]][ev["event"]] += 1
+    return counts
+
+
+# -- reading a store ----------------------------------------------------------------------------------
+def users_rows(db: Path | str, columns: str = "*") -> dict[int, tuple[Any, ...]]:
+    conn = sqlite3.connect(str(db))
+    try:
+        return {r[0]: tuple(r[1:]) for r in conn.execute(f"SELECT id, {columns} FROM users ORDER BY id")}
+    finally:
+        conn.close()
+
+
+def count(db: Path | str, sql: str, params: tuple[Any, ...] = ()) -> int:
+    conn = sqlite3.connect(str(db))
+    try:
+        return conn.execute(sql, params).fetchone()[0]
+    finally:
+        conn.close()
+
+
+def table_exists(db: Path | str, name: str) -> bool:
+    conn = sqlite3.connect(str(db))
+    try:
+        return conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,)).fetchone() \
+            is not None
+    finally:
+        conn.close()
+
+
+# -- figures --------------------------------------------------------------------------------------------
+def figure(name: str, **values: Any) -> None:
+    """Report a measured figure: printed (visible with -s) and, when WORKCTL_RELIABILITY_FIGURES names
+    a file, appended to it as one JSON line (docs/reliability.md quotes these)."""
+    record = {"figure": name, **values, "at": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    print(f"\nFIGURE {json.dumps(record)}")
+    path = os.environ.get("WORKCTL_RELIABILITY_FIGURES")
+    if path:
+        with open(path, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(record) + "\n")

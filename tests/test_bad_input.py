@@ -26,8 +26,7 @@ from pathlib import Path
 import pytest
 
 import workctl.cli.jsoninput
-from helpers import make_users, run, run_process, snapshot, sync_result
-from reliability_support import NOW, figure
+from helpers import NOW, figure, file_snapshot, make_users, result_for_users, run, run_process
 
 SYNC = {"source": "crm", "user_ids": list(range(1, 101)), "fields": ["email", "phone", "company"]}
 FUTURE = "2099-01-01T00:00:00Z"
@@ -109,7 +108,7 @@ def world(world_template, tmp_path, monkeypatch):
 
 
 def result_for(w):
-    return json.dumps(sync_result(w["users"]))
+    return json.dumps(result_for_users(w["users"]))
 
 
 def write(w, name, content: bytes | str):
@@ -294,11 +293,11 @@ def test_bad_input_against_a_busy_store(world, monkeypatch, name, argv, exit_cod
     env = env(world) if callable(env) else env
     stdin = options["stdin"](world) if "stdin" in options else None
     args = argv(world)
-    before = snapshot(world["db"])
+    before = file_snapshot(world["db"])
     files_before = sorted(p.name for p in world["tmp"].iterdir())
     out = run(world["db"], *args, "--json", env=env, input=stdin)
     check_error(out, exit_code, code, words)
-    assert snapshot(world["db"]) == before
+    assert file_snapshot(world["db"]) == before
     created = set(sorted(p.name for p in world["tmp"].iterdir())) - set(files_before)
     assert not {n for n in created if not n.startswith("w.db")}, created  # no stray target/store files
 
@@ -417,10 +416,10 @@ def test_a_store_path_that_cannot_be_a_store(tmp_path, where):
 def test_a_users_table_missing_from_the_store(tmp_path):
     db = tmp_path / "w.db"
     assert run(db, "status").exit_code == 0
-    before = snapshot(db)
+    before = file_snapshot(db)
     out = run(db, "propose", "user.data.sync", "--payload", json.dumps(SYNC), "--json")
     check_error(out, 5, "no_users_table", "users")
-    assert snapshot(db) == before
+    assert file_snapshot(db) == before
 
 
 def test_usage_errors_from_the_parser_are_one_line_and_exit_2(tmp_path):

@@ -8,8 +8,8 @@ import sqlite3
 from pathlib import Path
 
 import pytest
+from helpers import file_snapshot, make_users, result_for_users, run, run_process
 
-from helpers import make_users, run, run_process, snapshot, sync_result
 
 SYNC = {"source": "crm", "user_ids": list(range(1, 101)), "fields": ["email", "phone", "company"]}
 
@@ -27,11 +27,11 @@ def world(tmp_path):
 
 
 def result_json(w, **overrides):
-    return json.dumps(sync_result(w["users"], **overrides))
+    return json.dumps(result_for_users(w["users"], **overrides))
 
 
 def synced(w, mutate):
-    result = sync_result(w["users"])
+    result = result_for_users(w["users"])
     mutate(result["synced_users"])
     return json.dumps(result)
 
@@ -141,18 +141,18 @@ def test_bad_input_changes_nothing(world, name, argv, exit_code, code, words):
     env = {"WORKCTL_NOW": "2099-01-01T00:00:00Z"} if "expired" in name else None
     args = argv(world)
     # Global options go before the subcommand; --json goes after it.
-    before = snapshot(world["db"])
+    before = file_snapshot(world["db"])
     out = run(world["db"], *args, "--json", env=env)
     assert out.exit_code == exit_code, (out.stdout, out.stderr)
     error = out.json["error"]
     assert error["code"] == code
     assert words in error["message"], error["message"]
     assert out.stderr.startswith("workctl: error: ") and words in out.stderr
-    assert snapshot(world["db"]) == before
+    assert file_snapshot(world["db"]) == before
 
 
 def test_validation_failure_keeps_the_lease_and_lists_every_problem(world):
-    bad = sync_result(world["users"])
+    bad = result_for_users(world["users"])
     bad["synced_users"][1]["verified"] = False
     bad["synced_users"][2]["user_id"] = 4242
     out = run(world["db"], "submit", world["item"], "--agent", "agent-a", "--result", json.dumps(bad), "--json")
@@ -173,11 +173,11 @@ def test_approve_twice_is_a_conflict(tmp_path):
                                                 for u in item["input"]["user_ids"]]}
     assert run(db, "submit", item["id"], "--agent", "a", "--result", json.dumps(result)).exit_code == 0
     assert run(db, "approve", order["order"]["id"]).exit_code == 0
-    before = snapshot(db)
+    before = file_snapshot(db)
     again = run(db, "approve", order["order"]["id"], "--json")
     assert again.exit_code == 6 and again.json["error"]["code"] == "order_not_submitted"
     assert "'completed'" in again.json["error"]["message"]
-    assert snapshot(db) == before
+    assert file_snapshot(db) == before
 
 
 def test_corrupt_database_is_refused_untouched(tmp_path):
@@ -199,11 +199,11 @@ def test_database_from_a_newer_workctl_is_refused_untouched(tmp_path):
                  "VALUES ('workctl', 'm999_from_the_future', '2030-01-01')")
     conn.commit()
     conn.close()
-    before = snapshot(db)
+    before = file_snapshot(db)
     out = run(db, "checkout", "--agent", "a", "--json")
     assert out.exit_code == 8 and out.json["error"]["code"] == "database_too_new"
     assert "newer workctl" in out.json["error"]["message"]
-    assert snapshot(db) == before
+    assert file_snapshot(db) == before
 
 
 def test_usage_error_is_exit_2_with_one_line(tmp_path):

@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 import sqlite3
 
-from helpers import make_users, run, snapshot, sync_result
+from helpers import file_snapshot, make_users, result_for_users, run
+
 
 
 def test_seed_walkthrough(tmp_path):
@@ -29,7 +30,7 @@ def test_seed_walkthrough(tmp_path):
         item = out.json["item"]
         assert item["id"] == items[n]["id"]  # in order
         assert item["state"] == "leased" and item["heartbeat_every_seconds"] == 120 and item["lease_token"]
-        result = json.dumps(sync_result(item["input"]["user_ids"]))
+        result = json.dumps(result_for_users(item["input"]["user_ids"]))
         sub = run(db, "submit", item["id"], "--result", result, "--agent", agent, "--json")
         assert sub.exit_code == 0, sub.stderr
         assert sub.json["item"] == {"id": item["id"], "state": "submitted"}
@@ -40,12 +41,12 @@ def test_seed_walkthrough(tmp_path):
     assert none_left.exit_code == 3
     assert none_left.json["error"]["code"] == "no_items_available"
 
-    before = snapshot(db)
+    before = file_snapshot(db)
     dry = run(db, "approve", order["id"], "--dry-run", "--json")
     assert dry.exit_code == 0, dry.stderr
     assert dry.json["diff"]["after"] == {"updated_count": 150}
     assert len(dry.json["diff"]["changes"]) == 450
-    assert snapshot(db) == before  # a dry run changes nothing
+    assert file_snapshot(db) == before  # a dry run changes nothing
 
     approved = run(db, "approve", order["id"], "--json")
     assert approved.exit_code == 0, approved.stderr

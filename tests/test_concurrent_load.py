@@ -17,11 +17,11 @@ import subprocess
 
 import pytest
 
-from reliability_support import (NOW, chain_problems, child_env, figure, go, kill9, lease_violations,
-                                 per_item_counts, python_cmd, start_ready_processes, trail, workctl_cmd)
 from workctl import Workctl
 from workctl.clock import ManualClock
 from workctl.config import Config
+from helpers import (NOW, chain_problems, child_env, events, figure, go, kill9, lease_violations,
+                     per_item_counts, python_cmd, start_ready_processes, workctl_cmd)
 
 # One agent: open the store, say ready, wait for go, then check out -> (heartbeat every 7th) -> submit
 # until NoWork. Every exception is recorded, never retried silently, so a 'database is locked' that
@@ -94,13 +94,13 @@ def drain(tmp_path, db, *, processes: int, orders: list[dict], scopes: list[tupl
     assert sum(1 for r in reports if r["submitted"]) >= processes // 2, "the processes did not really race"
 
     by_agent = {item: r["agent"] for r in reports for item in r["submitted"]}
-    events = trail(db)
-    assert lease_violations(events) == []
-    counts = per_item_counts(events)
+    trail = events(db)
+    assert lease_violations(trail) == []
+    counts = per_item_counts(trail)
     assert set(counts) == set(all_items)
     bad = {i: dict(c) for i, c in counts.items() if c["leased"] != 1 or c["submitted"] != 1}
     assert bad == {}, list(bad.items())[:3]
-    assert {e["item_id"]: e["actor_id"] for e in events if e["event"] == "submitted" and e["item_id"]} == by_agent
+    assert {e["item_id"]: e["actor_id"] for e in trail if e["event"] == "submitted" and e["item_id"]} == by_agent
     assert chain_problems(db) == []
 
     with Workctl(db, config=Config(), clock=ManualClock(NOW)) as wc:
@@ -113,7 +113,7 @@ def drain(tmp_path, db, *, processes: int, orders: list[dict], scopes: list[tupl
                     ("submitted", 1, by_agent[item["id"]])
                 assert item["result"] == {"by": by_agent[item["id"]], "task": item["input"]["task"]}
             assert wc.approve(order_id)["diff"]["after"] == {"completed_tasks": len(order["items"])}
-    applied = trail(db, "event = 'applied'")
+    applied = events(db, "event = 'applied'")
     assert sorted(e["order_id"] for e in applied) == sorted(o["order"]["id"] for o in orders)
 
     seconds = max(r["finished"] for r in reports) - min(r["started"] for r in reports)
@@ -172,9 +172,9 @@ def test_four_workctl_run_processes_share_one_queue(tmp_path):
     assert sum(r["items"]["submitted"] for r in reports) == 300
     assert all(r["items"]["released"] == r["items"]["lost"] == 0 for r in reports)
     assert sum(1 for r in reports if r["items"]["submitted"]) >= 2, "the processes did not race"
-    events = trail(db)
-    assert lease_violations(events) == []
-    counts = per_item_counts(events)
+    trail = events(db)
+    assert lease_violations(trail) == []
+    counts = per_item_counts(trail)
     assert set(counts) == items and all(c["leased"] == 1 and c["submitted"] == 1 for c in counts.values())
     with Workctl(db, config=Config(), clock=ManualClock(NOW)) as wc:
         shown = wc.show(order["order"]["id"])

@@ -30,10 +30,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import seed_users, sync_result
-from reliability_support import (NOW, chain_problems, child_env, count, figure, go, kill9, lease_violations,
-                                 per_item_counts, python_cmd, start_ready_processes, table_exists, trail,
-                                 users_rows, workctl_cmd)
+
 from workctl import Workctl
 from workctl.clock import ManualClock, after, parse
 from workctl.config import Config
@@ -41,6 +38,9 @@ from workctl.errors import Conflict, IllegalTransition
 from workctl.store.target import APPLIED_MARKER as MARKER_TABLE
 from workctl.sources.sample_server import Faults, SampleServer, sample_user
 from workctl.types import OrderType, get_type
+from helpers import (NOW, chain_problems, child_env, count, events, figure, go, kill9, lease_violations, make_users,
+                     per_item_counts, python_cmd, result_for_item, start_ready_processes, table_exists,
+                     users_rows, workctl_cmd)
 
 FIELDS = ["email", "phone", "company"]
 SEED = int(os.environ.get("WORKCTL_CRASH_SEED", "0")) or random.SystemRandom().randrange(1, 2**31)
@@ -73,7 +73,7 @@ class ApproveWorld:
         self.template_store = root / "template-w.db"
         self.template_app = root / "template-app.db" if separate else None
         target = self.template_app or self.template_store
-        seed_users(target, users)
+        make_users(target, users, filled=True)
         config = Config(target_db=str(self.template_app) if separate else None)
         with Workctl(self.template_store, config=config, clock=ManualClock(NOW)) as wc:
             order = wc.propose("user.data.sync", {"source": "crm", "user_ids": list(range(1, users + 1)),
@@ -81,7 +81,7 @@ class ApproveWorld:
             self.order_id = order["order"]["id"]
             for _ in order["items"]:
                 item = wc.checkout(self.order_id, agent="loader")["item"]
-                wc.submit(item["id"], sync_result(item["input"]), agent="loader", lease_token=item["lease_token"])
+                wc.submit(item["id"], result_for_item(item["input"]), agent="loader", lease_token=item["lease_token"])
         for path in (self.template_store, self.template_app):
             if path is not None:
                 conn = sqlite3.connect(path)
@@ -160,7 +160,7 @@ class ApproveWorld:
         assert users == expected
         assert diff["stats"]["updated"] == self.users and len(diff["changes"]) == self.users * len(FIELDS)
         assert count(target, f"SELECT count(*) FROM {MARKER_TABLE}") == 1
-        assert [e["event"] for e in trail(store, "order_id = ? AND entity = 'order' AND event IN "
+        assert [e["event"] for e in events(store, "order_id = ? AND entity = 'order' AND event IN "
                                                  "('approved', 'applied', 'completed')", (self.order_id,))] == \
             ["approved", "applied", "completed"]
         if type(get_type("user.data.sync")).record_applied is not OrderType.record_applied:
@@ -377,7 +377,7 @@ def test_agent_killed_holding_a_lease_is_reissued_then_dead_lettered(tmp_path):
     assert shown["items"][0]["error"]["last_agent"] == "dead-1"
 
     # every dead agent's late submit, with its own old token, through the real CLI: refused, nothing written
-    before = trail(db)
+    before = events(db)
     for agent, token, _ in held:
         late = subprocess.run(workctl_cmd(db, "submit", item_id, "--agent", agent, "--lease-token", token,
                                           "--result", '{"late": true}', "--json"),
@@ -385,16 +385,16 @@ def test_agent_killed_holding_a_lease_is_reissued_then_dead_lettered(tmp_path):
         assert late.returncode == 6, late.stderr
         assert json.loads(late.stdout)["error"]["code"] == "not_leased"
         assert "dead_lettered" in late.stderr
-    assert trail(db) == before
+    assert events(db) == before
 
-    events = trail(db, "item_id = ?", (item_id,))
-    assert [(e["event"], e["actor_id"]) for e in events if e["event"] in ("leased", "lease_expired", "failed",
+    trail = events(db, "item_id = ?", (item_id,))
+    assert [(e["event"], e["actor_id"]) for e in trail if e["event"] in ("leased", "lease_expired", "failed",
                                                                           "dead_lettered")] == [
         ("leased", "dead-1"), ("lease_expired", "workctl"), ("leased", "dead-2"), ("lease_expired", "workctl"),
         ("leased", "dead-1"), ("failed", "workctl"), ("dead_lettered", "workctl")]
-    assert [json.loads(e["payload"])["attempt"] for e in events if e["event"] == "leased"] == [1, 2, 3]
-    assert [e["created_at"] for e in events if e["event"] == "leased"] == [h[2] for h in held]
-    assert lease_violations(trail(db)) == []
+    assert [json.loads(e["payload"])["attempt"] for e in trail if e["event"] == "leased"] == [1, 2, 3]
+    assert [e["created_at"] for e in trail if e["event"] == "leased"] == [h[2] for h in held]
+    assert lease_violations(events(db)) == []
     assert chain_problems(db) == []
 
 
@@ -404,7 +404,7 @@ def sync_kill_trial(tmp_path: Path, server: SampleServer, rng: random.Random, n:
     folder = tmp_path / f"sync-{n}"
     folder.mkdir()
     db = folder / "w.db"
-    seed_users(db, users)
+    make_users(db, users, filled=True)
     with Workctl(db, config=Config(), clock=ManualClock(NOW)) as wc:
         order_id = wc.propose("user.data.sync", {"source": "crm", "user_ids": list(range(1, users + 1)),
                                                  "fields": FIELDS, "batch_size": batch})["order"]["id"]
@@ -441,17 +441,17 @@ def sync_kill_trial(tmp_path: Path, server: SampleServer, rng: random.Random, n:
     with Workctl(db, config=Config(), clock=ManualClock(NOW)) as wc:
         shown = wc.show(order_id)
     assert shown["order"]["state"] == "completed"
-    events = trail(db)
-    counts = per_item_counts(events)
+    trail = events(db)
+    counts = per_item_counts(trail)
     assert all(c["submitted"] == 1 and c["completed"] == 1 for c in counts.values())  # each batch once
     assert sum(c["lease_expired"] for c in counts.values()) == states["leased"]  # the dead run's leases
-    assert lease_violations(events) == [] and chain_problems(db) == []
+    assert lease_violations(trail) == [] and chain_problems(db) == []
     # every user exactly once across the results, and in the users table with the source's values
     synced = Counter(u["user_id"] for it in shown["items"] for u in it["result"]["synced_users"])
     assert synced == Counter(range(1, users + 1))
     expected = {uid: tuple(sample_user("crm", uid)[f] for f in FIELDS) for uid in range(1, users + 1)}
     assert users_rows(db, "email, phone, company") == expected
-    assert len([e for e in events if e["event"] == "applied"]) == 1
+    assert len([e for e in trail if e["event"] == "applied"]) == 1
     assert shown["order"]["diff"]["stats"]["updated"] == users
     return dict(states)
 

@@ -11,6 +11,7 @@ import sys
 from helpers import run_process
 
 
+
 def test_demo_syncs_150_users_and_exits(tmp_path):
     # run_process waits for the process to exit: the sample server thread must not keep it alive.
     db = tmp_path / "demo.db"

@@ -21,12 +21,12 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from helpers import make_users
 from workctl import Workctl
 from workctl.cli import fastpath
 from workctl.core import leases
 from workctl.cli.app import app
 from workctl.config import Config
+from helpers import make_users
 
 NOW = "2026-03-01T12:00:00Z"
 LATER = "2026-03-01T13:00:00Z"  # past the 600 s lease
@@ -250,3 +250,24 @@ def test_console_entry_matches_typer_entry(args, template, tmp_path):
         _restore(template, work)
         seen.append(_process(["--db", str(work), *args], tmp_path, env))
     assert seen[0] == seen[1]
+
+
+@pytest.mark.parametrize("command", sorted(fastpath.SYNTAX))
+def test_the_fast_path_knows_exactly_the_typer_commands_parameters(command):
+    """The fast path's table and the Typer command cannot drift: the same arguments (names, order,
+    required), and the same options (keyword, flag or value, environment variable), except the ones the
+    fast path leaves to Typer by name (FALLBACK_ONLY)."""
+    import typer.main
+
+    typer_command = typer.main.get_command(app).commands[command]
+    positional, options, envvars = fastpath.SYNTAX[command]
+    arguments = [(p.name, p.required) for p in typer_command.params if p.param_type_name == "argument"]
+    assert list(positional) == arguments
+    typer_options = {opt: p for p in typer_command.params if p.param_type_name == "option" for opt in p.opts}
+    left_to_typer = fastpath.FALLBACK_ONLY.get(command, frozenset())
+    assert set(options) == set(typer_options) - left_to_typer
+    for name, (keyword, takes_value) in options.items():
+        param = typer_command.params[[p.name for p in typer_command.params].index(keyword)]
+        assert name in param.opts
+        assert takes_value is not param.is_flag, name
+        assert envvars.get(keyword) == param.envvar, name

@@ -9,8 +9,8 @@ import subprocess
 import sys
 
 import pytest
-
 from helpers import make_users, run
+
 
 HEAVY = ("httpx", "jsonschema", "rich", "sqlite_utils")
 # What the Typer app brings, which the fast path must not.

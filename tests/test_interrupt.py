@@ -10,8 +10,8 @@ import subprocess
 import sys
 import time
 
-from helpers import make_users, run
 from workctl.sources.sample_server import Faults, SampleServer
+from helpers import make_users, run
 
 
 def wait_for(condition, timeout=30.0):

@@ -13,13 +13,14 @@ from hypothesis import HealthCheck, event, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_state_machine_as_test
 
-from conftest import events, rows, snapshot, sync_result
+
 from workctl import Workctl
 from workctl.core import leases
 from workctl.clock import ManualClock, after, iso, parse
 from workctl.config import Config
 from workctl.errors import Conflict, ExitCode, IllegalTransition, LeaseLost, NoWork, NotFound
 from workctl.core.lifecycle import ITEM_TRANSITIONS, derived_order_state
+from helpers import events, result_for_item, rows, table_snapshot
 
 
 def tasks(wc, n, *, priority=0, max_attempts=None):
@@ -160,7 +161,7 @@ def test_heartbeat_extends_the_lease(wc, clock, db_path):
 def test_another_agent_cannot_touch_a_lease(wc, db_path, action):
     tasks(wc, 1)
     item = wc.checkout(agent="a")["item"]
-    before = snapshot(db_path)
+    before = table_snapshot(db_path)
     call = {"heartbeat": lambda: wc.heartbeat(item["id"], agent="b"),
             "release": lambda: wc.release(item["id"], agent="b"),
             "submit": lambda: wc.submit(item["id"], {"ok": True}, agent="b")}[action]
@@ -168,7 +169,7 @@ def test_another_agent_cannot_touch_a_lease(wc, db_path, action):
         call()
     assert (info.value.code, info.value.exit_code) == ("lease_held_by_other", 6)
     assert "'a'" in info.value.message
-    assert snapshot(db_path) == before
+    assert table_snapshot(db_path) == before
 
 
 @pytest.mark.parametrize("action", ["heartbeat", "release", "submit"])
@@ -176,7 +177,7 @@ def test_an_expired_lease_is_lost_and_nothing_is_written(wc, clock, db_path, act
     tasks(wc, 1)
     item = wc.checkout(agent="a")["item"]
     clock.advance(600)  # expiry is exclusive: at lease_expires_at the lease is already gone
-    before = snapshot(db_path)
+    before = table_snapshot(db_path)
     call = {"heartbeat": lambda: wc.heartbeat(item["id"], agent="a", lease_token=item["lease_token"]),
             "release": lambda: wc.release(item["id"], agent="a", lease_token=item["lease_token"]),
             "submit": lambda: wc.submit(item["id"], {"ok": True}, agent="a",
@@ -184,7 +185,7 @@ def test_an_expired_lease_is_lost_and_nothing_is_written(wc, clock, db_path, act
     with pytest.raises(LeaseLost) as info:
         call()
     assert (info.value.code, info.value.exit_code) == ("lease_expired", 6)
-    assert snapshot(db_path) == before
+    assert table_snapshot(db_path) == before
 
 
 def test_operations_on_items_that_are_not_leased(wc):
@@ -210,13 +211,13 @@ def test_expired_lease_is_reissued_by_checkout_and_the_late_submit_refused(wc, c
     assert (expired[0]["actor_type"], expired[0]["from_state"], expired[0]["to_state"]) == ("system", "leased", "queued")
     assert '"agent":"a1"' in expired[0]["payload"]
 
-    before = snapshot(db_path)
+    before = table_snapshot(db_path)
     with pytest.raises(Conflict) as info:  # the first agent comes back late
         wc.submit(first["id"], {"late": True}, agent="a1", lease_token=first["lease_token"])
     assert (info.value.code, info.value.exit_code) == ("lease_held_by_other", 6)
     with pytest.raises(Conflict):
         wc.submit(first["id"], {"late": True}, agent="a1")
-    assert snapshot(db_path) == before
+    assert table_snapshot(db_path) == before
     row = item_row(db_path, first["id"])
     assert (row["state"], row["leased_by"], row["result"]) == ("leased", "a2", None)
 
@@ -231,14 +232,14 @@ def test_a_stale_lease_token_is_refused_even_for_the_same_agent(wc, clock, db_pa
     clock.advance(601)
     new = wc.checkout(agent="a")["item"]
     assert new["id"] == old["id"] and new["lease_token"] != old["lease_token"]
-    before = snapshot(db_path)
+    before = table_snapshot(db_path)
     for call in (lambda: wc.submit(old["id"], {"v": "old"}, agent="a", lease_token=old["lease_token"]),
                  lambda: wc.heartbeat(old["id"], agent="a", lease_token=old["lease_token"]),
                  lambda: wc.release(old["id"], agent="a", lease_token=old["lease_token"])):
         with pytest.raises(LeaseLost) as info:
             call()
         assert (info.value.code, info.value.exit_code) == ("stale_lease_token", 6)
-    assert snapshot(db_path) == before
+    assert table_snapshot(db_path) == before
     assert wc.submit(new["id"], {"v": "new"}, agent="a", lease_token=new["lease_token"])["item"]["state"] == "submitted"
 
 
@@ -345,7 +346,7 @@ def test_release_with_error_counts_and_fails_at_the_last_attempt(wc, clock, db_p
 def test_a_submitted_item_is_never_reclaimed(wc, clock, db_path):
     order = wc.propose("user.data.sync", {"source": "crm", "user_ids": list(range(1, 101))})
     item = wc.checkout(agent="a")["item"]
-    wc.submit(item["id"], sync_result(item["input"]), agent="a", lease_token=item["lease_token"])
+    wc.submit(item["id"], result_for_item(item["input"]), agent="a", lease_token=item["lease_token"])
     row = item_row(db_path, item["id"])
     assert (row["state"], row["leased_by"], row["lease_token"], row["lease_expires_at"]) == (
         "submitted", None, None, None)
@@ -491,7 +492,7 @@ class LeaseMachine(RuleBasedStateMachine):
         else:
             return
         lease_token = {"none": None, "mine": self.tokens.get((item_id, agent)), "bogus": "0" * 32}[token]
-        before_row, before = self.row(item_id), snapshot(self.db)
+        before_row, before = self.row(item_id), table_snapshot(self.db)
         problem = expected_lease_problem(before_row, agent, lease_token, self.now())
         try:
             if action == "heartbeat":
@@ -503,7 +504,7 @@ class LeaseMachine(RuleBasedStateMachine):
                                 error="boom" if action == "release_error" else None)
         except Conflict as exc:
             assert exc.code == problem, (exc.code, problem)
-            assert snapshot(self.db) == before
+            assert table_snapshot(self.db) == before
             event(f"{action} refused: {exc.code}")
             return
         event(f"{action} accepted")

@@ -8,13 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from conftest import events, sync_result
+
 from workctl.core import lifecycle
 from workctl.clock import iso, parse
 from workctl.errors import ExitCode, IllegalTransition, NoWork
 from workctl.core.lifecycle import (ITEM_STATES, ITEM_TRANSITIONS, ORDER_STATES, ORDER_TRANSITIONS, Actor,
                                derived_order_state, move_item, move_order, refresh_order)
 from workctl.store.sqlite import connect
+from helpers import events, result_for_item
 
 # The contract, written out edge by edge (independently of workctl.core.lifecycle) as (from, to, event).
 EXPECTED_ORDER_EDGES = {
@@ -335,11 +336,11 @@ def test_every_transition_of_a_full_flow_writes_an_event(wc, make_wc, clock, db_
     tick("reclaim")
     item = wc.checkout(agent="a3")["item"]
     assert (item["id"], item["attempts"]) == (first, 3)
-    wc.submit(first, sync_result(item["input"]), agent="a3")
+    wc.submit(first, result_for_item(item["input"]), agent="a3")
     for agent in ("a4", "a5"):
         tick(f"submit-{agent}")
         leased = wc.checkout(agent=agent)["item"]
-        wc.submit(leased["id"], sync_result(leased["input"]), agent=agent)
+        wc.submit(leased["id"], result_for_item(leased["input"]), agent=agent)
     assert wc.status(order_id)["order"]["state"] == "submitted"
 
     tick("requeue")
@@ -349,7 +350,7 @@ def test_every_transition_of_a_full_flow_writes_an_event(wc, make_wc, clock, db_
     for agent in ("b1", "b2"):
         tick(f"rework-{agent}")
         leased = wc.checkout(agent=agent)["item"]
-        wc.submit(leased["id"], sync_result(leased["input"]), agent=agent)
+        wc.submit(leased["id"], result_for_item(leased["input"]), agent=agent)
     with pytest.raises(NoWork):
         wc.checkout(agent="b3")
     assert wc.show(order_id)["items"][0]["state"] == "failed"
@@ -357,7 +358,7 @@ def test_every_transition_of_a_full_flow_writes_an_event(wc, make_wc, clock, db_
     wc.retry(first)
     tick("rework-first")
     leased = wc.checkout(agent="b3")["item"]
-    wc.submit(leased["id"], sync_result(leased["input"]), agent="b3")
+    wc.submit(leased["id"], result_for_item(leased["input"]), agent="b3")
     tick("approve")
     wc.approve(order_id)
 

@@ -37,8 +37,7 @@ from hypothesis import HealthCheck, event, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule, run_state_machine_as_test
 
-from conftest import seed_users
-from reliability_support import chain_problems, lease_violations, trail
+
 from workctl import Workctl
 from workctl.clock import ManualClock
 from workctl.config import Config
@@ -46,6 +45,7 @@ from workctl.errors import NoWork, WorkctlError
 from workctl.core.lifecycle import ITEM_STATES, ORDER_STATES, derived_order_state
 from workctl.store.target import APPLIED_MARKER as MARKER_TABLE
 from workctl.types import OrderType, get_type
+from helpers import chain_problems, events, lease_violations, make_users
 
 AGENTS = ("a", "b", "c", "d")
 FIELDS = ("email", "phone", "company")
@@ -58,7 +58,7 @@ class LifecycleMachine(RuleBasedStateMachine):
         super().__init__()
         self.dir = tempfile.mkdtemp(prefix="workctl-r7-")
         self.db = os.path.join(self.dir, "w.db")
-        seed_users(self.db, USERS)
+        make_users(self.db, USERS, filled=True)
         self.clock = ManualClock()
         self.wc = Workctl(self.db, config=Config(), clock=self.clock)
         self.conn = self.wc.session.conn
@@ -328,7 +328,7 @@ class LifecycleMachine(RuleBasedStateMachine):
 
     @invariant()
     def leases_are_never_doubled_and_every_transition_is_logged(self):
-        assert lease_violations(trail(self.db)) == []
+        assert lease_violations(events(self.db)) == []
         assert chain_problems(self.db) == []
 
     @invariant()
@@ -399,7 +399,7 @@ def test_approve_never_applies_results_rejected_while_it_was_reading_them(tmp_pa
     which approve calls between its read and its transaction."""
     db = tmp_path / "w.db"
     target = tmp_path / "app.db" if separate else db
-    seed_users(target, 4)
+    make_users(target, 4, filled=True)
     config = Config(target_db=str(target) if separate else None)
     clock = ManualClock()
     with Workctl(db, config=config, clock=clock) as wc, Workctl(db, config=config, clock=clock) as other:
@@ -439,7 +439,7 @@ def test_reject_cannot_slip_between_a_separate_targets_apply_and_its_commit(tmp_
     import threading
 
     db, target = tmp_path / "w.db", tmp_path / "app.db"
-    seed_users(target, 4)
+    make_users(target, 4, filled=True)
     config = Config(target_db=str(target))
     clock = ManualClock()
     with Workctl(db, config=config, clock=clock) as wc, Workctl(db, config=config, clock=clock) as other:

@@ -8,11 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from conftest import events, read_users, rows, seed_users, snapshot, sync_result
+
 from workctl.clock import iso
 from workctl.config import Config
 from workctl.errors import Conflict, ExitCode, IllegalTransition, Invalid, NoWork, NotFound, StoreError
 from workctl.store.target import APPLIED_MARKER as MARKER_TABLE
+from helpers import events, make_users, read_users, result_for_item, rows, table_snapshot
 
 ALL_USERS = list(range(1, 151))
 CRM_FIELDS = ["email", "phone", "company", "name"]
@@ -22,7 +23,7 @@ def propose_users(wc, user_ids=ALL_USERS, **payload):
     return wc.propose("user.data.sync", {"source": "crm", "user_ids": list(user_ids), **payload})
 
 
-def work_all(wc, order_id, *, agent="agent-1", make=sync_result):
+def work_all(wc, order_id, *, agent="agent-1", make=result_for_item):
     """Check out and submit every queued item of the order; return the submitted results by item id."""
     results = {}
     while True:
@@ -67,7 +68,7 @@ def test_propose_batch_size(wc, batch_size, sizes):
 
 
 def test_propose_schema_errors_list_every_error_with_its_path(wc, db_path):
-    before = snapshot(db_path)
+    before = table_snapshot(db_path)
     bad = {"source": "nope", "user_ids": [0, "x", 3, 3], "batch_size": 0, "max_attempts": 1000,
            "fields": "email", "extra": True}
     with pytest.raises(Invalid) as info:
@@ -79,7 +80,7 @@ def test_propose_schema_errors_list_every_error_with_its_path(wc, db_path):
     assert paths == ["$", "batch_size", "fields", "max_attempts", "source", "user_ids", "user_ids.0", "user_ids.1"]
     assert all(d["message"] for d in error.details)
     assert "source" in error.message and "batch_size" in error.message
-    assert snapshot(db_path) == before
+    assert table_snapshot(db_path) == before
 
 
 @pytest.mark.parametrize("payload,path", [
@@ -98,24 +99,24 @@ def test_propose_rejects_malformed_payloads(wc, payload, path):
 
 
 def test_fields_must_be_allowed_columns(wc, db_path):
-    before = snapshot(db_path)
+    before = table_snapshot(db_path)
     with pytest.raises(Invalid) as info:
         propose_users(wc, fields=["email", "nickname", "password", "plan"])
     assert (info.value.code, info.value.exit_code) == ("field_not_allowed", 5)
     assert [d["path"] for d in info.value.details] == ["fields.1", "fields.2"]
     assert "'nickname'" in info.value.details[0]["message"] and "'password'" in info.value.details[1]["message"]
-    assert snapshot(db_path) == before
+    assert table_snapshot(db_path) == before
     assert propose_users(wc, fields=["email", "plan", "mrr"])["order"]["payload"]["fields"] == ["email", "plan", "mrr"]
 
 
 @pytest.mark.parametrize("field", ["id", "password", "is_admin", "role"])
 def test_key_and_sensitive_columns_are_refused(wc, db_path, field):
-    before = snapshot(db_path)
+    before = table_snapshot(db_path)
     with pytest.raises(Invalid) as info:
         propose_users(wc, fields=[field])
     assert (info.value.code, info.value.exit_code) == ("field_not_allowed", 5)
     assert info.value.details[0]["path"] == "fields.0"
-    assert snapshot(db_path) == before
+    assert table_snapshot(db_path) == before
 
 
 @pytest.mark.parametrize("field", [
@@ -200,17 +201,17 @@ def _failed_without_error(result, batch):
 def test_submit_validation_names_every_problem_and_keeps_the_lease(wc, db_path, mutate, paths):
     propose_users(wc)
     item = wc.checkout(agent="a")["item"]
-    result = sync_result(item["input"])
+    result = result_for_item(item["input"])
     mutate(result, item["input"]["user_ids"])
-    before = snapshot(db_path)
+    before = table_snapshot(db_path)
     with pytest.raises(Invalid) as info:
         wc.submit(item["id"], result, agent="a", lease_token=item["lease_token"])
     assert (info.value.code, info.value.exit_code) == ("result_invalid", 5)
     assert sorted(d["path"] for d in info.value.details) == paths
     assert "lease is kept" in info.value.message
-    assert snapshot(db_path) == before  # still leased, same token, nothing logged
+    assert table_snapshot(db_path) == before  # still leased, same token, nothing logged
     # the agent fixes the result and resubmits under the same lease
-    fixed = wc.submit(item["id"], sync_result(item["input"]), agent="a", lease_token=item["lease_token"])
+    fixed = wc.submit(item["id"], result_for_item(item["input"]), agent="a", lease_token=item["lease_token"])
     assert fixed["item"] == {"id": item["id"], "state": "submitted"}
 
 
@@ -218,12 +219,12 @@ def test_submit_validation_names_every_problem_and_keeps_the_lease(wc, db_path, 
 def test_submit_refuses_a_result_that_is_not_an_object(wc, db_path, result):
     propose_users(wc)
     item = wc.checkout(agent="a")["item"]
-    before = snapshot(db_path)
+    before = table_snapshot(db_path)
     with pytest.raises(Invalid) as info:
         wc.submit(item["id"], result, agent="a")
     assert info.value.exit_code == 5
     assert [d["path"] for d in info.value.details] == ["$"]
-    assert snapshot(db_path) == before
+    assert table_snapshot(db_path) == before
 
 
 def test_submit_reports_all_problems_at_once(wc):
@@ -242,7 +243,7 @@ def test_submit_reports_all_problems_at_once(wc):
 def test_min_success_ratio(wc):
     propose_users(wc, [1, 2, 3, 4], min_success_ratio=0.75)
     item = wc.checkout(agent="a")["item"]
-    good = sync_result(item["input"])
+    good = result_for_item(item["input"])
     two_failed = dict(good, synced_users=good["synced_users"][:2],
                       failed_users=[{"user_id": 3, "error": "404"}, {"user_id": 4, "error": "404"}])
     with pytest.raises(Invalid) as info:
@@ -256,12 +257,12 @@ def test_min_success_ratio(wc):
 def test_dry_run_changes_nothing(wc, db_path):
     order_id = propose_users(wc)["order"]["id"]
     work_all(wc, order_id)
-    before, users_before = snapshot(db_path), read_users(db_path)
+    before, users_before = table_snapshot(db_path), read_users(db_path)
     dry = wc.approve(order_id, dry_run=True)
     assert dry["order"] == {"id": order_id, "state": "submitted"}
     assert dry["diff"]["summary"] == "Synced data for 150 users from crm"
     assert len(dry["diff"]["changes"]) == 150 * 4
-    assert snapshot(db_path) == before
+    assert table_snapshot(db_path) == before
     assert read_users(db_path) == users_before
     assert MARKER_TABLE not in table_names(db_path)
     # the dry run's diff is exactly what the real approve then applies
@@ -302,12 +303,12 @@ def test_approve_is_one_transaction(wc, db_path):
     conn.execute("CREATE TRIGGER refuse_120 BEFORE UPDATE ON users WHEN NEW.id = 120 "
                  "BEGIN SELECT RAISE(ABORT, 'user 120 refused by trigger'); END")
     conn.commit()
-    before, users_before = snapshot(db_path), read_users(db_path)
+    before, users_before = table_snapshot(db_path), read_users(db_path)
     with pytest.raises(StoreError) as info:
         wc.approve(order_id)
     assert info.value.exit_code == 8 and "user 120 refused by trigger" in info.value.message
     assert read_users(db_path) == users_before  # users 1..119 were not left half-applied
-    assert snapshot(db_path) == before
+    assert table_snapshot(db_path) == before
     assert MARKER_TABLE not in table_names(db_path)
     conn.execute("DROP TRIGGER refuse_120")
     conn.commit()
@@ -323,12 +324,12 @@ def test_approve_twice_is_an_illegal_transition(wc, db_path):
     conn.execute("UPDATE users SET email = 'changed-later' WHERE id = 1")
     conn.commit()
     conn.close()
-    before = snapshot(db_path)
+    before = table_snapshot(db_path)
     with pytest.raises(IllegalTransition) as info:
         wc.approve(order_id)
     assert (info.value.code, info.value.exit_code) == ("order_not_submitted", 6)
     assert "'completed'" in info.value.message
-    assert snapshot(db_path) == before
+    assert table_snapshot(db_path) == before
     assert read_users(db_path)[1]["email"] == "changed-later"
 
 
@@ -336,9 +337,9 @@ def test_approve_twice_is_an_illegal_transition(wc, db_path):
 def test_approve_or_reject_before_every_item_is_submitted(wc, db_path, action):
     order_id = propose_users(wc)["order"]["id"]
     item = wc.checkout(order_id, agent="a")["item"]
-    wc.submit(item["id"], sync_result(item["input"]), agent="a")
+    wc.submit(item["id"], result_for_item(item["input"]), agent="a")
     wc.checkout(order_id, agent="b")
-    before = snapshot(db_path)
+    before = table_snapshot(db_path)
     with pytest.raises(IllegalTransition) as info:
         if action == "approve":
             wc.approve(order_id)
@@ -348,7 +349,7 @@ def test_approve_or_reject_before_every_item_is_submitted(wc, db_path, action):
     assert "1 of 3 items submitted" in info.value.message
     assert "1 leased, 1 queued, 1 submitted" in info.value.message
     assert info.value.details == [{"state": "in_progress", "items": {"leased": 1, "queued": 1, "submitted": 1}}]
-    assert snapshot(db_path) == before
+    assert table_snapshot(db_path) == before
 
 
 def test_users_missing_locally_are_skipped_and_counted(wc, db_path):
@@ -450,7 +451,7 @@ def test_reject_with_requeue_sends_the_work_back(wc, db_path):
             break
         second.append(item)
         assert item["attempts"] == 2  # attempts were kept
-        result = sync_result(item["input"])
+        result = result_for_item(item["input"])
         for entry in result["synced_users"]:
             entry["data"]["phone"] = f"+1 555 {entry['user_id']:04d}"
         wc.submit(item["id"], result, agent="a2")
@@ -469,18 +470,18 @@ def test_reject_with_requeue_sends_the_work_back(wc, db_path):
 def test_propose_idempotency(wc, clock, db_path):
     payload = {"source": "crm", "user_ids": ALL_USERS}
     first = wc.propose("user.data.sync", payload, idempotency_key="k-1")
-    before = snapshot(db_path)
+    before = table_snapshot(db_path)
     clock.advance(30)
     again = wc.propose("user.data.sync", payload, idempotency_key="k-1")
     assert again == first
-    assert snapshot(db_path) == before
+    assert table_snapshot(db_path) == before
     for different in (lambda: wc.propose("user.data.sync", {**payload, "batch_size": 10}, idempotency_key="k-1"),
                       lambda: wc.propose("user.data.sync", payload, priority=3, idempotency_key="k-1"),
                       lambda: wc.propose("task.batch", {"tasks": [1]}, idempotency_key="k-1")):
         with pytest.raises(Conflict) as info:
             different()
         assert (info.value.code, info.value.exit_code) == ("idempotency_mismatch", 6)
-    assert snapshot(db_path) == before
+    assert table_snapshot(db_path) == before
     other = wc.propose("user.data.sync", payload, idempotency_key="k-2")
     assert other["order"]["id"] != first["order"]["id"]
     assert len(rows(db_path, "orders")) == 2
@@ -491,29 +492,29 @@ def test_propose_idempotency(wc, clock, db_path):
 def test_submit_idempotency(wc, db_path):
     propose_users(wc)
     item = wc.checkout(agent="a")["item"]
-    result = sync_result(item["input"])
+    result = result_for_item(item["input"])
     first = wc.submit(item["id"], result, agent="a", lease_token=item["lease_token"], idempotency_key="s-1")
-    before = snapshot(db_path)
+    before = table_snapshot(db_path)
     again = wc.submit(item["id"], result, agent="a", lease_token=item["lease_token"], idempotency_key="s-1")
     assert again == first
-    assert snapshot(db_path) == before
-    changed = sync_result(item["input"], errors=["retry differed"])
+    assert table_snapshot(db_path) == before
+    changed = result_for_item(item["input"], errors=["retry differed"])
     with pytest.raises(Conflict) as info:
         wc.submit(item["id"], changed, agent="a", idempotency_key="s-1")
     assert (info.value.code, info.value.exit_code) == ("idempotency_mismatch", 6)
     with pytest.raises(IllegalTransition):  # without the key it is simply a second submit
         wc.submit(item["id"], result, agent="a")
-    assert snapshot(db_path) == before
+    assert table_snapshot(db_path) == before
 
 
 def test_approve_idempotency(wc, db_path):
     order_id = propose_users(wc)["order"]["id"]
     work_all(wc, order_id)
     first = wc.approve(order_id, idempotency_key="a-1")
-    before, users = snapshot(db_path), read_users(db_path)
+    before, users = table_snapshot(db_path), read_users(db_path)
     again = wc.approve(order_id, idempotency_key="a-1")
     assert again == first
-    assert snapshot(db_path) == before and read_users(db_path) == users
+    assert table_snapshot(db_path) == before and read_users(db_path) == users
     with pytest.raises(IllegalTransition):  # a new key is a new request: the order is already completed
         wc.approve(order_id, idempotency_key="a-2")
 
@@ -522,14 +523,14 @@ def test_reject_idempotency(wc, db_path):
     order_id = propose_users(wc)["order"]["id"]
     work_all(wc, order_id)
     first = wc.reject(order_id, reason="bad", requeue=True, idempotency_key="r-1")
-    before = snapshot(db_path)
+    before = table_snapshot(db_path)
     assert wc.reject(order_id, reason="bad", requeue=True, idempotency_key="r-1") == first
-    assert snapshot(db_path) == before
+    assert table_snapshot(db_path) == before
     for different in (dict(reason="worse", requeue=True), dict(reason="bad", requeue=False)):
         with pytest.raises(Conflict) as info:
             wc.reject(order_id, idempotency_key="r-1", **different)
         assert (info.value.code, info.value.exit_code) == ("idempotency_mismatch", 6)
-    assert snapshot(db_path) == before
+    assert table_snapshot(db_path) == before
 
 
 def test_a_failed_request_does_not_consume_its_key(wc, db_path):
@@ -564,7 +565,7 @@ def test_maintain_purges_keys_older_than_retention(wc, make_wc, clock, db_path):
 @pytest.fixture
 def app_db(tmp_path: Path) -> Path:
     path = tmp_path / "app.db"
-    seed_users(path, 150)
+    make_users(path, 150, filled=True)
     return path
 
 
@@ -693,12 +694,12 @@ def test_an_order_already_applied_to_the_target_cannot_be_rejected(split, db_pat
     work_all(split, order_id)
     _approve_with_store_commit_blocked(split, db_path, order_id)
     applied = read_users(app_db)
-    before = snapshot(db_path)
+    before = table_snapshot(db_path)
     with pytest.raises(IllegalTransition) as info:
         split.reject(order_id, reason="approve failed, start over", requeue=requeue)
     assert (info.value.code, info.value.exit_code) == ("already_applied", 6)
     assert "approve" in info.value.message
-    assert snapshot(db_path) == before
+    assert table_snapshot(db_path) == before
     assert read_users(app_db) == applied
     assert split.approve(order_id)["order"]["state"] == "completed"
     assert len(marker_rows(app_db)) == 1

@@ -7,8 +7,8 @@ import sys
 
 import pytest
 
-from helpers import run
 from workctl.types import registry
+from helpers import run
 
 PLUGIN = '''
 from workctl.types.base import OrderType, PlannedItem

@@ -14,9 +14,9 @@ from typing import Any
 
 import pytest
 
-from helpers import make_users, run
 from workctl.errors import Invalid
 from workctl.sources.sample_server import SampleServer, sample_user
+from helpers import make_users, run
 
 NOW = "2026-03-01T00:00:00Z"
 NOW_STORED = "2026-03-01T00:00:00.000000Z"

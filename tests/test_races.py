@@ -12,14 +12,14 @@ import textwrap
 from collections import defaultdict
 from pathlib import Path
 
-from conftest import events, read_users, rows, sync_result
+
 from workctl import Workctl
 from workctl.clock import ManualClock
 from workctl.config import Config
 from workctl.store.sqlite_migrations import MIGRATION_NAMES
+from helpers import NOW, REPO, events, read_users, result_for_item, rows
 
-REPO = Path(__file__).resolve().parents[1]
-NOW = "2026-01-01T00:00:00Z"  # every process reads the same pinned time, so no lease can expire mid-race
+# NOW: every process reads the same pinned time, so no lease can expire mid-race
 AGENTS = 4
 ITEMS = 1000
 
@@ -193,7 +193,7 @@ def test_concurrent_approvals_apply_once(tmp_path, db_path, users_db):
         order_id = wc.propose("user.data.sync", {"source": "crm", "user_ids": list(range(1, 151))})["order"]["id"]
         for _ in range(3):
             item = wc.checkout(agent="a")["item"]
-            wc.submit(item["id"], sync_result(item["input"]), agent="a")
+            wc.submit(item["id"], result_for_item(item["input"]), agent="a")
 
     reports = race(APPROVE, db_path, tmp_path, order_id)
 

@@ -6,8 +6,8 @@ import json
 import shlex
 import sys
 
-from helpers import run
 from workctl import Workctl
+from helpers import run
 
 WORKCTL = f"{shlex.quote(sys.executable)} -m workctl"
 

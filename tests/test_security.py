@@ -28,15 +28,13 @@ from pathlib import Path
 
 import pytest
 
-from conftest import seed_users
-from conftest import sync_result as result_for_item
-from helpers import make_users, run, snapshot, sync_result
-from reliability_support import NOW, figure, users_rows
+
 from workctl import Workctl
 from workctl.clock import ManualClock
 from workctl.config import Config
 from workctl.sources.sample_server import Faults, SampleServer
 from workctl.types import get_type
+from helpers import NOW, figure, file_snapshot, make_users, result_for_item, result_for_users, run, users_rows
 
 NASTY = [
     "x'; DROP TABLE users; --",
@@ -102,10 +100,10 @@ def injection_cases(s, nasty):
         (["retry", nasty], 4, "item_not_found", None),
         # agent ids and tokens are only ever compared: the holder's item refuses them
         (["heartbeat", s["item"], "--agent", nasty], 6, "lease_held_by_other", None),
-        (["submit", s["item"], "--agent", nasty, "--result", json.dumps(sync_result(s["users"]))], 6,
+        (["submit", s["item"], "--agent", nasty, "--result", json.dumps(result_for_users(s["users"]))], 6,
          "lease_held_by_other", None),
         (["submit", s["item"], "--agent", "agent-a", "--lease-token", nasty, "--result",
-          json.dumps(sync_result(s["users"]))], 6, "stale_lease_token", None),
+          json.dumps(result_for_users(s["users"]))], 6, "stale_lease_token", None),
         (["release", s["item"], "--agent", "agent-a", "--lease-token", nasty], 6, "stale_lease_token", None),
         (["sources", "check", nasty], 5, source_code, None),
         (["sync", "--source", nasty, "--users", "1-3"], 5, source_code, None),
@@ -120,7 +118,7 @@ def injection_cases(s, nasty):
 @pytest.mark.parametrize("nasty", NASTY)
 def test_sql_injection_through_every_name_is_refused_or_inert(store, nasty):
     db = store["db"]
-    schema, users, before = schema_of(db), full_users(db), snapshot(db)
+    schema, users, before = schema_of(db), full_users(db), file_snapshot(db)
     cases = injection_cases(store, nasty)
     for argv, exit_code, code, env in cases:
         out = run(db, *argv, "--json", env=env)
@@ -129,7 +127,7 @@ def test_sql_injection_through_every_name_is_refused_or_inert(store, nasty):
             assert out.json["error"]["code"] == code, (argv, out.json)
         else:
             assert out.json == {"orders": []}
-    assert schema_of(db) == schema and full_users(db) == users and snapshot(db) == before
+    assert schema_of(db) == schema and full_users(db) == users and file_snapshot(db) == before
 
 
 def test_injection_in_an_agent_id_a_reason_and_a_key_is_stored_as_text(store):
@@ -137,7 +135,7 @@ def test_injection_in_an_agent_id_a_reason_and_a_key_is_stored_as_text(store):
     db, nasty = store["db"], NASTY[0]
     schema, users = schema_of(db), full_users(db)
     leased = run(db, "checkout", store["order"], "--agent", nasty, "--json").json["item"]
-    result = json.dumps(sync_result(leased["input"]["user_ids"]))
+    result = json.dumps(result_for_users(leased["input"]["user_ids"]))
     done = run(db, "submit", leased["id"], "--agent", nasty, "--lease-token", leased["lease_token"], "--result", result,
                "--idempotency-key", nasty, "--json")
     assert done.exit_code == 0, done.stderr
@@ -303,14 +301,14 @@ def test_a_result_cannot_touch_a_user_outside_its_batch(store, disguise):
     """Item A covers users 1-50. Another batch's user (51), a user of no order (101-150), and ids that
     only look like batch users (string, float, bool) are all refused; nothing changes."""
     db = store["db"]
-    before, users = snapshot(db), full_users(db)
-    bad = sync_result(store["users"])
+    before, users = file_snapshot(db), full_users(db)
+    bad = result_for_users(store["users"])
     bad["synced_users"][0]["user_id"] = disguise
     out = run(db, "submit", store["item"], "--agent", "agent-a", "--lease-token", store["token"], "--result",
               json.dumps(bad), "--json")
     assert out.exit_code == 5 and out.json["error"]["code"] == "result_invalid", out.stdout
     assert any(d["path"] == "synced_users.0.user_id" for d in out.json["error"]["details"])
-    assert snapshot(db) == before and full_users(db) == users
+    assert file_snapshot(db) == before and full_users(db) == users
 
 
 def test_an_approved_order_writes_only_its_own_synced_users(tmp_path):
@@ -322,7 +320,7 @@ def test_an_approved_order_writes_only_its_own_synced_users(tmp_path):
         order_id = wc.propose("user.data.sync", {**SYNC, "min_success_ratio": 0.9})["order"]["id"]
         for agent in ("a", "b"):
             item = wc.checkout(agent=agent)["item"]
-            result = sync_result(item["input"]["user_ids"])
+            result = result_for_users(item["input"]["user_ids"])
             if 5 in item["input"]["user_ids"]:
                 result["synced_users"] = [u for u in result["synced_users"] if u["user_id"] != 5]
                 result["failed_users"] = [{"user_id": 5, "error": "not found"}]
@@ -484,7 +482,7 @@ def test_webhook_signatures_verify_and_tampering_does_not(tmp_path, monkeypatch)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         db = tmp_path / "w.db"
-        seed_users(db, 10)
+        make_users(db, 10, filled=True)
         config = tmp_path / "workctl.toml"
         config.write_text(f'[[webhooks]]\nurl = "http://127.0.0.1:{server.server_address[1]}/hook"\n'
                           'secret_env = "WORKCTL_TEST_WEBHOOK_SECRET"\n')

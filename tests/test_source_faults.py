@@ -25,14 +25,14 @@ from dataclasses import replace
 
 import pytest
 
-from conftest import seed_users
-from reliability_support import NOW, child_env, figure, lease_violations, trail, users_rows, workctl_cmd
+
 from workctl import Workctl
 from workctl.clock import ManualClock
 from workctl.config import Config
 from workctl.sources.client import SourceClient
 from workctl.sources.sample_server import Faults, SampleServer, sample_user
 from workctl.agents.sync import Syncer, SyncOptions
+from helpers import NOW, child_env, events, figure, lease_violations, make_users, users_rows, workctl_cmd
 
 FIELDS = ["email", "phone", "company"]
 MAX_ATTEMPTS = 4
@@ -80,7 +80,7 @@ class RecordingSleep:
 def run_scenario(tmp_path, name: str, *, bulk: bool, ratio: float, users: int = 60, batch: int = 10) -> dict:
     faults, allowed = SCENARIOS[name]
     db = tmp_path / "w.db"
-    seed_users(db, users)
+    make_users(db, users, filled=True)
     before = users_rows(db, "email, phone, company")
     fake = RecordingSleep()
     with SampleServer(faults=faults) as server:
@@ -147,7 +147,7 @@ def run_scenario(tmp_path, name: str, *, bulk: bool, ratio: float, users: int = 
     accounted = synced | set(failed)
     released_users = {u for it in shown["items"] if it["state"] != "submitted" for u in it["input"]["user_ids"]}
     assert accounted | released_users == set(range(1, users + 1))
-    assert lease_violations(trail(db)) == []
+    assert lease_violations(events(db)) == []
     # -- what reached the users table
     rows = users_rows(db, "email, phone, company")
     for uid in range(1, users + 1):
@@ -196,7 +196,7 @@ def test_mixed_faults_through_the_real_cli(tmp_path):
     allowed = SCENARIOS["mixed"][1]
     db = tmp_path / "w.db"
     users, batch = 120, 20
-    seed_users(db, users)
+    make_users(db, users, filled=True)
     payload = json.dumps({"source": "crm", "user_ids": list(range(1, users + 1)), "fields": FIELDS,
                           "batch_size": batch, "min_success_ratio": 0.75})
     rounds = []
@@ -231,9 +231,9 @@ def test_mixed_faults_through_the_real_cli(tmp_path):
         if item["state"] in ("queued", "failed"):
             assert item["error"]["message"], item
     if shown["order"]["state"] == "completed":
-        assert len(trail(db, "order_id = ? AND event = 'applied'", (order_id,))) == 1
+        assert len(events(db, "order_id = ? AND event = 'applied'", (order_id,))) == 1
         synced = {u["user_id"] for it in shown["items"] for u in it["result"]["synced_users"]}
         rows = users_rows(db, "email, phone, company")
         assert all(rows[u] == tuple(sample_user("crm", u)[f] for f in FIELDS) for u in synced)
-    assert lease_violations(trail(db)) == []
+    assert lease_violations(events(db)) == []
     figure("R4-cli", scenario="mixed", users=users, rounds=rounds, final=shown["order"]["state"])

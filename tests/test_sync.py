@@ -11,7 +11,6 @@ import sqlite3
 from dataclasses import replace
 
 
-from helpers import make_users, run
 from workctl import Workctl
 from workctl.clock import ManualClock
 from workctl.config import Config
@@ -19,6 +18,7 @@ from workctl.sources.client import SourceClient
 from workctl.sources.config import load_source
 from workctl.sources.sample_server import Faults, SampleServer, sample_user
 from workctl.agents.sync import Syncer, SyncOptions
+from helpers import make_users, run
 
 FIELDS = ["email", "phone", "company"]
 

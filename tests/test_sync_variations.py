@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Any
 
 
-from helpers import make_users, run, run_process
 from workctl.sources.sample_server import Faults, SampleServer, sample_user, updated_at
 from workctl.core.outbox import verify
+from helpers import make_users, run, run_process
 
 SECRET = "whsec-sentinel-5f4e3d2c1b0a"
 

@@ -216,7 +216,7 @@ class Workctl:
     def local_user_ids(self) -> list[int]:
         """Ids of the users table in the target database (for ``sync --users all``)."""
         from .store.target import local_user_ids
-        return local_user_ids(self.session)
+        return local_user_ids(self.session.target())
 
     @_store_errors
     def log(self, order_id: str, *, after_id: int = 0) -> list[dict[str, Any]]:

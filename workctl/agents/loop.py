@@ -10,7 +10,6 @@ say how to check an item out and how to work it; the report counts what became o
 from __future__ import annotations
 
 import threading
-import time
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol

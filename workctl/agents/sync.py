@@ -86,7 +86,7 @@ def build_result(user_ids: list[int], outcomes: list[UserOutcome],
                            "error_class": outcome.error_class or "error"})
     result = {"success": not failed, "synced_users": synced,
               "failed_users": [{"user_id": f["user_id"], "error": f"{f['error_class']}: {f['error']}"} for f in failed],
-              "errors": sorted({f["error_class"] for f in failed})}
+              "errors": sorted({str(f["error_class"]) for f in failed})}
     if unchanged:
         result["unchanged_users"] = unchanged
     return result, failed

@@ -9,11 +9,13 @@ from typing import Annotated
 import typer
 
 from .. import __version__
-from ..commands import (approve, checkout, demo, heartbeat, log, maintain, orders, propose, reject, release, retry, run, show, sources, status, submit, sync, types)
+from ..commands import approve, checkout, demo, heartbeat, log, maintain, orders, propose, reject, release, retry
 from ..commands import diff as diff_command
-from ..commands import revert as revert_command
-from ..commands import why as why_command
 from ..commands import failures as failures_command
+from ..commands import revert as revert_command
+from ..commands import run as run_command
+from ..commands import show, sources, status, submit, sync, types
+from ..commands import why as why_command
 from ..commands._common import Globals
 from ..errors import ExitCode
 
@@ -49,7 +51,7 @@ app.add_typer(types.app, name="types")
 app.add_typer(sources.app, name="sources")
 for command in (demo.demo, propose.propose, checkout.checkout, heartbeat.heartbeat, release.release, submit.submit,
                 approve.approve, reject.reject, status.status, orders.orders, show.show, log.log,
-                maintain.maintain, retry.retry, sync.sync, run.run, diff_command.diff, revert_command.revert,
+                maintain.maintain, retry.retry, sync.sync, run_command.run, diff_command.diff, revert_command.revert,
                 why_command.why, failures_command.failures):
     app.command(command.__name__)(command)
 
@@ -76,9 +78,7 @@ def main(argv: list[str] | None = None) -> int:
 
         error = WorkctlError(exc.format_message(), code="usage")
         render.error(error, as_json="--json" in args or "--nl" in args)
-        return int(ExitCode.USAGE) if exc.exit_code == 2 else exc.exit_code
+        exit_code: int = exc.exit_code  # type: ignore[attr-defined]  # click's exceptions carry it (checked above)
+        return int(ExitCode.USAGE) if exit_code == 2 else exit_code
     return code if isinstance(code, int) else 0
 
-
-def run() -> None:
-    sys.exit(main())

@@ -50,6 +50,8 @@ SYNTAX: dict[str, tuple[tuple[tuple[str, bool], ...], dict[str, tuple[str, bool]
     "status": ((("order_id", False),), {"--json": ("json_", False)}, {}),
 }
 _GLOBAL = {"--db": "db", "--config": "config"}
+# Options of the Typer commands that the fast path deliberately leaves to Typer (they render with rich).
+FALLBACK_ONLY = {"status": frozenset({"--watch", "--interval"})}
 
 
 def _value_ok(value: str) -> bool:
@@ -57,72 +59,94 @@ def _value_ok(value: str) -> bool:
     return value == "-" or not value.startswith("-")
 
 
-def parse(argv: list[str]) -> tuple[str, dict[str, Any]] | None:
-    """(command, keyword arguments incl. db and config) for a form the fast path handles, else None."""
-    args: dict[str, Any] = {"db": None, "config": None}
-    i, n = 0, len(argv)
-    while i < n and argv[i][:1] == "-" and len(argv[i]) > 1:  # group options, before the command name
+class _Fallback(Exception):
+    """The form is not one the fast path handles: the Typer app parses it (and reports any error)."""
+
+
+def _value(argv: list[str], i: int, eq: str, value: str) -> tuple[str, int]:
+    """The option's value (``--opt=value`` or ``--opt value``) and the index of the last token used."""
+    if eq:
+        return value, i
+    if i + 1 >= len(argv) or not _value_ok(argv[i + 1]):
+        raise _Fallback
+    return argv[i + 1], i + 1
+
+
+def _group_options(argv: list[str], args: dict[str, Any]) -> int:
+    """``--db``/``--config`` before the command name; returns the command name's index."""
+    i = 0
+    while i < len(argv) and argv[i][:1] == "-" and len(argv[i]) > 1:
         name, eq, value = argv[i].partition("=")
         key = _GLOBAL.get(name)
         if key is None or args[key] is not None:
-            return None
-        if not eq:
-            if i + 1 >= n or not _value_ok(argv[i + 1]):
-                return None
-            value = argv[i + 1]
-            i += 1
-        args[key] = value
+            raise _Fallback
+        args[key], i = _value(argv, i, eq, value)
         i += 1
-    if i >= n or argv[i] not in SYNTAX:
-        return None
-    command = argv[i]
-    positional, options, envvars = SYNTAX[command]
-    for keyword, takes_value in options.values():
-        args[keyword] = None if takes_value else False
+    if i >= len(argv) or argv[i] not in SYNTAX:
+        raise _Fallback
+    return i
+
+
+def _command_options(argv: list[str], i: int, options: dict[str, tuple[str, bool]], args: dict[str, Any]) -> list[str]:
+    """The command's options (into ``args``) and its positional words, interspersed as Click allows."""
     words: list[str] = []
     seen: set[str] = set()
-    i += 1
-    while i < n:
+    while i < len(argv):
         token = argv[i]
         if token == "--":
-            return None
+            raise _Fallback
         if token[:1] == "-" and len(token) > 1:
             name, eq, value = token.partition("=")
             if name not in options or name in seen:
-                return None
+                raise _Fallback
             seen.add(name)
             keyword, takes_value = options[name]
-            if not takes_value:
-                if eq:
-                    return None
-                args[keyword] = True
+            if takes_value:
+                args[keyword], i = _value(argv, i, eq, value)
+            elif eq:
+                raise _Fallback
             else:
-                if not eq:
-                    if i + 1 >= n or not _value_ok(argv[i + 1]):
-                        return None
-                    value = argv[i + 1]
-                    i += 1
-                args[keyword] = value
+                args[keyword] = True
         else:
             words.append(token)
         i += 1
+    return words
+
+
+def _positionals(words: list[str], positional: tuple[tuple[str, bool], ...], args: dict[str, Any]) -> None:
     if len(words) > len(positional):
-        return None
+        raise _Fallback
     for index, (keyword, required) in enumerate(positional):
-        if index < len(words):
-            args[keyword] = words[index]
-        elif required:
-            return None
-        else:
-            args[keyword] = None
-    if "ttl" in args and args["ttl"] is not None:
-        ttl = args["ttl"]
+        if index >= len(words) and required:
+            raise _Fallback
+        args[keyword] = words[index] if index < len(words) else None
+
+
+def _check(command: str, args: dict[str, Any]) -> None:
+    """What Click would refuse (or render with rich) goes to the fallback, which says it properly."""
+    ttl = args.get("ttl")
+    if ttl is not None:
         if not (ttl.isascii() and ttl.isdigit() and int(ttl) >= 1):
-            return None  # Click's IntRange(min=1) message comes from the fallback
+            raise _Fallback  # Click's IntRange(min=1) message comes from the fallback
         args["ttl"] = int(ttl)
     if command == "submit" and args["result"] is None:
-        return None  # a missing required option: Click says so
+        raise _Fallback  # a missing required option: Click says so
     if command == "status" and not args["json_"]:
+        raise _Fallback  # the human status renders with rich
+
+
+def parse(argv: list[str]) -> tuple[str, dict[str, Any]] | None:
+    """(command, keyword arguments incl. db and config) for a form the fast path handles, else None."""
+    args: dict[str, Any] = {"db": None, "config": None}
+    try:
+        i = _group_options(argv, args)
+        command = argv[i]
+        positional, options, envvars = SYNTAX[command]
+        for keyword, takes_value in options.values():
+            args[keyword] = None if takes_value else False
+        _positionals(_command_options(argv, i + 1, options, args), positional, args)
+        _check(command, args)
+    except _Fallback:
         return None
     for keyword, variable in envvars.items():  # Click: an option's envvar counts only when non-empty
         if args[keyword] is None:

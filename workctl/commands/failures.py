@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -32,11 +32,11 @@ def failures(
         return
     # One order: no order or source column. Times to the second; the whole message is in --json.
     columns = ["user", "class", "attempt", "failed at (UTC)", "message"]
-    rows = [(f["user_id"], f["error_class"], f["attempt"], f["created_at"][:19].replace("T", " "),
+    rows: list[tuple[Any, ...]] = [(f["user_id"], f["error_class"], f["attempt"], f["created_at"][:19].replace("T", " "),
              render.compact(f["message"].split(": ", 1)[-1], 40)) for f in listed]
     if not order_id:
         columns[:1] = ["order", "user", "source"]
-        rows = [(f["order_id"][:8], f["user_id"], f["source"], *row[1:]) for f, row in zip(listed, rows)]
+        rows = [(f["order_id"][:8], f["user_id"], f["source"], *row[1:]) for f, row in zip(listed, rows, strict=True)]
     render.table(None, columns, rows)
     classes = Counter(f["error_class"] for f in listed)
     by_class = ", ".join(f"{name} {count}" for name, count in sorted(classes.items()))

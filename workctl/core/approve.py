@@ -105,7 +105,7 @@ def approve(s: Session, order_id: str, *, actor: Actor, dry_run: bool = False,
                 "diff": _dry_run(s, order_type, settings, order, items), "dry_run": True}
     hooks = outbox.configured(s.config)  # a malformed [[webhooks]] is refused here, before anything is written
     now = s.now()
-    target = targets.Target(s)
+    target = s.target()
     applied: tuple[dict[str, Any], Encoded] | None = None
     if not target.same:
         # Separate file: commit the apply + marker there first; a crash before the store commit is
@@ -138,7 +138,7 @@ def approve(s: Session, order_id: str, *, actor: Actor, dry_run: bool = False,
 def _dry_run(s: Session, order_type: OrderType, settings: dict[str, Any], order: dict[str, Any],
              items: list[dict[str, Any]]) -> dict[str, Any]:
     """The diff approve would produce, computed by the same apply in a transaction that is rolled back."""
-    with targets.Target(s) as tconn:
+    with s.target() as tconn:
         tconn.execute("BEGIN")
         try:
             return order_type.apply(ApplyContext(target=tconn, settings=settings, dry_run=True), order, items)

@@ -182,7 +182,7 @@ _PRESENT_SQL = "SELECT " + ", ".join(
 
 def present_item_states(conn: sqlite3.Connection, order_id: str) -> frozenset[str]:
     flags = conn.execute(_PRESENT_SQL, (order_id,)).fetchone()
-    return frozenset(state for state, flag in zip(ITEM_STATES, flags) if flag)
+    return frozenset(state for state, flag in zip(ITEM_STATES, flags, strict=True) if flag)
 
 
 def refresh_order(conn: sqlite3.Connection, order_id: str, *, now: str, actor: Actor | None = None) -> str:

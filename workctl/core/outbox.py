@@ -255,7 +255,7 @@ def deliver(s: Any, hooks: list[Webhook], *, order_id: str | None = None,
         names = list(by_name)
         condition += f" AND webhook IN ({', '.join('?' for _ in names)})"
         params.extend(names)
-        due = [dict(zip(("id", "webhook", "event", "order_id", "payload", "attempts", "next_attempt_at"), tuple(r)))
+        due = [dict(zip(("id", "webhook", "event", "order_id", "payload", "attempts", "next_attempt_at"), tuple(r), strict=True))
                for r in s.conn.execute("SELECT id, webhook, event, order_id, payload, attempts, next_attempt_at "
                                        f"FROM outbox WHERE {condition} ORDER BY id", params)]
         if due:
@@ -323,7 +323,7 @@ def outbox(s: Any, *, order_id: str | None = None, state: str | None = None,
                           (*params, limit)).fetchall()
     out = []
     for r in reversed(rows):
-        row = dict(zip(keys, tuple(r)))
+        row = dict(zip(keys, tuple(r), strict=True))
         row["payload"] = json.loads(row["payload"])
         row["next_attempt_at"] = row["next_attempt_at"] or None
         out.append(row)

@@ -7,7 +7,6 @@ from typing import Any
 from ..errors import Invalid
 from ..jsonio import dumps
 from ..store.sqlite import write_tx
-from ..store.target import Target
 from ..types import get_type
 from .ids import new_id
 from .idempotency import Guard
@@ -22,7 +21,7 @@ def propose(s: Session, type_name: str, payload: Any, *, priority: int = 0, acto
     if (earlier := guard.replay(s.conn)) is not None:
         return earlier
     order_type.validate_payload(payload)
-    with Target(s) as target:
+    with s.target() as target:
         prepared = order_type.prepare(payload, {**s.config.type_settings(type_name), "target": target,
                                                   "store": s.conn})
     # Streamed: each planned item becomes its row dict at once (no second list of PlannedItems).

@@ -62,7 +62,7 @@ def show(s: Session, order_id: str) -> dict[str, Any]:
 def _event(row: tuple[Any, ...]) -> dict[str, Any]:
     keys = ("id", "order_id", "item_id", "entity", "event", "from", "to", "actor_type", "actor_id",
             "payload", "created_at")
-    event = dict(zip(keys, row))
+    event = dict(zip(keys, row, strict=True))
     event["payload"] = loads(event["payload"])
     return event
 
@@ -87,7 +87,6 @@ def pending_sources(s: Session, type_name: str, order_id: str | None = None) -> 
     if order_id:
         row = s.order_row(order_id)
         if row["type"] != type_name:
-            from ..errors import Invalid
             raise Invalid(f"order {order_id} is a {row['type']} order; this command handles {type_name}",
                           code="wrong_order_type")
         return [loads(row["payload"])["source"]]

@@ -32,7 +32,7 @@ def reject(s: Session, order_id: str, *, reason: str, requeue: bool = False, act
     # The marker is looked for under the target's write lock, held until the reject is committed: an
     # approve applying to the target meanwhile either committed first (its marker is seen) or waits
     # and then sees this reject (approve re-checks the order under the same lock).
-    target = targets.Target(s)
+    target = s.target()
     with contextlib.ExitStack() as held:
         if not target.same and os.path.exists(target.path):
             tconn = held.enter_context(target)

@@ -10,6 +10,7 @@ from ..clock import Clock, iso
 from ..config import Config
 from ..errors import NotFound
 from ..jsonio import loads
+from ..store.target import Target
 
 
 @dataclass
@@ -27,6 +28,10 @@ class Session:
         if row is None:
             raise NotFound(f"no order with id '{order_id}'", code="order_not_found")
         return row
+
+    def target(self) -> Target:
+        """The database holding the users table (the store's own, or ``[target] db``)."""
+        return Target(self.conn, self.db_path, self.config.target_db)
 
     def item_row(self, item_id: str) -> sqlite3.Row:
         row = self.conn.execute("SELECT * FROM items WHERE id = ?", (item_id,)).fetchone()

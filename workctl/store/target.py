@@ -12,12 +12,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
-from typing import TYPE_CHECKING, Any
-
 from ..errors import Invalid
-
-if TYPE_CHECKING:
-    from ..core.session import Session
 
 APPLIED_MARKER = "_workctl_applied"
 REVERTED_MARKER = "_workctl_reverted"
@@ -43,15 +38,15 @@ def same_file(a: str, b: str) -> bool:
 
 
 class Target:
-    """``with Target(session) as conn:`` — the connection to the target database.
+    """``with session.target() as conn:`` — the connection to the target database.
 
     When the target is the store's own file this is the store's connection (so approve applies and
     records in one transaction); otherwise a connection of its own, closed on exit."""
 
-    def __init__(self, s: Session):
-        self.store_conn = s.conn
-        self.path = s.config.target_db or s.db_path
-        self.same = same_file(self.path, s.db_path)
+    def __init__(self, store_conn: sqlite3.Connection, store_path: str, target_path: str | None):
+        self.store_conn = store_conn
+        self.path = target_path or store_path
+        self.same = same_file(self.path, store_path)
         self._own: sqlite3.Connection | None = None
 
     def __enter__(self) -> sqlite3.Connection:
@@ -73,8 +68,8 @@ def user_columns(conn: sqlite3.Connection) -> list[str]:
     return [row[1] for row in conn.execute("SELECT * FROM pragma_table_info('users')")]
 
 
-def local_user_ids(s: Session) -> list[int]:
-    with Target(s) as target:
+def local_user_ids(target_db: Target) -> list[int]:
+    with target_db as target:
         try:
             return [row[0] for row in target.execute("SELECT id FROM users ORDER BY id")]
         except sqlite3.OperationalError as exc:

@@ -36,7 +36,7 @@ def reduced_schema(schema: Any, payload: Any) -> dict[str, Any] | None:
     properties = schema.get("properties")
     if schema.get("type", "object") != "object" or not isinstance(properties, dict):
         return None
-    proven = {name: {} for name, sub in properties.items()
+    proven: dict[str, Any] = {name: {} for name, sub in properties.items()
               if type(payload.get(name)) is list and len(payload[name]) >= THRESHOLD
               and array_is_valid(sub, payload[name])}
     if not proven:
@@ -58,7 +58,7 @@ def _array_is_valid(sub: Any, value: list[Any]) -> bool:
     items = sub.get("items")
     if not isinstance(items, dict) or not set(items) <= _ITEM_KEYS:
         return False
-    exact = _EXACT.get(items.get("type"))
+    exact = _EXACT.get(str(items.get("type")))
     if exact is None:
         return False
     n = len(value)

@@ -42,7 +42,7 @@ def parse_time(text: str) -> datetime | None:
 def get_cursor(conn: sqlite3.Connection, source: str) -> dict[str, Any] | None:
     row = conn.execute("SELECT source, cursor, order_id, updated_at FROM sync_cursors WHERE source = ?",
                        (source,)).fetchone()
-    return None if row is None else dict(zip(("source", "cursor", "order_id", "updated_at"), tuple(row)))
+    return None if row is None else dict(zip(("source", "cursor", "order_id", "updated_at"), tuple(row), strict=True))
 
 
 def prepare(payload: Mapping[str, Any], prepared: dict[str, Any], store: sqlite3.Connection | None) -> None:
@@ -106,5 +106,5 @@ def advance(conn: sqlite3.Connection, order: Mapping[str, Any], now: str) -> dic
 
 
 def cursors(conn: sqlite3.Connection) -> list[dict[str, Any]]:
-    return [dict(zip(("source", "cursor", "order_id", "updated_at"), tuple(r))) for r in conn.execute(
+    return [dict(zip(("source", "cursor", "order_id", "updated_at"), tuple(r), strict=True)) for r in conn.execute(
         "SELECT source, cursor, order_id, updated_at FROM sync_cursors ORDER BY source")]

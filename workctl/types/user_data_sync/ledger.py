@@ -53,7 +53,7 @@ def record(conn: sqlite3.Connection, *, order_id: str, item_id: str, source: str
 
 def _row(r: sqlite3.Row | tuple[Any, ...]) -> dict[str, Any]:
     keys = ("id", "order_id", "item_id", "user_id", "source", "error_class", "message", "attempt", "created_at")
-    return dict(zip(keys, tuple(r)))
+    return dict(zip(keys, tuple(r), strict=True))
 
 
 def list_failures(s: Session, order_id: str | None = None, *, source: str | None = None,

@@ -33,7 +33,7 @@ from typing import Any, Iterable, Mapping
 from ...core.lifecycle import Actor, append_event
 from ...core.session import Session
 from ...jsonio import loads
-from ...store.target import Target, quote, user_columns
+from ...store.target import quote, user_columns
 from .fields import AT_SUFFIX, FROM_SUFFIX
 
 POLICIES = ("overwrite", "fill_empty", "skip_if_newer")
@@ -274,7 +274,7 @@ def history(s: Session, user_id: int, field_name: str | None = None) -> dict[str
 
 def _current_values(s: Session, user_id: int, fields: list[str]) -> dict[str, Any]:
     try:
-        with Target(s) as target:
+        with s.target() as target:
             columns = set(user_columns(target))
             readable = [f for f in fields if f in columns]
             if not columns:
@@ -285,4 +285,4 @@ def _current_values(s: Session, user_id: int, fields: list[str]) -> dict[str, An
         return {"exists": False, "values": {}}
     if row is None:
         return {"exists": False, "values": {}}
-    return {"exists": True, "values": dict(zip(readable, row[1:]))}
+    return {"exists": True, "values": dict(zip(readable, row[1:], strict=True))}

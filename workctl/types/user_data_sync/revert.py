@@ -125,7 +125,7 @@ def revert(s: Session, order_id: str, *, actor: Actor, dry_run: bool = False) ->
     changes = recorded_changes(s.conn, row)
     now = s.now()
     revert_id = new_id()
-    target = targets.Target(s)
+    target = s.target()
 
     if dry_run:
         with target as tconn:

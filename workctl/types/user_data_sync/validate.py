@@ -66,8 +66,8 @@ def problems(item_input: Mapping[str, Any], result: Any, payload: Mapping[str, A
         return [{"path": "$", "message": "result must be a JSON object"}]
     check = Check(batch=item_input["user_ids"], fields=frozenset(item_input["fields"]))
     check_shape(check, result)
-    synced = result.get("synced_users") if isinstance(result.get("synced_users"), list) else []
-    failed = result.get("failed_users", []) if isinstance(result.get("failed_users", []), list) else []
+    synced: list[Any] = result["synced_users"] if isinstance(result.get("synced_users"), list) else []
+    failed: list[Any] = result["failed_users"] if isinstance(result.get("failed_users"), list) else []
     for i, entry in enumerate(synced):
         check_synced_entry(check, i, entry)
     for i, entry in enumerate(failed):
