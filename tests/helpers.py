@@ -299,6 +299,26 @@ def per_item_counts(events: list[dict[str, Any]]) -> dict[str, dict[str, int]]:
 
 
 # -- reading a store ----------------------------------------------------------------------------------
+def query(db: Path | str, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    conn = sqlite3.connect(db)
+    try:
+        return conn.execute(sql, params).fetchall()
+    finally:
+        conn.close()
+
+
+def newer_store(db: Path) -> Path:
+    """A store as a newer workctl would leave it: a migration this version does not know."""
+    assert run(db, "status").exit_code == 0
+    conn = sqlite3.connect(db)
+    conn.execute("INSERT INTO _sqlite_migrations (migration_set, name, applied_at) "
+                 "VALUES ('workctl', 'm999_from_the_future', '2030-01-01')")
+    conn.commit()
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    conn.close()
+    return db
+
+
 def users_rows(db: Path | str, columns: str = "*") -> dict[int, tuple[Any, ...]]:
     conn = sqlite3.connect(str(db))
     try:

@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 
 import workctl.cli.jsoninput
-from helpers import NOW, figure, file_snapshot, make_users, result_for_users, run, run_process
+from helpers import NOW, figure, file_snapshot, make_users, newer_store, result_for_users, run, run_process
 
 SYNC = {"source": "crm", "user_ids": list(range(1, 101)), "fields": ["email", "phone", "company"]}
 FUTURE = "2099-01-01T00:00:00Z"
@@ -322,18 +322,6 @@ def corrupt_store(tmp_path: Path) -> Path:
     return db
 
 
-def newer_store(tmp_path: Path) -> Path:
-    db = tmp_path / "future.db"
-    assert run(db, "status").exit_code == 0
-    conn = sqlite3.connect(db)
-    conn.execute("INSERT INTO _sqlite_migrations (migration_set, name, applied_at) "
-                 "VALUES ('workctl', 'm999_from_the_future', '2030-01-01')")
-    conn.commit()
-    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-    conn.close()
-    return db
-
-
 def files_of(db: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in db.parent.iterdir() if p.name.startswith(db.name)}
 
@@ -351,7 +339,7 @@ COMMANDS = {
 @pytest.mark.parametrize("command", list(COMMANDS))
 @pytest.mark.parametrize("kind", ["corrupt", "too new"])
 def test_a_store_workctl_must_not_touch_is_refused_byte_for_byte(tmp_path, kind, command):
-    db = corrupt_store(tmp_path) if kind == "corrupt" else newer_store(tmp_path)
+    db = corrupt_store(tmp_path) if kind == "corrupt" else newer_store(tmp_path / "future.db")
     before = files_of(db)
     out = run(db, *COMMANDS[command](), "--json")
     if kind == "corrupt":

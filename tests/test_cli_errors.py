@@ -4,11 +4,10 @@ database unchanged (sha256 of the main file after folding the WAL in, plus a log
 from __future__ import annotations
 
 import json
-import sqlite3
 from pathlib import Path
 
 import pytest
-from helpers import file_snapshot, make_users, result_for_users, run, run_process
+from helpers import file_snapshot, make_users, newer_store, result_for_users, run, run_process
 
 
 SYNC = {"source": "crm", "user_ids": list(range(1, 101)), "fields": ["email", "phone", "company"]}
@@ -192,13 +191,7 @@ def test_corrupt_database_is_refused_untouched(tmp_path):
 
 
 def test_database_from_a_newer_workctl_is_refused_untouched(tmp_path):
-    db = tmp_path / "future.db"
-    assert run(db, "status").exit_code == 0
-    conn = sqlite3.connect(db)
-    conn.execute("INSERT INTO _sqlite_migrations (migration_set, name, applied_at) "
-                 "VALUES ('workctl', 'm999_from_the_future', '2030-01-01')")
-    conn.commit()
-    conn.close()
+    db = newer_store(tmp_path / "future.db")
     before = file_snapshot(db)
     out = run(db, "checkout", "--agent", "a", "--json")
     assert out.exit_code == 8 and out.json["error"]["code"] == "database_too_new"

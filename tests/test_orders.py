@@ -609,17 +609,7 @@ def test_apply_is_exactly_once_when_the_store_commit_does_not_happen(split, db_p
     order_id = propose_users(split)["order"]["id"]
     work_all(split, order_id)
     users_before = read_users(app_db)
-
-    split.session.conn.execute("PRAGMA busy_timeout = 50")
-    blocker = sqlite3.connect(str(db_path), isolation_level=None)
-    blocker.execute("BEGIN IMMEDIATE")
-    try:
-        with pytest.raises(StoreError) as info:
-            split.approve(order_id)
-        assert (info.value.code, info.value.exit_code) == ("database_locked", 8)
-    finally:
-        blocker.execute("ROLLBACK")
-        blocker.close()
+    assert _approve_with_store_commit_blocked(split, db_path, order_id).code == "database_locked"
 
     # the target holds the apply and its marker; the store never heard of it
     applied = read_users(app_db)
@@ -678,6 +668,7 @@ def _approve_with_store_commit_blocked(split, db_path, order_id):
         with pytest.raises(StoreError) as info:
             split.approve(order_id)
         assert info.value.exit_code == 8
+        return info.value
     finally:
         blocker.execute("ROLLBACK")
         blocker.close()

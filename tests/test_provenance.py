@@ -16,18 +16,10 @@ import pytest
 
 from workctl.errors import Invalid
 from workctl.sources.sample_server import SampleServer, sample_user
-from helpers import make_users, run
+from helpers import make_users, query, run
 
 NOW = "2026-03-01T00:00:00Z"
 NOW_STORED = "2026-03-01T00:00:00.000000Z"
-
-
-def query(db: Path, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-    conn = sqlite3.connect(db)
-    try:
-        return conn.execute(sql, params).fetchall()
-    finally:
-        conn.close()
 
 
 def execute(db: Path, sql: str, params: tuple[Any, ...] = ()) -> None:

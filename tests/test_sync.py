@@ -10,6 +10,7 @@ import json
 import sqlite3
 from dataclasses import replace
 
+import pytest
 
 from workctl import Workctl
 from workctl.clock import ManualClock
@@ -171,19 +172,11 @@ def test_timeouts(tmp_path):
     assert report["retries"] == 3
 
 
-def test_malformed_json_is_retried(tmp_path):
+@pytest.mark.parametrize("fault", [Faults(malformed_rate=0.2, seed=7), Faults(drop_rate=0.2, seed=3)],
+                         ids=["malformed_json", "dropped_connections"])
+def test_transient_faults_are_retried(tmp_path, fault):
     fake = FakeTime()
-    with SampleServer(faults=Faults(malformed_rate=0.2, seed=7)) as server:
-        db, config = make_world(tmp_path, server, users=30, source_settings={"bulk_path": "", "max_attempts": 8})
-        with Workctl(db, config=config) as wc:
-            propose(wc, list(range(1, 31)))
-            report = syncer(wc, fake).run().to_dict()
-    assert report["users"]["synced"] == 30 and report["retries"] > 0
-
-
-def test_dropped_connections_are_retried(tmp_path):
-    fake = FakeTime()
-    with SampleServer(faults=Faults(drop_rate=0.2, seed=3)) as server:
+    with SampleServer(faults=fault) as server:
         db, config = make_world(tmp_path, server, users=30, source_settings={"bulk_path": "", "max_attempts": 8})
         with Workctl(db, config=config) as wc:
             propose(wc, list(range(1, 31)))

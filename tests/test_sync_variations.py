@@ -17,17 +17,9 @@ from typing import Any
 
 from workctl.sources.sample_server import Faults, SampleServer, sample_user, updated_at
 from workctl.core.outbox import verify
-from helpers import make_users, run, run_process
+from helpers import make_users, query, run, run_process
 
 SECRET = "whsec-sentinel-5f4e3d2c1b0a"
-
-
-def query(db: Path, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-    conn = sqlite3.connect(db)
-    try:
-        return conn.execute(sql, params).fetchall()
-    finally:
-        conn.close()
 
 
 def events(db: Path, order_id: str, *names: str) -> list[dict[str, Any]]:
