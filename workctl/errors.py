@@ -42,11 +42,76 @@ EXIT_CODE_MEANINGS: dict[ExitCode, str] = {
 }
 
 
+# Every machine code an error can carry: code -> (exit code, what it means). The docs' error-code table is
+# generated from this, and tests/test_errors.py checks that every code raised anywhere is listed here with
+# the exit code of the exception that carries it.
+ERROR_CODES: dict[str, tuple[ExitCode, str]] = {
+    # 1: a bug
+    "internal_error": (ExitCode.ERROR, "an unexpected failure inside workctl; WORKCTL_DEBUG=1 shows the traceback"),
+    # 2: usage
+    "usage": (ExitCode.USAGE, "bad flags or arguments"),
+    # 3: no work
+    "no_items_available": (ExitCode.NO_WORK, "checkout found nothing to lease"),
+    # 4: not found
+    "not_found": (ExitCode.NOT_FOUND, "the thing named does not exist"),
+    "order_not_found": (ExitCode.NOT_FOUND, "no order with that id"),
+    "item_not_found": (ExitCode.NOT_FOUND, "no item with that id"),
+    "unknown_type": (ExitCode.NOT_FOUND, "no order type with that name"),
+    # 5: invalid
+    "invalid": (ExitCode.INVALID, "the input failed validation"),
+    "invalid_json": (ExitCode.INVALID, "a JSON input could not be parsed"),
+    "input_unreadable": (ExitCode.INVALID, "an input file could not be read"),
+    "input_too_large": (ExitCode.INVALID, "an input is larger than its limit"),
+    "payload_invalid": (ExitCode.INVALID, "the payload does not match the order type's schema"),
+    "result_invalid": (ExitCode.INVALID, "the submitted result was refused (the lease is kept)"),
+    "empty_plan": (ExitCode.INVALID, "the order plans no work items"),
+    "field_not_allowed": (ExitCode.INVALID, "a field is not a column the sync may write"),
+    "no_users_table": (ExitCode.INVALID, "the target database has no users table"),
+    "target_missing": (ExitCode.INVALID, "the configured target database does not exist"),
+    "wrong_order_type": (ExitCode.INVALID, "the order is of another type than the command handles"),
+    "invalid_users": (ExitCode.INVALID, "--users selects no valid user ids"),
+    "reason_required": (ExitCode.INVALID, "a rejection needs a reason"),
+    "approval_check_failed": (ExitCode.INVALID, "the order type refused the approval"),
+    "config_invalid": (ExitCode.INVALID, "the configuration file is malformed or has a bad value"),
+    "config_missing": (ExitCode.INVALID, "the configuration file named does not exist"),
+    "source_invalid": (ExitCode.INVALID, "a source's configuration is malformed"),
+    "source_not_configured": (ExitCode.INVALID, "the source is not configured"),
+    "secret_missing": (ExitCode.INVALID, "the environment variable holding a secret is not set"),
+    # 6: conflict
+    "conflict": (ExitCode.CONFLICT, "the request conflicts with the current state"),
+    "illegal_transition": (ExitCode.CONFLICT, "the state transition is not allowed"),
+    "order_not_submitted": (ExitCode.CONFLICT, "the order is not (yet) submitted"),
+    "order_not_applied": (ExitCode.CONFLICT, "the order was not applied, so it cannot be reverted"),
+    "order_changed": (ExitCode.CONFLICT, "the order changed while approve read it; nothing was applied"),
+    "already_applied": (ExitCode.CONFLICT, "the order's results were already applied to the target"),
+    "already_reverted": (ExitCode.CONFLICT, "the order was already reverted"),
+    "not_retryable": (ExitCode.CONFLICT, "nothing to retry"),
+    "not_leased": (ExitCode.CONFLICT, "the item is not leased"),
+    "lease_lost": (ExitCode.CONFLICT, "the lease is gone"),
+    "lease_held_by_other": (ExitCode.CONFLICT, "another agent holds the lease"),
+    "lease_expired": (ExitCode.CONFLICT, "the lease expired"),
+    "stale_lease_token": (ExitCode.CONFLICT, "the lease token is not the item's current one"),
+    "idempotency_mismatch": (ExitCode.CONFLICT, "the idempotency key was used for a different request"),
+    # 7: remote
+    "remote_error": (ExitCode.REMOTE, "a source or webhook failed"),
+    "sync_incomplete": (ExitCode.REMOTE, "sync took batches it could not submit"),
+    "source_unreachable": (ExitCode.REMOTE, "the source did not answer properly"),
+    "source_auth": (ExitCode.REMOTE, "the source refused the credentials"),
+    # 8: store
+    "store_error": (ExitCode.STORE, "the store failed in an unexpected way"),
+    "database_locked": (ExitCode.STORE, "the store stayed locked past the busy timeout"),
+    "database_read_only": (ExitCode.STORE, "the store cannot be written"),
+    "database_corrupt": (ExitCode.STORE, "the file is not a usable workctl store"),
+    "database_unavailable": (ExitCode.STORE, "the store cannot be opened or created"),
+    "database_too_new": (ExitCode.STORE, "the store was created by a newer workctl"),
+}
+
+
 class WorkctlError(Exception):
     """A failure the user can act on: a machine code, a message, optional details, an exit code."""
 
     exit_code: ExitCode = ExitCode.ERROR
-    default_code: str = "error"
+    default_code: str = "internal_error"
 
     def __init__(self, message: str, *, code: str | None = None, details: list[dict[str, Any]] | None = None):
         super().__init__(message)

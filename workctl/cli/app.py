@@ -74,9 +74,9 @@ def main(argv: list[str] | None = None) -> int:
         if not (hasattr(exc, "format_message") and isinstance(getattr(exc, "exit_code", None), int)):
             raise
         from . import render
-        from ..errors import WorkctlError
+        from ..errors import Usage
 
-        error = WorkctlError(exc.format_message(), code="usage")
+        error = Usage(exc.format_message())
         render.error(error, as_json="--json" in args or "--nl" in args)
         exit_code: int = exc.exit_code  # type: ignore[attr-defined]  # click's exceptions carry it (checked above)
         return int(ExitCode.USAGE) if exit_code == 2 else exit_code
