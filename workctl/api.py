@@ -190,6 +190,29 @@ class Workctl:
             sent = {"sent": 0, "failed": 0, "error": f"{type(exc).__name__}: {exc}"}
         return {**response, "webhooks": sent}
 
+    # -- API tokens (workctl serve) --------------------------------------------------------------
+    @_store_errors
+    def create_token(self, *, scope: str, name: str | None = None, expires: str | None = None) -> dict[str, Any]:
+        """A bearer token for the HTTP API; its secret is in the response and nowhere else, ever."""
+        from .core import tokens
+        return tokens.create(self.session, scope=scope, name=name, expires=expires)
+
+    @_store_errors
+    def tokens(self) -> list[dict[str, Any]]:
+        from .core import tokens
+        return tokens.list_tokens(self.session)
+
+    @_store_errors
+    def revoke_token(self, name: str) -> dict[str, Any]:
+        from .core import tokens
+        return tokens.revoke(self.session, name)
+
+    @_store_errors
+    def authenticate(self, secret: str) -> dict[str, Any]:
+        """The token ({name, scope}) a bearer secret belongs to; Unauthorized when it is not valid."""
+        from .core import tokens
+        return tokens.authenticate(self.session, secret)
+
     # -- views -----------------------------------------------------------------------------------
     @_store_errors
     def status(self, order_id: str | None = None) -> dict[str, Any]:
@@ -221,6 +244,17 @@ class Workctl:
     @_store_errors
     def log(self, order_id: str, *, after_id: int = 0) -> list[dict[str, Any]]:
         return queries.log(self.session, order_id, after_id=after_id)
+
+    @_store_errors
+    def item_log(self, item_id: str, *, limit: int = 100) -> dict[str, Any]:
+        """An item's events and its order's own events, oldest first (the newest ``limit``)."""
+        return queries.item_log(self.session, item_id, limit=limit)
+
+    @_store_errors
+    def has_leased(self, agent_prefix: str, *, order_id: str | None = None, item_id: str | None = None) -> bool:
+        """Whether an agent whose id is ``agent_prefix`` (or starts with ``agent_prefix/``) ever leased this
+        item, or an item of this order: what an agent-scoped API token may read."""
+        return queries.has_leased(self.session, agent_prefix, order_id=order_id, item_id=item_id)
 
     # -- agents that run inside workctl ----------------------------------------------------------
     @_store_errors

@@ -50,12 +50,19 @@ ERROR_CODES: dict[str, tuple[ExitCode, str]] = {
     "internal_error": (ExitCode.ERROR, "an unexpected failure inside workctl; WORKCTL_DEBUG=1 shows the traceback"),
     # 2: usage
     "usage": (ExitCode.USAGE, "bad flags or arguments"),
+    "extra_missing": (ExitCode.USAGE, "the command needs an optional extra that is not installed"),
+    "unauthorized": (ExitCode.USAGE, "HTTP API: the bearer token is missing, unknown, revoked or expired (401)"),
+    "forbidden": (ExitCode.USAGE, "HTTP API: the token's scope does not allow this request (403)"),
+    "idempotency_key_required": (ExitCode.USAGE, "HTTP API: this route needs an X-Idempotency-Key header (428)"),
+    "body_too_large": (ExitCode.INVALID, "HTTP API: the request body is larger than the limit (413)"),
     # 3: no work
     "no_items_available": (ExitCode.NO_WORK, "checkout found nothing to lease"),
     # 4: not found
     "not_found": (ExitCode.NOT_FOUND, "the thing named does not exist"),
     "order_not_found": (ExitCode.NOT_FOUND, "no order with that id"),
     "item_not_found": (ExitCode.NOT_FOUND, "no item with that id"),
+    "token_not_found": (ExitCode.NOT_FOUND, "no API token with that name"),
+    "route_not_found": (ExitCode.NOT_FOUND, "HTTP API: no such route (404) or method (405)"),
     "unknown_type": (ExitCode.NOT_FOUND, "no order type with that name"),
     # 5: invalid
     "invalid": (ExitCode.INVALID, "the input failed validation"),
@@ -92,6 +99,7 @@ ERROR_CODES: dict[str, tuple[ExitCode, str]] = {
     "lease_expired": (ExitCode.CONFLICT, "the lease expired"),
     "stale_lease_token": (ExitCode.CONFLICT, "the lease token is not the item's current one"),
     "idempotency_mismatch": (ExitCode.CONFLICT, "the idempotency key was used for a different request"),
+    "token_exists": (ExitCode.CONFLICT, "an API token with that name exists already"),
     # 7: remote
     "remote_error": (ExitCode.REMOTE, "a source or webhook failed"),
     "sync_incomplete": (ExitCode.REMOTE, "sync took batches it could not submit"),
@@ -156,6 +164,21 @@ class IllegalTransition(Conflict):
 
 class LeaseLost(Conflict):
     default_code = "lease_lost"
+
+
+class Unauthorized(WorkctlError):
+    """The HTTP API's bearer token is missing, unknown, revoked or expired (HTTP 401). The CLI never
+    raises it; its exit code is the one a script would see for a refused credential: usage."""
+
+    exit_code = ExitCode.USAGE
+    default_code = "unauthorized"
+
+
+class Forbidden(WorkctlError):
+    """The token is valid but its scope does not allow the request (HTTP 403)."""
+
+    exit_code = ExitCode.USAGE
+    default_code = "forbidden"
 
 
 class RemoteError(WorkctlError):

@@ -14,7 +14,8 @@ from ..commands import diff as diff_command
 from ..commands import failures as failures_command
 from ..commands import revert as revert_command
 from ..commands import run as run_command
-from ..commands import show, sources, status, submit, sync, types
+from ..commands import serve as serve_command
+from ..commands import show, sources, status, submit, sync, tokens, types
 from ..commands import why as why_command
 from ..commands._common import Globals
 from ..errors import ExitCode
@@ -49,10 +50,11 @@ def main_options(
 
 app.add_typer(types.app, name="types")
 app.add_typer(sources.app, name="sources")
+app.add_typer(tokens.app, name="tokens")
 for command in (demo.demo, propose.propose, checkout.checkout, heartbeat.heartbeat, release.release, submit.submit,
                 approve.approve, reject.reject, status.status, orders.orders, show.show, log.log,
                 maintain.maintain, retry.retry, sync.sync, run_command.run, diff_command.diff, revert_command.revert,
-                why_command.why, failures_command.failures):
+                why_command.why, failures_command.failures, serve_command.serve):
     app.command(command.__name__)(command)
 
 

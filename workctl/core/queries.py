@@ -100,3 +100,28 @@ def pending_items(s: Session, *, order_id: str | None = None, type_name: str | N
     clause, params = where(order_id=order_id, type=None if order_id else type_name)
     clause = f"{clause} AND" if clause else "WHERE"
     return s.conn.execute(f"SELECT count(*) FROM items {clause} state IN ('queued', 'leased')", params).fetchone()[0]
+
+
+def item_log(s: Session, item_id: str, *, limit: int = 100) -> dict[str, Any]:
+    """The item's own events and its order's order-level events, oldest first (the newest ``limit``)."""
+    order_id = s.item_row(item_id)["order_id"]
+    rows = s.conn.execute(
+        f"SELECT {_EVENT_COLUMNS} FROM events WHERE order_id = ? AND (item_id = ? OR item_id IS NULL) "
+        "ORDER BY id DESC LIMIT ?", (order_id, item_id, limit)).fetchall()
+    return {"item_id": item_id, "order_id": order_id, "events": [_event(r) for r in reversed(rows)]}
+
+
+def has_leased(s: Session, agent_prefix: str, *, order_id: str | None = None, item_id: str | None = None) -> bool:
+    """Whether ``agent_prefix`` (exactly, or as ``agent_prefix/…``) has a 'leased' event on the item or order."""
+    if item_id is not None:
+        order_id = s.item_row(item_id)["order_id"]
+    elif order_id is not None:
+        s.order_row(order_id)
+    prefix = agent_prefix + "/"  # compared exactly (LIKE would be case-insensitive and see wildcards)
+    sql = ("SELECT 1 FROM events WHERE order_id = ? AND event = 'leased' AND actor_type = 'agent' "
+           "AND (actor_id = ? OR substr(actor_id, 1, ?) = ?)")
+    params: list[Any] = [order_id, agent_prefix, len(prefix), prefix]
+    if item_id is not None:
+        sql += " AND item_id = ?"
+        params.append(item_id)
+    return s.conn.execute(sql + " LIMIT 1", params).fetchone() is not None

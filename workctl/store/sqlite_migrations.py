@@ -176,8 +176,21 @@ def m003_reverts(db: Database) -> None:
     )""")
 
 
+def m004_api_tokens(db: Database) -> None:
+    """workctl serve: the bearer tokens of the HTTP API. Only a SHA-256 of each secret is kept; the secret
+    itself is shown once, by ``workctl tokens create``."""
+    db.execute("""CREATE TABLE api_tokens (
+        name TEXT PRIMARY KEY,
+        scope TEXT NOT NULL,
+        secret_hash TEXT NOT NULL UNIQUE,
+        created_at TEXT NOT NULL,
+        expires_at TEXT,
+        revoked_at TEXT
+    )""")
+
+
 # Append only. The names are the contract with databases already in the field.
-MIGRATIONS: list[Callable[[Database], None]] = [m001_initial, m002_sync_records, m003_reverts]
+MIGRATIONS: list[Callable[[Database], None]] = [m001_initial, m002_sync_records, m003_reverts, m004_api_tokens]
 MIGRATION_NAMES: tuple[str, ...] = tuple(fn.__name__ for fn in MIGRATIONS)
 
 
