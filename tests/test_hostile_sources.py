@@ -17,6 +17,8 @@ from datetime import datetime, timezone
 from urllib.parse import quote, quote_plus
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from helpers import make_users, run
 from workctl import Workctl, strictjson
@@ -393,6 +395,34 @@ def test_strictjson_refuses_with_the_reason_and_where(data, kind, path):
 ])
 def test_strictjson_accepts_what_is_within_the_rules(data):
     assert strictjson.loads(data) == json.loads(data)
+
+
+def nesting(value) -> int:
+    if isinstance(value, dict):
+        return 1 + max((nesting(v) for v in value.values()), default=0)
+    if isinstance(value, list):
+        return 1 + max((nesting(v) for v in value), default=0)
+    return 0
+
+
+# Strings full of what could fool a bracket scan: brackets, quotes, backslashes, \u escapes.
+_TRICKY = st.text(alphabet='[]{}"\\/ab\u00e9\U0001f600', max_size=8)
+_VALUES = st.recursive(st.none() | st.booleans() | st.integers(-(2**63), 2**63 - 1) | _TRICKY,
+                       lambda inner: st.lists(inner, max_size=3) | st.dictionaries(_TRICKY, inner, max_size=3),
+                       max_leaves=30)
+
+
+@settings(max_examples=300, deadline=None)
+@given(value=_VALUES, ensure_ascii=st.booleans(), indent=st.sampled_from([None, 1]))
+def test_strictjson_depth_check_agrees_with_the_real_nesting(value, ensure_ascii, indent):
+    document = json.dumps(value, ensure_ascii=ensure_ascii, indent=indent).encode()
+    for max_depth in (1, 2, 3, 4):
+        if nesting(value) <= max_depth:
+            assert strictjson.loads(document, max_depth=max_depth) == value
+        else:
+            with pytest.raises(strictjson.StrictJsonError) as caught:
+                strictjson.loads(document, max_depth=max_depth)
+            assert caught.value.kind == "depth"
 
 
 def test_strictjson_refuses_too_large_input_before_reading_it():

@@ -4,22 +4,27 @@ goes through ``loads``, and values that arrive already parsed go through ``check
 Refused, each as a ``StrictJsonError`` (a ``ValueError``) with ``.kind``, ``.reason`` and ``.path``:
 
     size       more than ``max_bytes`` (default ``DEFAULT_MAX_BYTES``, 64 MiB)
-    encoding   bytes that are not UTF-8; a str with lone surrogates (SQLite cannot store them)
+    encoding   bytes that are not UTF-8; a lone surrogate, raw or as a ``\\ud800`` escape (SQLite
+               cannot store one)
     syntax     not JSON at all (``.path`` is "line L column C")
     depth      containers nested deeper than ``max_depth`` (default 64; real payloads use 3 or 4)
     constant   NaN, Infinity, -Infinity (Python's json accepts them; nothing else does)
     number     an integer outside signed 64 bits, a float that is not finite (``1e400``)
     type       (``check`` only) a Python value that JSON cannot hold
 
-Cost: the checks are C-speed scans next to the parse (bytes.translate, bytes.replace, substring
-search), so a normal document parses at close to ``json.loads`` speed (measured: see the
-sources-hardening report / ``tests/test_hostile_sources.py``). The per-number hooks, which cost a
-Python call per number, are used only when a scan finds a digit run or exponent long enough to
-matter; the path-finding second parse runs only for a document that is refused.
+Cost: the checks are C-speed scans next to the parse (bytes.translate, bytes.count, substring
+search) and a parse_float hook, so a normal document parses at close to ``json.loads`` speed.
+Measured on 1 MB documents (best of 15, Python 3.11): bulk user records 1.3-1.4x json.loads
+(12.4 ms vs 9.0 ms), a list of ints 1.27x; records full of 19-digit ids 1.7x (those need the int
+hook); strings full of brackets and escaped quotes 2x. The int hook, which costs a Python call per
+integer, is used only when a scan finds a digit run long enough to leave int64; the path-finding
+second parse runs only for a document that is refused.
 
 Depth is found without recursion: strings are cut out, only brackets are kept, and innermost pairs
 are removed one level per pass (at most ``max_depth`` passes over a string that shrinks fast). A
-100,000-deep document is refused in milliseconds; ``json`` is never asked to recurse into it.
+100,000-deep document is refused in under 5 ms; ``json`` is never asked to recurse into it. The
+worst case, a document of nothing but brackets nested 64 deep throughout, costs about as much as
+its parse (1.4 s vs 1.55 s for 8 MB).
 
 Stdlib only, and nothing heavy at import: the hot agent commands import this.
 """
@@ -108,6 +113,7 @@ def loads(data: bytes | bytearray | str, *, max_bytes: int = DEFAULT_MAX_BYTES, 
     """Parse ``data`` strictly (see the module's docstring); StrictJsonError on anything refused."""
     if len(data) > max_bytes:
         raise StrictJsonError("size", f"is larger than {_size(max_bytes)}", "$", what=what)
+    raw: bytes | bytearray
     if isinstance(data, str):
         text = data
         try:
@@ -183,12 +189,13 @@ def _check_depth(raw: bytes | bytearray, max_depth: int, text: str, what: str) -
         brackets = brackets.translate(None, b'"')
     elif quotes:
         brackets = b"".join(brackets.replace(b'""', b"").split(b'"')[::2])
-    if b"[" * (max_depth + 1) in brackets:  # a run of openers: the usual shape of a nesting attack
-        raise StrictJsonError("depth", f"is nested deeper than {max_depth} levels", _deep_position(text, max_depth),
-                              what=what)
+    run = b"[" * (max_depth + 1)  # a run of openers: the usual shape of a nesting attack, after a pass or two
     for _ in range(max_depth):
         if not brackets:
             return
+        if run in brackets:
+            raise StrictJsonError("depth", f"is nested deeper than {max_depth} levels",
+                                  _deep_position(text, max_depth), what=what)
         shorter = brackets.replace(b"[]", b"")
         if len(shorter) == len(brackets):
             break
@@ -244,6 +251,7 @@ def _walk(value: Any, max_depth: int, what: str, *, strings: bool) -> None:
             pairs: Iterable[tuple[Any, Any]] = item.items()
         else:
             pairs = enumerate(item)
+        nested: list[tuple[Any, int, Any]] = []
         for key, child in pairs:
             kind = type(child)
             if kind is str:
@@ -256,9 +264,10 @@ def _walk(value: Any, max_depth: int, what: str, *, strings: bool) -> None:
             elif kind is bool or child is None:
                 pass
             elif isinstance(child, _CONTAINERS):
-                stack.append((child, depth + 1, (path, key)))
+                nested.append((child, depth + 1, (path, key)))
             else:
                 _scalar(child, (path, key), what, strings)
+        stack.extend(reversed(nested))  # popped in document order, so an error names the first offender
 
 
 def _key(key: Any, path: Any, what: str, strings: bool) -> None:

@@ -456,6 +456,10 @@ class SourceClient:
             raise _Failure("bad_response", f"{self._where(path)}: response body {exc.reason} at "
                            f"{_printable(exc.path)[:200]}; the source sent JSON workctl does not accept",
                            retryable=False) from None
+        except Exception as exc:  # noqa: BLE001 - MemoryError on a body of empty containers, say
+            _log.debug("unexpected error parsing %s", self._where(path), exc_info=True)
+            raise _Failure("bad_response", f"{self._where(path)}: unexpected {type(exc).__name__} while parsing the "
+                           "response", retryable=False) from None
 
     def _retry_after(self, response: httpx.Response) -> float | None:
         """Seconds to wait, from ASCII digits or a future HTTP date; None for anything else (then the
