@@ -295,21 +295,27 @@ def test_a_newline_terminated_token_never_reaches_output_or_the_database(tmp_pat
 SECRET = "s3cr/t+k=y \"q\" \\ caf\u00e9"
 
 
-@pytest.mark.parametrize("form", [
-    SECRET,
-    repr(SECRET)[1:-1],
-    repr(SECRET.encode())[2:-1],                       # how h11 quotes a refused header value
-    quote(SECRET, safe=""), quote(SECRET), quote_plus(SECRET),
-    re.sub("%[0-9A-F]{2}", lambda m: m.group().lower(), quote(SECRET, safe="")),  # lower-case escapes
-    json.dumps(SECRET)[1:-1], json.dumps(SECRET, ensure_ascii=False)[1:-1],
-    base64.b64encode(f"bob:{SECRET}".encode()).decode(),  # inside Basic auth
-], ids=["raw", "repr", "bytes-repr", "quote", "quote-path", "quote-plus", "quote-lower", "json", "json-unicode",
-        "basic-base64"])
-def test_the_redactor_covers_every_form_of_the_secret(form):
+SECRET_FORMS = {
+    "raw": SECRET,
+    "repr": repr(SECRET)[1:-1],
+    "bytes-repr": repr(SECRET.encode())[2:-1],  # how h11 quotes a header value it refuses
+    "quote": quote(SECRET, safe=""),
+    "quote-path": quote(SECRET),
+    "quote-plus": quote_plus(SECRET),
+    "quote-lower-hex": re.sub("%[0-9A-F]{2}", lambda m: m.group().lower(), quote(SECRET, safe="")),
+    "json": json.dumps(SECRET)[1:-1],
+    "json-unicode": json.dumps(SECRET, ensure_ascii=False)[1:-1],
+    "basic-base64": base64.b64encode(f"bob:{SECRET}".encode()).decode(),
+}
+
+
+@pytest.mark.parametrize("name", list(SECRET_FORMS))
+def test_the_redactor_covers_every_form_of_the_secret(name):
+    form = SECRET_FORMS[name]
+    assert name == "raw" or SECRET not in form  # each case is a form the raw match alone would miss
     redact = Redactor([SECRET], basic_user="bob")
-    text = f"error: Illegal header value {form} (after 2 attempts)"
-    assert form != "" and form in text
-    assert redact(text) == "error: Illegal header value *** (after 2 attempts)"
+    assert redact(f"error: Illegal header value {form} (after 2 attempts)") == \
+        "error: Illegal header value *** (after 2 attempts)"
 
 
 def test_mask_url_hides_userinfo_and_every_query_value():
@@ -335,14 +341,17 @@ def test_urls_inside_an_error_message_are_masked():
 
 
 # -- nothing a response causes escapes fetch_batch; Ctrl-C still does ----------------------------------
+def interrupted(record, order_map=None):
+    raise KeyboardInterrupt
+
+
 @pytest.mark.parametrize("bulk_path", [BULK, PER_USER], ids=["bulk", "per-user"])
 def test_an_unexpected_error_handling_a_response_is_classified_not_raised(monkeypatch, bulk_path):
     with SampleServer() as server:
         with client_for(server, bulk_path=bulk_path) as client:
             monkeypatch.setattr(client, "_mapped", lambda record, order_map=None: record["no such field"])
             outcomes = client.fetch_batch([1, 2])
-            monkeypatch.setattr(client, "_mapped", lambda record, order_map=None: (_ for _ in ()).throw(
-                KeyboardInterrupt()))
+            monkeypatch.setattr(client, "_mapped", interrupted)
             with pytest.raises(KeyboardInterrupt):
                 client.fetch_batch([1, 2])
     assert [o.error_class for o in outcomes] == ["bad_response"] * 2
