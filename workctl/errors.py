@@ -84,6 +84,7 @@ ERROR_CODES: dict[str, tuple[ExitCode, str]] = {
     "source_invalid": (ExitCode.INVALID, "a source's configuration is malformed"),
     "source_not_configured": (ExitCode.INVALID, "the source is not configured"),
     "secret_missing": (ExitCode.INVALID, "the environment variable holding a secret is not set"),
+    "secret_invalid": (ExitCode.INVALID, "a secret holds characters it may not (control characters, …)"),
     # 6: conflict
     "conflict": (ExitCode.CONFLICT, "the request conflicts with the current state"),
     "illegal_transition": (ExitCode.CONFLICT, "the state transition is not allowed"),

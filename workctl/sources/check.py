@@ -6,7 +6,13 @@ import time
 from typing import Any, Mapping
 
 from ..errors import RemoteError
-from .config import configured_sources, load_source
+from .config import configured_sources, load_source, mask_url, mask_urls
+
+
+# Answers that say the source is not usable as configured (down, or not answering with JSON user
+# data); the rest (not_found, http_4xx …) still prove it is reachable and took the credentials.
+_NOT_AN_ANSWER = frozenset({"timeout", "connection", "server_error", "malformed", "bad_response", "too_large",
+                            "redirect"})
 
 
 def list_sources(raw: Mapping[str, Any]) -> list[dict[str, Any]]:
@@ -15,7 +21,7 @@ def list_sources(raw: Mapping[str, Any]) -> list[dict[str, Any]]:
         try:
             listed.append({**load_source(name, raw).describe(), "ok": True})
         except Exception as exc:  # one broken source must not hide the others
-            listed.append({"name": name, "ok": False, "error": str(exc)})
+            listed.append({"name": name, "ok": False, "error": mask_urls(str(exc))})
     return listed
 
 
@@ -32,13 +38,13 @@ def check_source(name: str, raw: Mapping[str, Any], *, user_id: int = 1) -> dict
             client.get_json(config.user_path.format(user_id=user_id))
             status, auth = "ok", "ok" if config.auth != "none" else "none"
         except _Failure as failure:
-            if failure.error_class in ("timeout", "connection", "server_error", "malformed"):
+            if failure.error_class in _NOT_AN_ANSWER:
                 raise RemoteError(f"source {name} did not answer properly: {client.redact(failure.message)}",
                                   code="source_unreachable") from None
             status = failure.error_class
             auth = "failed" if failure.error_class == "auth" else ("ok" if config.auth != "none" else "none")
         latency_ms = (time.monotonic() - started) * 1000
-    report = {"name": name, "base_url": config.base_url, "status": status, "auth": auth,
+    report = {"name": name, "base_url": mask_url(config.base_url), "status": status, "auth": auth,
               "latency_ms": round(latency_ms, 1)}
     if auth == "failed":
         raise RemoteError(f"source {name} refused our credentials (from ${config.token_env})", code="source_auth",

@@ -7,7 +7,8 @@
     data_path = "data"                         # where the user object sits in the response ("" = body)
     auth = "bearer"                            # none | bearer | header | query | basic
     token_env = "CRM_TOKEN"                    # the secret's environment variable (never the secret)
-    timeout = 10
+    timeout = 10                               # seconds for the whole request: connect, headers and body
+    max_body_bytes = 33554432                  # 32 MiB: the most a response may hold, after decompression
     rate_limit = 20                            # requests per second (0 = unlimited)
     burst = 5
     concurrency = 8
@@ -21,8 +22,10 @@ use the defaults above (the sample server's layout).
 
 from __future__ import annotations
 
+import math
 import os
 import re
+import unicodedata
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
@@ -33,6 +36,8 @@ AUTH_KINDS = ("none", "bearer", "header", "query", "basic")
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")
 _COLUMN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
 _PARAM = re.compile(r"^[A-Za-z0-9_.\-\[\]]{0,64}$")
+DEFAULT_MAX_BODY_BYTES = 32 * 1024 * 1024  # a bulk page of 50 users is ~20 KB: room for odd sources, not for bombs
+MAX_BODY_BYTES_RANGE = (1024, 1024 * 1024 * 1024)
 
 
 class MissingSecret(Invalid):
@@ -52,7 +57,8 @@ class SourceConfig:
     username_env: str | None = None
     auth_header: str = "X-API-Key"
     auth_param: str = "api_key"
-    timeout: float = 10.0
+    timeout: float = 10.0  # the deadline of one request: connect, headers and the whole body
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES  # decompressed; more is a too_large failure
     rate_limit: float = 0.0
     burst: int = 1
     concurrency: int = 8
@@ -74,20 +80,99 @@ class SourceConfig:
         if not value:
             raise MissingSecret(f"source {self.name}: environment variable {self.token_env} is not set "
                                 f"(it holds the {self.auth} secret)")
+        _check_secret(self.name, self.token_env, value, header=self.auth in ("bearer", "header"))
         return value
 
     def username(self) -> str:
         if not self.username_env or not os.environ.get(self.username_env):
             raise MissingSecret(f"source {self.name}: basic auth needs username_env set to a variable that "
                                 "is present in the environment")
-        return os.environ[self.username_env]
+        value = os.environ[self.username_env]
+        _check_secret(self.name, self.username_env, value, header=False)
+        if ":" in value:
+            raise InvalidSecret(f"source {self.name}: environment variable {self.username_env} (the basic-auth "
+                                "username) contains ':', which basic auth cannot carry in a username")
+        return value
 
     def describe(self) -> dict[str, Any]:
         """Safe to print: names the secret's variable, never its value."""
-        return {"name": self.name, "base_url": self.base_url, "user_path": self.user_path,
-                "bulk_path": self.bulk_path, "auth": self.auth, "token_env": self.token_env,
-                "rate_limit": self.rate_limit, "burst": self.burst, "concurrency": self.concurrency,
-                "timeout": self.timeout, "max_attempts": self.max_attempts, "field_map": dict(self.field_map)}
+        return {"name": self.name, "base_url": mask_url(self.base_url), "user_path": mask_url(self.user_path),
+                "bulk_path": mask_url(self.bulk_path) if self.bulk_path else self.bulk_path, "auth": self.auth,
+                "token_env": self.token_env, "rate_limit": self.rate_limit, "burst": self.burst,
+                "concurrency": self.concurrency, "timeout": self.timeout, "max_body_bytes": self.max_body_bytes,
+                "max_attempts": self.max_attempts, "field_map": dict(self.field_map)}
+
+
+class InvalidSecret(Invalid):
+    default_code = "secret_invalid"
+
+
+def _check_secret(source: str, variable: str, value: str, *, header: bool) -> None:
+    """Refuse a secret that cannot be sent as it is. Names the variable, never the value: a control
+    character is almost always a pasted or file-read newline, and httpx would either refuse the header
+    with the secret in its message or send something the source rejects."""
+    for char in value:
+        if unicodedata.category(char) == "Cc":
+            what = {"\n": "a newline", "\r": "a carriage return", "\x00": "a NUL byte", "\t": "a tab"}.get(
+                char, "a control character")
+            raise InvalidSecret(f"source {source}: environment variable {variable} contains {what}; remove it "
+                                f"(a value read from a file often ends in a newline: export {variable}=\"$(tr -d "
+                                "'\\r\\n' < FILE)\")")
+    if header and not value.isascii():
+        raise InvalidSecret(f"source {source}: environment variable {variable} contains non-ASCII characters, "
+                            "which an HTTP header cannot carry; check the value (use auth = \"query\" if the "
+                            "source really expects such a key)")
+
+
+def mask_url(url: str) -> str:
+    """``url`` safe to show: userinfo as ``***@`` and every query (and fragment) value as ``***``.
+
+    ``https://user:pw@host/p?key=abc&x=1`` -> ``https://***@host/p?key=***&x=***``. Template fields
+    (``ids={ids}``) stay, since they are ours. Never raises: the URL may be a source's Location header."""
+    rest, hash_, fragment = url.partition("#")
+    rest, question, query = rest.partition("?")
+    scheme, sep, remainder = rest.partition("://")
+    if sep:
+        end = remainder.find("/")
+        end = len(remainder) if end < 0 else end
+        authority, path = remainder[:end], remainder[end:]
+        if "@" in authority:
+            authority = "***@" + authority.rpartition("@")[2]
+        rest = f"{scheme}://{authority}{path}"
+    shown = rest
+    if question:
+        shown += "?" + _mask_query(query)
+    if hash_:
+        shown += "#" + _mask_query(fragment)
+    return shown
+
+
+def mask_urls(text: str) -> str:
+    """``text`` (an error message, say) with every URL in it shown as ``mask_url`` shows it."""
+    return _URL.sub(_mask_match, text) if "://" in text else text
+
+
+def _mask_match(match: re.Match[str]) -> str:
+    url = match.group()
+    bare = url.rstrip(".,;:!?)]}")  # punctuation after a URL in prose is not part of it
+    return mask_url(bare) + url[len(bare):]
+
+
+def _mask_query(query: str) -> str:
+    masked = []
+    for piece in query.split("&"):
+        name, equals, value = piece.partition("=")
+        if not equals:  # a bare word: could be a key on its own
+            masked.append("***" if name and not _TEMPLATE.match(name) else name)
+        elif not value or _TEMPLATE.match(value):
+            masked.append(piece)
+        else:
+            masked.append(f"{name}=***")
+    return "&".join(masked)
+
+
+_TEMPLATE = re.compile(r"^\{[a-z_]+\}$")
+_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>]+")
 
 
 def _env_url(name: str) -> str | None:
@@ -130,10 +215,18 @@ def load_source(name: str, raw: Mapping[str, Any]) -> SourceConfig:
         raise Invalid(f"source {name}: {exc}", code="source_invalid") from exc
     for number in ("timeout", "rate_limit", "backoff_base", "backoff_cap", "retry_after_cap"):
         value = getattr(config, number)
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-            raise Invalid(f"source {name}: {number} must be a number >= 0", code="source_invalid")
+        # TOML has inf and nan: an infinite timeout is no deadline, and nan passes every comparison.
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+            raise Invalid(f"source {name}: {number} must be a finite number >= 0", code="source_invalid")
+    if not config.timeout > 0:  # the timeout is each request's deadline: 0 would fail every request at once
+        raise Invalid(f"source {name}: timeout must be a number of seconds > 0", code="source_invalid")
     for count in ("burst", "concurrency", "max_attempts"):
         value = getattr(config, count)
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise Invalid(f"source {name}: {count} must be an integer >= 1", code="source_invalid")
+    low, high = MAX_BODY_BYTES_RANGE
+    body = config.max_body_bytes
+    if isinstance(body, bool) or not isinstance(body, int) or not low <= body <= high:
+        raise Invalid(f"source {name}: max_body_bytes must be an integer from {low} to {high} "
+                      f"(default {DEFAULT_MAX_BODY_BYTES}, 32 MiB)", code="source_invalid")
     return config

@@ -25,15 +25,32 @@ Faults (all off by default; a seeded RNG keeps runs repeatable):
     drop_rate      share of connections closed without any response
     missing        user ids that do not exist (404 / listed in "missing"); ids > max_user_id too
     token          when set, requests need "Authorization: Bearer <token>" (401 otherwise)
+    hostile        one of HOSTILE: every users route answers with that attack instead (see below)
+    drip_interval  seconds between bytes for the drip modes
+    bomb_bytes     what the gzip bomb (and the oversized body) inflate to
+
+Hostile modes (after auth, instead of the users route's answer; ``retry_after`` with ``throttle_first``
+covers garbage Retry-After values). Each poisons every record's ``email``, so a lax client would
+write it into the users table:
+    redirect       302 to a login page, with a JSON body shaped exactly like user data
+    gzip_bomb      ~0.25 MB of gzip that inflates to bomb_bytes of zeros (Content-Encoding: gzip)
+    huge_body      bomb_bytes of zeros, no Content-Length, read until the server closes
+    drip_body      headers at once, then the body one byte per drip_interval
+    drip_headers   the status line, then a header one byte per drip_interval
+    huge_int       a 5,000-digit integer           big_int     2**64 (beyond 64 bits)
+    huge_float     1e400 (inf to a lax parser)     nan         NaN
+    deep           JSON nested 100,000 deep        bad_utf8    bytes that are not UTF-8
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import random
 import socket
 import threading
 import time
+import zlib
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -46,6 +63,12 @@ _FIRST = ("Ada", "Grace", "Linus", "Margaret", "Ken", "Barbara", "Dennis", "Fran
 _LAST = ("Lovelace", "Hopper", "Torvalds", "Hamilton", "Thompson", "Liskov", "Ritchie", "Allen")
 _PLANS = ("free", "pro", "enterprise")
 _EPOCH = datetime(2026, 1, 1, tzinfo=timezone.utc)
+HOSTILE = ("redirect", "gzip_bomb", "huge_body", "drip_body", "drip_headers", "huge_int", "big_int", "huge_float",
+           "nan", "deep", "bad_utf8")
+# What replaces the poisoned field's JSON value in each body-poisoning mode.
+_POISON = {"huge_int": b"1" * 5000, "big_int": str(2**64).encode(), "huge_float": b"1e400", "nan": b"NaN",
+           "deep": b"[" * 100_000 + b"]" * 100_000, "bad_utf8": b'"\xff\xfe@example.com"'}
+_MARK = "__workctl_poison__"
 
 
 def updated_at(source: str, user_id: int) -> datetime:
@@ -77,6 +100,17 @@ def _sample_record(source: str, user_id: int) -> dict[str, Any]:
     raise KeyError(source)
 
 
+@functools.lru_cache(maxsize=4)
+def gzip_bomb(inflated: int) -> bytes:
+    """gzip of ``inflated`` zero bytes, compressed as it streams (1 MiB at a time): ~1/1000 the size."""
+    compressor = zlib.compressobj(9, zlib.DEFLATED, zlib.MAX_WBITS | 16)
+    block = bytes(1024 * 1024)
+    parts = [compressor.compress(block) for _ in range(inflated // len(block))]
+    parts.append(compressor.compress(bytes(inflated % len(block))))
+    parts.append(compressor.flush())
+    return b"".join(parts)
+
+
 @dataclass
 class Faults:
     fail_rate: float = 0.0
@@ -95,6 +129,9 @@ class Faults:
     max_user_id: int = 10_000_000
     token: str | None = None
     seed: int = 1234
+    hostile: str | None = None  # one of HOSTILE; may be changed while the server runs
+    drip_interval: float = 0.7
+    bomb_bytes: int = 256 * 1024 * 1024
 
 
 @dataclass
@@ -134,12 +171,24 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _get(self) -> None:
         srv = self.server
-        faults = srv.faults
         number, rng_value = srv.next_request()
         now = time.monotonic()
         parts = urlsplit(self.path)
         srv.log.add(n=number, path=self.path, at=now, auth=self.headers.get("Authorization"),
                     headers=dict(self.headers.items()))
+        if self._fault(number, rng_value, now):
+            return
+        malformed = bool(srv.faults.malformed_rate) and rng_value() < srv.faults.malformed_rate
+        segments = [s for s in parts.path.split("/") if s]
+        if segments == ["health"]:
+            return self._send(200, {"ok": True})
+        if len(segments) < 2 or segments[0] not in SOURCES or segments[1] != "users":
+            return self._send(404, {"error": f"no route {parts.path}"})
+        self._users(segments, parse_qs(parts.query), malformed)
+
+    def _fault(self, number: int, rng_value: Any, now: float) -> bool:
+        """Answer with an injected fault (True), or leave the request to the routes (False)."""
+        faults = self.server.faults
         if faults.latency:
             time.sleep(faults.latency)
         if faults.slow_rate and rng_value() < faults.slow_rate:
@@ -147,26 +196,24 @@ class _Handler(BaseHTTPRequestHandler):
         if faults.drop_rate and rng_value() < faults.drop_rate:
             self.close_connection = True
             self.connection.close()
-            return
+            return True
         if faults.token and self.headers.get("Authorization") != f"Bearer {faults.token}":
-            return self._send(401, {"error": "unauthorized"})
-        if number <= faults.fail_first:
-            return self._send(503, {"error": "warming up"})
-        if faults.burst_every and (number - 1) % faults.burst_every < faults.burst_length:
-            return self._send(503, {"error": "overloaded (burst)"})
-        throttled = faults.fail_first < number <= faults.fail_first + faults.throttle_first
-        if throttled or (faults.rate_limit and not srv.admit(now)):
-            return self._send(429, {"error": "rate limited"}, headers={"Retry-After": faults.retry_after})
-        if faults.fail_rate and rng_value() < faults.fail_rate:
-            return self._send(500, {"error": "internal error"})
-        malformed = bool(faults.malformed_rate) and rng_value() < faults.malformed_rate
-        segments = [s for s in parts.path.split("/") if s]
-        if segments == ["health"]:
-            return self._send(200, {"ok": True})
-        if len(segments) < 2 or segments[0] not in SOURCES or segments[1] != "users":
-            return self._send(404, {"error": f"no route {parts.path}"})
+            self._send(401, {"error": "unauthorized"})
+        elif number <= faults.fail_first:
+            self._send(503, {"error": "warming up"})
+        elif faults.burst_every and (number - 1) % faults.burst_every < faults.burst_length:
+            self._send(503, {"error": "overloaded (burst)"})
+        elif (faults.fail_first < number <= faults.fail_first + faults.throttle_first
+              or (faults.rate_limit and not self.server.admit(now))):
+            self._send(429, {"error": "rate limited"}, headers={"Retry-After": faults.retry_after})
+        elif faults.fail_rate and rng_value() < faults.fail_rate:
+            self._send(500, {"error": "internal error"})
+        else:
+            return False
+        return True
+
+    def _users(self, segments: list[str], query: dict[str, list[str]], malformed: bool) -> None:
         source = segments[0]
-        query = parse_qs(parts.query)
         since = None
         if "updated_since" in query:  # delta sync
             try:
@@ -182,6 +229,8 @@ class _Handler(BaseHTTPRequestHandler):
                 return self._send(400, {"error": "user id must be an integer"})
             if not self._exists(user_id):
                 return self._send(404, {"error": f"user {user_id} not found"})
+            if self.server.faults.hostile:
+                return self._hostile(source, [user_id], bulk=False)
             if since is not None and updated_at(source, user_id) <= since:
                 return self._send_not_modified()
             return self._send(200, {"data": sample_user(source, user_id)}, malformed=malformed)
@@ -191,6 +240,8 @@ class _Handler(BaseHTTPRequestHandler):
             return self._send(400, {"error": "ids must be integers"})
         missing = [i for i in ids if not self._exists(i)]
         present = [i for i in ids if self._exists(i)]
+        if self.server.faults.hostile:
+            return self._hostile(source, present, bulk=True)
         if since is None:
             return self._send(200, {"data": [sample_user(source, i) for i in present], "missing": missing},
                               malformed=malformed)
@@ -198,6 +249,50 @@ class _Handler(BaseHTTPRequestHandler):
         unchanged = [i for i in present if updated_at(source, i) <= since]
         return self._send(200, {"data": [sample_user(source, i) for i in changed], "missing": missing,
                                 "unchanged": unchanged}, malformed=malformed)
+
+    # -- hostile answers (Faults.hostile) ------------------------------------------------------------
+    def _hostile(self, source: str, ids: list[int], *, bulk: bool) -> None:
+        mode = self.server.faults.hostile
+        records = [{**sample_user(source, i), "email": _MARK} for i in ids]
+        document: Any = {"data": records, "missing": []} if bulk else {"data": records[0]}
+        raw = json.dumps(document).encode()
+        if mode in _POISON:
+            return self._send_raw(200, raw.replace(json.dumps(_MARK).encode(), _POISON[mode]))
+        raw = raw.replace(json.dumps(_MARK).encode(), b'"login@sso.example.com"')
+        if mode == "redirect":
+            return self._send_raw(302, raw, headers={"Location": "https://sso.example.com/login?next=%2Fusers"})
+        if mode == "gzip_bomb":
+            return self._send_raw(200, gzip_bomb(self.server.faults.bomb_bytes), headers={"Content-Encoding": "gzip"})
+        if mode == "huge_body":
+            return self._send_endless_zeros(self.server.faults.bomb_bytes)
+        if mode == "drip_body":
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(raw)))
+            self.end_headers()
+            return self._drip(raw)
+        if mode == "drip_headers":
+            self.wfile.write(b"HTTP/1.1 200 OK\r\n")
+            return self._drip(b"X-Drip: " + b"a" * 4000 + b"\r\n\r\n")
+        raise ValueError(f"unknown hostile mode {mode!r} (one of {', '.join(HOSTILE)})")
+
+    def _drip(self, data: bytes) -> None:
+        """One byte per drip_interval, until done or the client hangs up (then a write fails)."""
+        self.close_connection = True
+        for i in range(len(data)):
+            time.sleep(self.server.faults.drip_interval)
+            self.wfile.write(data[i:i + 1])
+
+    def _send_endless_zeros(self, size: int) -> None:
+        # No Content-Length: the body runs until the server closes, so only the client's cap stops it.
+        self.close_connection = True
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Connection", "close")
+        self.end_headers()
+        block = bytes(64 * 1024)
+        for _ in range(size // len(block)):
+            self.wfile.write(block)
 
     def _send_not_modified(self) -> None:
         self.send_response(304)
@@ -212,6 +307,9 @@ class _Handler(BaseHTTPRequestHandler):
         raw = json.dumps(body).encode()
         if malformed:
             raw = raw[: max(1, len(raw) // 2)]
+        self._send_raw(status, raw, headers=headers)
+
+    def _send_raw(self, status: int, raw: bytes, *, headers: dict[str, str] | None = None) -> None:
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(raw)))
@@ -281,7 +379,7 @@ class SampleServer:
     @property
     def url(self) -> str:
         host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}"
+        return f"http://{host.decode() if isinstance(host, bytes) else host}:{port}"
 
     @property
     def log(self) -> RequestLog:

@@ -1,9 +1,5 @@
-"""Field mapping (the seed's variation 2): external field names → local ``users`` columns.
-
-Two maps can apply to one record: the source's (``[sources.<name>] field_map``) and the order's
-(payload ``field_map``). Both map external names; where they name the same external field, or map
-two external fields onto the same column, the order's mapping wins. A mapped value also wins over an
-unmapped external field that happens to carry the column's name.
+"""The order's field map (the seed's variation 2), checked at propose; the mapping itself is applied to
+source records by ``workctl.sources.fieldmap``.
 
 The order's map is checked at propose: every target must be a column the sync may write (the same
 allowlist as ``fields``), else ``field_not_allowed`` with the path ``field_map.<external name>``.
@@ -13,7 +9,7 @@ from a mapped record.
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Mapping
+from typing import Iterable, Mapping
 
 from ...errors import Invalid
 
@@ -30,20 +26,3 @@ def check(field_map: Mapping[str, str] | None, allowed: Iterable[str]) -> None:
     if problems:
         raise Invalid("field_map not allowed: " + "; ".join(p["message"] for p in problems[:3]),
                       code="field_not_allowed", details=problems)
-
-
-def apply(record: dict[str, Any], source_map: Mapping[str, str] | None,
-          order_map: Mapping[str, str] | None = None) -> dict[str, Any]:
-    """The record with external names replaced by local ones (the order's map wins)."""
-    if not source_map and not order_map:
-        return record
-    source_map = source_map or {}
-    order_map = order_map or {}
-    mapped = {k: v for k, v in record.items() if k not in source_map and k not in order_map}
-    for external, value in record.items():  # the source's map first …
-        if external in source_map and external not in order_map:
-            mapped[source_map[external]] = value
-    for external, value in record.items():  # … then the order's, so it wins every collision
-        if external in order_map:
-            mapped[order_map[external]] = value
-    return mapped
