@@ -25,6 +25,8 @@ FORBIDDEN = {
     "clock": {"store", "core", "types", "sources", "agents", "api", "commands", "server", "cli", "demo"},
     "config": {"store", "core", "types", "sources", "agents", "api", "commands", "server", "cli", "demo"},
     "jsonio": {"store", "core", "types", "sources", "agents", "api", "commands", "server", "cli", "demo"},
+    "strictjson": {"store", "core", "types", "sources", "agents", "api", "commands", "server", "cli", "demo"},
+    "limits": {"store", "core", "types", "sources", "agents", "api", "commands", "server", "cli", "demo"},
 }
 
 

@@ -10,6 +10,8 @@ import os
 from datetime import datetime, timedelta, timezone
 from typing import Callable
 
+from .errors import Usage
+
 Clock = Callable[[], datetime]
 
 _FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
@@ -40,7 +42,11 @@ def clock_from_env() -> Clock:
     """``WORKCTL_NOW`` pins the time (like faketime), so process-level tests need no sleeps."""
     pinned = os.environ.get("WORKCTL_NOW")
     if pinned:
-        return fixed_clock(parse(pinned))
+        try:
+            return fixed_clock(parse(pinned))
+        except (ValueError, OverflowError):
+            raise Usage(f"WORKCTL_NOW={pinned[:40]!r} is not an ISO-8601 time (e.g. 2026-01-01T00:00:00Z); "
+                        "unset it to use the real clock") from None
     return system_clock
 
 
@@ -49,6 +55,7 @@ def iso(moment: datetime) -> str:
 
 
 def parse(text: str) -> datetime:
+    """An ISO-8601 time as an aware UTC datetime (no zone: UTC); ValueError when it is not one."""
     value = datetime.fromisoformat(text.replace("Z", "+00:00"))
     if value.tzinfo is None:
         value = value.replace(tzinfo=timezone.utc)

@@ -26,6 +26,7 @@ import os
 import sys
 from typing import TYPE_CHECKING, Any, Callable
 
+from ..limits import MAX_TTL_SECONDS
 from . import render
 
 if TYPE_CHECKING:
@@ -126,8 +127,8 @@ def _check(command: str, args: dict[str, Any]) -> None:
     """What Click would refuse (or render with rich) goes to the fallback, which says it properly."""
     ttl = args.get("ttl")
     if ttl is not None:
-        if not (ttl.isascii() and ttl.isdigit() and int(ttl) >= 1):
-            raise _Fallback  # Click's IntRange(min=1) message comes from the fallback
+        if not (ttl.isascii() and ttl.isdigit() and len(ttl) <= 10 and 1 <= int(ttl) <= MAX_TTL_SECONDS):
+            raise _Fallback  # Click's IntRange message comes from the fallback
         args["ttl"] = int(ttl)
     if command == "submit" and args["result"] is None:
         raise _Fallback  # a missing required option: Click says so

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Callable, TypeVar
 import typer
 
 from ..cli import render
+from ..limits import MAX_TTL_SECONDS
 
 if TYPE_CHECKING:
     from ..api import Workctl
@@ -24,7 +25,8 @@ IdempotencyKey = Annotated[str | None, typer.Option(
 LeaseToken = Annotated[str | None, typer.Option(
     "--lease-token", envvar="WORKCTL_LEASE_TOKEN", show_default=False,
     help="Fence with the token from checkout: refused if the item was checked out again since.")]
-Ttl = Annotated[int | None, typer.Option("--ttl", min=1, help="Lease length in seconds (default 600).")]
+Ttl = Annotated[int | None, typer.Option("--ttl", min=1, max=MAX_TTL_SECONDS,
+                                         help="Lease length in seconds (default 600).")]
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ from typing import Annotated, Any
 import typer
 
 from ..cli import render
+from ..limits import MAX_LIST_LIMIT
 from ._common import Json, Nl, boundary, open_workctl
 
 
@@ -17,7 +18,7 @@ def failures(
     order_id: Annotated[str | None, typer.Argument(help="Only this order (default: the newest failures).")] = None,
     source: Annotated[str | None, typer.Option("--source", help="Only failures from this source.")] = None,
     error_class: Annotated[str | None, typer.Option("--class", help="Only this error class (e.g. not_found).")] = None,
-    limit: Annotated[int, typer.Option("--limit", min=1, help="At most this many (the newest).")] = 1000,
+    limit: Annotated[int, typer.Option("--limit", min=1, max=MAX_LIST_LIMIT, help="At most this many (the newest).")] = 1000,
     json_: Json = False,
     nl: Nl = False,
 ) -> None:

@@ -7,6 +7,7 @@ from typing import Annotated
 import typer
 
 from ..cli import render
+from ..limits import MAX_LIST_LIMIT
 from ._common import Json, Nl, boundary, open_workctl
 
 
@@ -15,7 +16,7 @@ def orders(
     ctx: typer.Context,
     state: Annotated[str | None, typer.Option("--state", help="Only orders in this state.")] = None,
     type_name: Annotated[str | None, typer.Option("--type", help="Only orders of this type.")] = None,
-    limit: Annotated[int, typer.Option("--limit", min=1, help="At most this many, newest first.")] = 100,
+    limit: Annotated[int, typer.Option("--limit", min=1, max=MAX_LIST_LIMIT, help="At most this many, newest first.")] = 100,
     json_: Json = False,
     nl: Nl = False,
 ) -> None:

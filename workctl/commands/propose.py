@@ -8,6 +8,7 @@ import typer
 
 from ..cli import render
 from ..cli.jsoninput import read_json
+from ..limits import PRIORITY_MAX, PRIORITY_MIN
 from ._common import IdempotencyKey, Json, boundary, open_workctl
 
 
@@ -16,7 +17,8 @@ def propose(
     ctx: typer.Context,
     type_name: Annotated[str, typer.Argument(metavar="TYPE", help="Order type, e.g. user.data.sync.")],
     payload: Annotated[str, typer.Option("--payload", help="JSON payload: inline, @file.json, or - for stdin.")],
-    priority: Annotated[int, typer.Option("--priority", help="Higher is checked out first.")] = 0,
+    priority: Annotated[int, typer.Option("--priority", min=PRIORITY_MIN, max=PRIORITY_MAX,
+                                                    help="Higher is checked out first.")] = 0,
     idempotency_key: IdempotencyKey = None,
     json_: Json = False,
 ) -> None:

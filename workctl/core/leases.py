@@ -13,6 +13,7 @@ from typing import Any
 from ..clock import after
 from ..errors import Conflict, IllegalTransition, LeaseLost, NoWork
 from ..jsonio import dumps, loads
+from ..limits import MAX_TTL_SECONDS, bounded_int
 from ..store.sqlite import write_tx
 from ..types import get_type
 from .ids import new_token
@@ -35,6 +36,13 @@ _CLAIM_TYPE = (f"SELECT {_CLAIM_COLUMNS} FROM items WHERE state IN ('queued', 'l
                "AND visible_at <= ? ORDER BY priority DESC, n LIMIT 1")
 
 
+def lease_ttl(s: Session, ttl: int | None) -> int:
+    """The lease length asked for (bounded), or the configured one."""
+    if ttl is None:
+        return int(s.config.ttl_seconds)
+    return bounded_int(ttl, "ttl", 1, MAX_TTL_SECONDS)
+
+
 def claim_query(order_id: str | None, type_name: str | None, now: str) -> tuple[str, tuple[Any, ...]]:
     if order_id:
         return _CLAIM_ORDER, (order_id, now)
@@ -46,7 +54,7 @@ def claim_query(order_id: str | None, type_name: str | None, now: str) -> tuple[
 def checkout(s: Session, *, agent: str, order_id: str | None = None, type_name: str | None = None,
              ttl: int | None = None) -> dict[str, Any]:
     """Lease the next claimable item; raise NoWork (exit 3) when there is none."""
-    ttl = int(ttl or s.config.ttl_seconds)
+    ttl = lease_ttl(s, ttl)
     if order_id:
         s.order_row(order_id)  # NotFound before taking any lock
     if type_name:
@@ -141,7 +149,7 @@ def check_lease(s: Session, item_id: str, agent: str, token: str | None) -> sqli
 
 def heartbeat(s: Session, item_id: str, *, agent: str, ttl: int | None = None,
               token: str | None = None) -> dict[str, Any]:
-    ttl = int(ttl or s.config.ttl_seconds)
+    ttl = lease_ttl(s, ttl)
     check_lease(s, item_id, agent, token)
     now = s.now()
     expires = after(s.clock(), ttl)

@@ -6,6 +6,7 @@ from typing import Any
 
 from ..errors import Invalid
 from ..jsonio import dumps
+from ..limits import PRIORITY_MAX, PRIORITY_MIN, bounded_int
 from ..store.sqlite import write_tx
 from ..types import get_type
 from .ids import new_id
@@ -17,6 +18,7 @@ from .session import Session
 def propose(s: Session, type_name: str, payload: Any, *, priority: int = 0, actor: Actor,
             idempotency_key: str | None = None) -> dict[str, Any]:
     order_type = get_type(type_name)
+    bounded_int(priority, "priority", PRIORITY_MIN, PRIORITY_MAX)
     guard = Guard.make("propose", idempotency_key, {"type": type_name, "payload": payload, "priority": priority})
     if (earlier := guard.replay(s.conn)) is not None:
         return earlier

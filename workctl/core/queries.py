@@ -6,6 +6,7 @@ from typing import Any, Iterator
 
 from ..errors import Invalid
 from ..jsonio import loads
+from ..limits import MAX_LIST_LIMIT, bounded_int
 from ..store.sql import where
 from .lifecycle import ITEM_DONE_STATES, ITEM_STATES, ORDER_STATES
 from .session import Session, item_summary, order_summary
@@ -39,6 +40,7 @@ def order_status(s: Session, order_id: str, *, events: int = 10) -> dict[str, An
 
 def list_orders(s: Session, *, state: str | None = None, type_name: str | None = None,
                 limit: int = 100) -> Iterator[dict[str, Any]]:
+    bounded_int(limit, "limit", 1, MAX_LIST_LIMIT)
     clause, params = where(state=state or None, type=type_name or None)
     for row in s.conn.execute(f"SELECT * FROM orders {clause} ORDER BY created_at DESC, rowid DESC LIMIT ?",
                               [*params, limit]):

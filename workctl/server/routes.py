@@ -7,12 +7,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
 
+from ..limits import MAX_TTL_SECONDS, PRIORITY_MAX, PRIORITY_MIN
+
 if TYPE_CHECKING:
     from ..api import Workctl
 
 BASE = "/api/agent/work"
-MAX_TTL = 30 * 86400           # a lease of at most 30 days
-PRIORITY_BOUND = 1_000_000     # priorities are small integers either side of 0
 MAX_LIMIT = 10_000             # GET /orders pages
 MAX_TEXT = 10_000              # reasons and error messages
 
@@ -62,7 +62,7 @@ class Op:
         return BASE + self.path
 
 
-_TTL = Field("integer", minimum=1, maximum=MAX_TTL, description="Lease length in seconds (default: the config's).")
+_TTL = Field("integer", minimum=1, maximum=MAX_TTL_SECONDS, description="Lease length in seconds (default: the config's).")
 
 OPS: tuple[Op, ...] = (
     Op("propose", "POST", "/propose", "operator", "Propose a work order; it is validated and planned into items.",
@@ -71,7 +71,7 @@ OPS: tuple[Op, ...] = (
        status=201, idempotency=True,
        body={"type": Field("string", required=True, max_length=120, description="The order type."),
              "payload": Field("object", required=True, description="Validated against the type's JSON Schema."),
-             "priority": Field("integer", minimum=-PRIORITY_BOUND, maximum=PRIORITY_BOUND)}),
+             "priority": Field("integer", minimum=PRIORITY_MIN, maximum=PRIORITY_MAX)}),
     Op("checkout", "POST", "/checkout", "agent", "Lease the next item of any order (highest priority, then oldest).",
        lambda wc, c: wc.checkout(None, agent=c.agent, type_name=c.body.get("type"), ttl=c.body.get("ttl")),
        body={"type": Field("string", max_length=120, description="Only items of orders of this type."),

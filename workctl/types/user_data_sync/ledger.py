@@ -22,6 +22,7 @@ from typing import Any, Iterable, Mapping
 from ...core.session import Session
 from ...errors import Conflict, Invalid
 from ...jsonio import loads
+from ...limits import MAX_LIST_LIMIT, bounded_int
 from ...store.sql import where
 
 _CLASS = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
@@ -59,6 +60,7 @@ def _row(r: sqlite3.Row | tuple[Any, ...]) -> dict[str, Any]:
 def list_failures(s: Session, order_id: str | None = None, *, source: str | None = None,
                   error_class: str | None = None, limit: int = 1000) -> list[dict[str, Any]]:
     """Ledger rows, oldest first: all of them for an order, else the newest ``limit``."""
+    bounded_int(limit, "limit", 1, MAX_LIST_LIMIT)
     if order_id:
         s.order_row(order_id)  # order_not_found (exit 4) for an unknown id
     clause, params = where(order_id=order_id or None, source=source or None, error_class=error_class or None)
