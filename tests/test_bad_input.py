@@ -144,7 +144,7 @@ WORLD_CASES = [
      "payload_invalid", "is not of type 'object'", {}),
     ("propose: user id beyond 64 bits", lambda w: ["propose", "user.data.sync", "--payload",
                                                    json.dumps({**SYNC, "user_ids": [2**63]})], 5,
-     "invalid_json", "$.user_ids[0]", {}),
+     "invalid_json", "user_ids.0", {}),
     ("propose: user id zero", lambda w: ["propose", "user.data.sync", "--payload",
                                          json.dumps({**SYNC, "user_ids": [0, 1]})], 5, "payload_invalid",
      "user_ids.0", {}),

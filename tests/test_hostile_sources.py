@@ -376,16 +376,16 @@ def test_max_body_bytes_is_range_checked():
 
 # -- the strict reader itself -----------------------------------------------------------------------------
 @pytest.mark.parametrize("data, kind, path", [
-    (b'{"a": NaN}', "constant", "$.a"),
-    (b'{"a": [1, -Infinity]}', "constant", "$.a[1]"),
+    (b'{"a": NaN}', "constant", "a"),
+    (b'{"a": [1, -Infinity]}', "constant", "a.1"),
     (b'{"synced_users": [{}, {}, {}, {"data": {"email": 99999999999999999999}}]}', "number",
-     "$.synced_users[3].data.email"),
-    (b'{"x": ' + b"7" * 5000 + b"}", "number", "$.x"),
-    (b"[-9223372036854775809]", "number", "$[0]"),
-    (b'{"mrr": 1e400}', "number", "$.mrr"),
-    (b'{"odd key!": [NaN]}', "constant", '$["odd key!"][0]'),
+     "synced_users.3.data.email"),
+    (b'{"x": ' + b"7" * 5000 + b"}", "number", "x"),
+    (b"[-9223372036854775809]", "number", "0"),
+    (b'{"mrr": 1e400}', "number", "mrr"),
+    (b'{"odd key!": [NaN]}', "constant", '["odd key!"].0'),
     (b'{"a": "\xff"}', "encoding", "byte 7"),
-    (b'{"a": "\\ud800"}', "encoding", "$.a"),
+    (b'{"a": "\\ud800"}', "encoding", "a"),
     (b'{"a": ', "syntax", "line 1 column 7"),
     (b"[" * 65 + b"]" * 65, "depth", "line 1 column 65"),
 ])
@@ -452,12 +452,12 @@ def test_strictjson_refuses_100000_deep_nesting_quickly_without_recursing():
 
 def test_strictjson_check_validates_parsed_values_the_same_way():
     assert strictjson.check({"a": [1, 2.5, None, True, "x", {"b": []}]}) is None
-    cases = [({"a": [1, {"b": float("nan")}]}, "number", "$.a[1].b"), ([2**63], "number", "$[0]"),
-             ({1: "x"}, "type", "$"), ({"a": {1, 2}}, "type", "$.a"), (["ok", "\ud800"], "encoding", "$[1]")]
+    cases = [({"a": [1, {"b": float("nan")}]}, "number", "a.1.b"), ([2**63], "number", "0"),
+             ({1: "x"}, "type", "$"), ({"a": {1, 2}}, "type", "a"), (["ok", "\ud800"], "encoding", "1")]
     deep: list = []
     for _ in range(100_000):
         deep = [deep]
-    cases.append((deep, "depth", "$" + "[0]" * 64))
+    cases.append((deep, "depth", ".".join(["0"] * 64)))
     for value, kind, path in cases:
         with pytest.raises(strictjson.StrictJsonError) as caught:
             strictjson.check(value)

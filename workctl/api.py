@@ -27,6 +27,7 @@ from .core import leases, queries
 from .core.lifecycle import Actor
 from .core.session import Session
 from .core.submit import submit
+from .errors import Invalid
 from .store.sqlite import connect, default_db_path, translate
 
 __all__ = ["Workctl", "default_agent"]
@@ -41,6 +42,9 @@ def _store_errors(method: F) -> F:
             return method(self, *args, **kwargs)
         except sqlite3.Error as exc:
             raise translate(exc, self.db_path) from exc
+        except UnicodeEncodeError as exc:  # a lone surrogate in some text: SQLite cannot store it
+            raise Invalid(f"text holds a character that is not valid Unicode ({exc.reason} at position {exc.start}); "
+                          "pass UTF-8 text", code="invalid_text") from None
     return wrapper  # type: ignore[return-value]
 
 

@@ -67,6 +67,7 @@ ERROR_CODES: dict[str, tuple[ExitCode, str]] = {
     # 5: invalid
     "invalid": (ExitCode.INVALID, "the input failed validation"),
     "invalid_json": (ExitCode.INVALID, "a JSON input could not be parsed"),
+    "invalid_text": (ExitCode.INVALID, "a text value is not valid Unicode (a lone surrogate)"),
     "input_unreadable": (ExitCode.INVALID, "an input file could not be read"),
     "input_too_large": (ExitCode.INVALID, "an input is larger than its limit"),
     "payload_invalid": (ExitCode.INVALID, "the payload does not match the order type's schema"),

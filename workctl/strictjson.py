@@ -308,16 +308,16 @@ def _path(link: Any) -> str:
     while link is not None:
         link, key = link
         parts.append(key)
-    out = ["$"]
+    # The same style as every other path workctl reports (a result's checks, jsonschema's errors):
+    # ``synced_users.3.data.email``, ``$`` for the whole document; an unusual key is quoted.
+    out: list[str] = []
     for key in reversed(parts):
-        if isinstance(key, int):
-            out.append(f"[{key}]")
-        elif key.isidentifier() and len(key) <= _MAX_PATH_KEY:
-            out.append(f".{key}")
+        if isinstance(key, int) or (key.isidentifier() and len(key) <= _MAX_PATH_KEY):
+            out.append(f".{key}" if out else str(key))
         else:
             shown = key if len(key) <= _MAX_PATH_KEY else key[:_MAX_PATH_KEY] + "…"
             out.append(f"[{json.dumps(shown)}]")
-    return "".join(out)
+    return "".join(out) or "$"
 
 
 def _size(limit: int) -> str:

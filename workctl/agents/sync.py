@@ -18,12 +18,15 @@ from typing import Any, Callable, Protocol
 from ..clock import iso
 from ..config import default_agent
 from ..errors import Conflict, Invalid, NoWork, Usage, WorkctlError
+from ..limits import INT64_MAX
 from ..sources.client import SourceClient, UserOutcome
 from ..sources.config import SourceConfig, load_source
 from ..types.user_data_sync.delta import fetch_since
 from .loop import AgentLoop, Handle, Listener, Tally
 
 SYNC_TYPE = "user.data.sync"
+MAX_ID_FILE_BYTES = 64 * 1024 * 1024
+MAX_USERS = 1_000_000  # the user.data.sync schema's maxItems
 
 
 @dataclass
@@ -239,17 +242,27 @@ class Syncer(AgentLoop):
 
 
 def parse_users(spec: str, all_ids: Callable[[], list[int]]) -> list[int]:
-    """``all`` | ``1-150,200`` | ``@ids.txt`` (ids separated by whitespace or commas) → unique ids in order."""
+    """``all`` | ``1-150,200`` | ``@ids.txt`` (ids separated by whitespace or commas) → unique ids in order.
+
+    Errors about a file say where (the token's number), never what: the file may not be an id list at
+    all, and its content must not end up in a terminal log."""
     spec = spec.strip()
     if spec == "all":
         ids = all_ids()
     elif spec.startswith("@"):
         try:
-            with open(spec[1:], encoding="utf-8") as handle:
-                text = handle.read()
+            with open(spec[1:], "rb") as handle:
+                raw = handle.read(MAX_ID_FILE_BYTES + 1)
         except OSError as exc:
             raise Invalid(f"--users: cannot read {spec[1:]}: {exc.strerror}", code="input_unreadable") from exc
-        ids = _ints(text.replace(",", " ").split(), origin=spec[1:])
+        if len(raw) > MAX_ID_FILE_BYTES:
+            raise Invalid(f"--users: {spec[1:]} is larger than {MAX_ID_FILE_BYTES // (1024 * 1024)} MiB",
+                          code="input_too_large")
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise Invalid(f"--users: {spec[1:]} is not UTF-8 text", code="invalid_users") from None
+        ids = _ints(text.replace(",", " ").split(), origin=spec[1:], echo=False)
     else:
         ids = []
         for part in [p for p in spec.split(",") if p.strip()]:
@@ -257,18 +270,26 @@ def parse_users(spec: str, all_ids: Callable[[], list[int]]) -> list[int]:
             first, last = _ints([low], origin="--users")[0], _ints([high or low], origin="--users")[0]
             if last < first:
                 raise Invalid(f"--users: range {part!r} runs backwards", code="invalid_users")
+            if last - first >= MAX_USERS:
+                raise Invalid(f"--users: range {part!r} holds more than {MAX_USERS:,} users", code="invalid_users")
             ids.extend(range(first, last + 1))
     unique = list(dict.fromkeys(ids))
     if not unique:
-        raise Invalid(f"--users {spec!r} selects no users", code="invalid_users")
+        raise Invalid(f"--users {spec[:40]!r} selects no users", code="invalid_users")
     return unique
 
 
-def _ints(tokens: list[str], *, origin: str) -> list[int]:
-    try:
-        return [int(t) for t in tokens]
-    except ValueError as exc:
-        raise Invalid(f"{origin}: not a user id: {exc}", code="invalid_users") from exc
+def _ints(tokens: list[str], *, origin: str, echo: bool = True) -> list[int]:
+    """Positive 64-bit ids; the first bad token is named by its position (and shown only if ``echo``)."""
+    ids = []
+    for position, token in enumerate(tokens, start=1):
+        value = int(token) if token.isascii() and token.isdigit() and len(token) <= 19 else 0
+        if not 1 <= value <= INT64_MAX:
+            shown = f" ({token[:20]!r})" if echo else ""
+            raise Invalid(f"{origin}: entry {position}{shown} is not a user id (a positive 64-bit integer)",
+                          code="invalid_users")
+        ids.append(value)
+    return ids
 
 
 def propose_from_source(wc: Any, *, source: str | None, users: str | None, fields: str | None,

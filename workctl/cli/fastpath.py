@@ -208,9 +208,38 @@ def main(argv: list[str] | None = None) -> int | None:
     return 0
 
 
+_TEXT_VARIABLES = ("WORKCTL_DB", "WORKCTL_CONFIG", "WORKCTL_AGENT_ID", "WORKCTL_LEASE_TOKEN")
+
+
+def _not_text(argv: list[str]) -> str | None:
+    """Which argument or variable is not valid UTF-8 text (Python hands such bytes over as lone
+    surrogates, which no store can hold): said once, here, instead of failing deep inside."""
+    for position, arg in enumerate(argv, start=1):
+        if not _encodable(arg):
+            return f"argument {position} ({arg.encode('utf-8', 'replace').decode()[:40]!r})"
+    for name in _TEXT_VARIABLES:
+        if not _encodable(os.environ.get(name, "")):
+            return f"the environment variable {name}"
+    return None
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def run() -> None:
     """The ``workctl`` console script and ``python -m workctl``: the fast path, else the Typer app."""
     argv = sys.argv[1:]
+    bad = _not_text(argv)
+    if bad is not None:
+        from ..errors import Usage
+
+        sys.exit(render.failure_exit_code(Usage(f"{bad} is not valid UTF-8 text; pass text in the locale's "
+                                                "UTF-8 encoding"), as_json="--json" in argv))
     code = None if os.environ.get("WORKCTL_NO_FASTPATH") else main(argv)
     if code is None:
         from .app import main as typer_main
