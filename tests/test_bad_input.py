@@ -343,9 +343,9 @@ def test_a_store_workctl_must_not_touch_is_refused_byte_for_byte(tmp_path, kind,
     before = files_of(db)
     out = run(db, *COMMANDS[command](), "--json")
     if kind == "corrupt":
-        check_error(out, 8, "database_corrupt", "corrupt.db")
+        check_error(out, 8, "store_corrupt", "corrupt.db")
     else:
-        check_error(out, 8, "database_too_new", "newer workctl")
+        check_error(out, 8, "store_too_new", "newer workctl")
     assert files_of(db) == before  # the same bytes, and no -wal or -journal appeared
 
 
@@ -386,7 +386,7 @@ def test_a_store_that_is_not_writable_is_exit_8(immutable_store, command):
     db = immutable_store["db"]
     before = files_of(db)
     out = run(db, *READ_ONLY_COMMANDS[command](immutable_store), "--json")
-    check_error(out, 8, "database_read_only", "read-only")
+    check_error(out, 8, "store_read_only", "read-only")
     assert "ro.db" in out.json["error"]["message"]
     assert files_of(db)["ro.db"] == before["ro.db"]
 
@@ -397,13 +397,13 @@ def test_a_store_path_that_cannot_be_a_store(tmp_path, where):
     if where == "a directory":
         db.mkdir()
     out = run(db, "status", "--json")
-    check_error(out, 8, "database_unavailable", str(db.parent if where != "a directory" else db))
+    check_error(out, 8, "store_unavailable" if where == "a directory" else "store_missing", str(db))
     assert sorted(p.name for p in tmp_path.iterdir()) == (["dir.db"] if where == "a directory" else [])
 
 
 def test_a_users_table_missing_from_the_store(tmp_path):
     db = tmp_path / "w.db"
-    assert run(db, "status").exit_code == 0
+    assert run(db, "init").exit_code == 0
     before = file_snapshot(db)
     out = run(db, "propose", "user.data.sync", "--payload", json.dumps(SYNC), "--json")
     check_error(out, 5, "no_users_table", "users")

@@ -184,8 +184,8 @@ def test_corrupt_database_is_refused_untouched(tmp_path):
     db.write_bytes(b"this is not a database, just some bytes" * 200)
     before = db.read_bytes()
     out = run(db, "status", "--json")
-    assert out.exit_code == 8 and out.json["error"]["code"] == "database_corrupt"
-    assert "not a SQLite database" in out.json["error"]["message"]
+    assert out.exit_code == 8 and out.json["error"]["code"] == "store_corrupt"
+    assert "not a usable SQLite database" in out.json["error"]["message"]
     assert db.read_bytes() == before
     assert not Path(str(db) + "-wal").exists()
 
@@ -194,7 +194,7 @@ def test_database_from_a_newer_workctl_is_refused_untouched(tmp_path):
     db = newer_store(tmp_path / "future.db")
     before = file_snapshot(db)
     out = run(db, "checkout", "--agent", "a", "--json")
-    assert out.exit_code == 8 and out.json["error"]["code"] == "database_too_new"
+    assert out.exit_code == 8 and out.json["error"]["code"] == "store_too_new"
     assert "newer workctl" in out.json["error"]["message"]
     assert file_snapshot(db) == before
 
@@ -212,6 +212,7 @@ def test_unexpected_failure_is_exit_1_and_points_at_debug(tmp_path, monkeypatch)
     def broken(*args, **kwargs):
         raise RuntimeError("boom")
 
+    assert run(tmp_path / "w.db", "init").exit_code == 0
     monkeypatch.setattr(workctl.api.queries, "status", broken)
     out = run(tmp_path / "w.db", "status", "--json")
     assert out.exit_code == 1
@@ -224,11 +225,12 @@ def test_ctrl_c_is_exit_130(tmp_path, monkeypatch):
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
+    assert run(tmp_path / "w.db", "init").exit_code == 0
     monkeypatch.setattr(workctl.api.queries, "status", interrupted)
     assert run(tmp_path / "w.db", "status").exit_code == 130
 
 
 def test_new_database_file_is_private(tmp_path):
     db = tmp_path / "fresh.db"
-    assert run(db, "status").exit_code == 0
+    assert run(db, "init").exit_code == 0
     assert db.stat().st_mode & 0o777 == 0o600

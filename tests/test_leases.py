@@ -414,7 +414,7 @@ class LeaseMachine(RuleBasedStateMachine):
         self.dir = tempfile.mkdtemp(prefix="workctl-walk-")
         self.db = os.path.join(self.dir, "w.db")
         self.clock = ManualClock()
-        self.wc = Workctl(self.db, config=Config(), clock=self.clock)
+        self.wc = Workctl(self.db, config=Config(), clock=self.clock, create=True)
         self.items: list[str] = []
         self.orders: list[str] = []
         self.tokens: dict[tuple[str, str], str] = {}

@@ -609,7 +609,7 @@ def test_apply_is_exactly_once_when_the_store_commit_does_not_happen(split, db_p
     order_id = propose_users(split)["order"]["id"]
     work_all(split, order_id)
     users_before = read_users(app_db)
-    assert _approve_with_store_commit_blocked(split, db_path, order_id).code == "database_locked"
+    assert _approve_with_store_commit_blocked(split, db_path, order_id).code == "store_locked"
 
     # the target holds the apply and its marker; the store never heard of it
     applied = read_users(app_db)

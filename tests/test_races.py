@@ -62,7 +62,7 @@ print(json.dumps({"agent": agent, "submitted": submitted, "errors": errors}))
 
 OPEN_ONLY = "OPEN_FIRST = False" + PRELUDE + """
 try:
-    wc.status()
+    wc.init()  # a creating operation: several agents set up the same new path at once
 except Exception as exc:
     record(exc)
 print(json.dumps({"agent": agent, "errors": errors}))

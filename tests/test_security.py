@@ -174,7 +174,7 @@ def test_field_map_names_and_values_from_the_config(tmp_path, monkeypatch):
     with SampleServer() as server:
         db = tmp_path / "w.db"
         make_users(db, 20)
-        assert run(db, "status").exit_code == 0  # create the store's own tables first
+        assert run(db, "init").exit_code == 0  # create the store's own tables first
         users = full_users(db)
         schema = schema_of(db)
         bad = tmp_path / "bad.toml"

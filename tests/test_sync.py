@@ -356,6 +356,7 @@ def test_cron_one_liner_proposes_syncs_and_approves(tmp_path, monkeypatch):
 
 
 def test_nothing_to_do_is_exit_0(tmp_path):
+    assert run(tmp_path / "w.db", "init").exit_code == 0
     out = run(tmp_path / "w.db", "sync", "--json")
     assert out.exit_code == 0 and out.json["items"]["submitted"] == 0
 

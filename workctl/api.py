@@ -45,19 +45,28 @@ def _store_errors(method: F) -> F:
 
 
 class Workctl:
+    """The library facade. Only operations that create work (``init``, ``propose``, and ``sync`` when it
+    proposes) create a missing SQLite store; everything else raises ``store_missing`` (exit 8) and
+    creates nothing, so a mistyped path never looks like an empty queue. ``create=True`` lets every
+    operation of this handle create the store (for callers that manage their own files)."""
+
     def __init__(self, db: str | os.PathLike[str] | None = None, *, config: Config | None = None,
-                 clock: Clock | None = None, user: str | None = None):
+                 clock: Clock | None = None, user: str | None = None, create: bool = False):
         self.db_path = str(db or default_db_path())
         self.config = config if config is not None else load_config()
         self.clock = clock or clock_from_env()
         self.user = user or os.environ.get("USER") or "operator"
+        self.create = create
         self._session: Session | None = None
 
     # -- plumbing --------------------------------------------------------------------------------
     @property
     def session(self) -> Session:
+        return self._open(create=self.create)
+
+    def _open(self, *, create: bool) -> Session:
         if self._session is None:
-            conn = connect(self.db_path)
+            conn = connect(self.db_path, create=create)
             conn.row_factory = sqlite3.Row
             self._session = Session(conn, self.db_path, self.config, self.clock)
         return self._session
@@ -65,7 +74,17 @@ class Workctl:
     def peer(self) -> Workctl:
         """Another handle on the same store, config and clock, with its own connection: what the
         agent loops give each worker thread (a connection is never shared between threads)."""
-        return Workctl(self.db_path, config=self.config, clock=self.clock, user=self.user)
+        return Workctl(self.db_path, config=self.config, clock=self.clock, user=self.user, create=self.create)
+
+    @_store_errors
+    def init(self) -> dict[str, Any]:
+        """Create (or migrate) the store; say where it is and whether it was new."""
+        from .store.sqlite import absolute, describe_store
+
+        existed = os.path.exists(os.path.realpath(self.db_path))
+        self._open(create=True)
+        return {"store": {**describe_store(self.session.conn), "path": absolute(self.db_path),
+                          "created": not existed}}
 
     def close(self) -> None:
         if self._session is not None:
@@ -96,6 +115,7 @@ class Workctl:
     def propose(self, type_name: str, payload: Any, *, priority: int = 0,
                 idempotency_key: str | None = None) -> dict[str, Any]:
         from .core.propose import propose
+        self._open(create=True)  # proposing creates work, so it may create the store
         return propose(self.session, type_name, payload, priority=priority, actor=self._operator(),
                        idempotency_key=idempotency_key)
 
