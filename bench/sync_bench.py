@@ -72,7 +72,7 @@ def run_seed_loop(url: str, users: int) -> float:
                 record = http.get(f"/users/{user_id}").json()["data"]
                 data = {f: record.get(f) for f in item["input"]["fields"]}
                 synced.append({"user_id": user_id, "data": data, "verified": any(data.values())})
-            wc.submit(item["id"], {"success": True, "synced_users": synced, "errors": []}, agent="seed")
+            wc.submit(item["id"], {"success": True, "synced_users": synced, "errors": []}, agent="seed", lease_token=item["lease_token"])
         elapsed = time.perf_counter() - started
     return users / elapsed
 

@@ -321,13 +321,13 @@ def test_every_transition_of_a_full_flow_writes_an_event(wc, make_wc, clock, db_
     item = wc.checkout(agent="a1")["item"]
     assert item["id"] == first
     tick("heartbeat")
-    wc.heartbeat(first, agent="a1")
+    wc.heartbeat(first, agent="a1", lease_token=item["lease_token"])
     tick("release")
-    wc.release(first, agent="a1")
+    wc.release(first, agent="a1", lease_token=item["lease_token"])
     tick("lease-2")
-    wc.checkout(agent="a1")
+    token = wc.checkout(agent="a1")["item"]["lease_token"]
     tick("release-error")
-    released = wc.release(first, agent="a1", error="source timed out")
+    released = wc.release(first, agent="a1", error="source timed out", lease_token=token)
     if released["item"].get("retry_at"):  # a failed attempt may wait out a backoff before its next claim
         clock.now = parse(released["item"]["retry_at"])
     tick("lease-3")
@@ -336,11 +336,11 @@ def test_every_transition_of_a_full_flow_writes_an_event(wc, make_wc, clock, db_
     tick("reclaim")
     item = wc.checkout(agent="a3")["item"]
     assert (item["id"], item["attempts"]) == (first, 3)
-    wc.submit(first, result_for_item(item["input"]), agent="a3")
+    wc.submit(first, result_for_item(item["input"]), agent="a3", lease_token=item["lease_token"])
     for agent in ("a4", "a5"):
         tick(f"submit-{agent}")
         leased = wc.checkout(agent=agent)["item"]
-        wc.submit(leased["id"], result_for_item(leased["input"]), agent=agent)
+        wc.submit(leased["id"], result_for_item(leased["input"]), agent=agent, lease_token=leased["lease_token"])
     assert wc.status(order_id)["order"]["state"] == "submitted"
 
     tick("requeue")
@@ -350,7 +350,7 @@ def test_every_transition_of_a_full_flow_writes_an_event(wc, make_wc, clock, db_
     for agent in ("b1", "b2"):
         tick(f"rework-{agent}")
         leased = wc.checkout(agent=agent)["item"]
-        wc.submit(leased["id"], result_for_item(leased["input"]), agent=agent)
+        wc.submit(leased["id"], result_for_item(leased["input"]), agent=agent, lease_token=leased["lease_token"])
     with pytest.raises(NoWork):
         wc.checkout(agent="b3")
     assert wc.show(order_id)["items"][0]["state"] == "failed"
@@ -358,7 +358,7 @@ def test_every_transition_of_a_full_flow_writes_an_event(wc, make_wc, clock, db_
     wc.retry(first)
     tick("rework-first")
     leased = wc.checkout(agent="b3")["item"]
-    wc.submit(leased["id"], result_for_item(leased["input"]), agent="b3")
+    wc.submit(leased["id"], result_for_item(leased["input"]), agent="b3", lease_token=leased["lease_token"])
     tick("approve")
     wc.approve(order_id)
 
@@ -372,8 +372,8 @@ def test_every_transition_of_a_full_flow_writes_an_event(wc, make_wc, clock, db_
     assert wc.maintain()["items_dead_lettered"] == 1
     tick("retry-2")
     wc.retry(order_id=other_id)
-    wc.checkout(agent="c2")
-    wc.submit(other_item, {"done": True}, agent="c2")
+    token = wc.checkout(agent="c2")["item"]["lease_token"]
+    wc.submit(other_item, {"done": True}, agent="c2", lease_token=token)
     tick("reject-2")
     wc.reject(other_id, reason="not needed", requeue=False)
 

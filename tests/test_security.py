@@ -94,13 +94,15 @@ def injection_cases(s, nasty):
         (["retry", "--order", nasty], 4, "order_not_found", None),
         (["sync", nasty], 4, "order_not_found", sync_url),
         (["run", nasty, "--exec", "cat"], 4, "order_not_found", None),
-        (["heartbeat", nasty, "--agent", "agent-a"], 4, "item_not_found", None),
-        (["release", nasty, "--agent", "agent-a"], 4, "item_not_found", None),
-        (["submit", nasty, "--agent", "agent-a", "--result", "{}"], 4, "item_not_found", None),
+        (["heartbeat", nasty, "--agent", "agent-a", "--lease-token", s["token"]], 4, "item_not_found", None),
+        (["release", nasty, "--agent", "agent-a", "--lease-token", s["token"]], 4, "item_not_found", None),
+        (["submit", nasty, "--agent", "agent-a", "--lease-token", s["token"], "--result", "{}"], 4,
+         "item_not_found", None),
         (["retry", nasty], 4, "item_not_found", None),
         # agent ids and tokens are only ever compared: the holder's item refuses them
-        (["heartbeat", s["item"], "--agent", nasty], 6, "lease_held_by_other", None),
-        (["submit", s["item"], "--agent", nasty, "--result", json.dumps(result_for_users(s["users"]))], 6,
+        (["heartbeat", s["item"], "--agent", nasty, "--lease-token", s["token"]], 6, "lease_held_by_other", None),
+        (["submit", s["item"], "--agent", nasty, "--lease-token", s["token"],
+          "--result", json.dumps(result_for_users(s["users"]))], 6,
          "lease_held_by_other", None),
         (["submit", s["item"], "--agent", "agent-a", "--lease-token", nasty, "--result",
           json.dumps(result_for_users(s["users"]))], 6, "stale_lease_token", None),
@@ -139,7 +141,7 @@ def test_injection_in_an_agent_id_a_reason_and_a_key_is_stored_as_text(store):
     done = run(db, "submit", leased["id"], "--agent", nasty, "--lease-token", leased["lease_token"], "--result", result,
                "--idempotency-key", nasty, "--json")
     assert done.exit_code == 0, done.stderr
-    replay = run(db, "submit", leased["id"], "--agent", nasty, "--result", result, "--idempotency-key", nasty, "--json")
+    replay = run(db, "submit", leased["id"], "--agent", nasty, "--lease-token", leased["lease_token"], "--result", result, "--idempotency-key", nasty, "--json")
     assert replay.exit_code == 0 and replay.json == done.json
     with Workctl(db, config=Config()) as wc:
         shown = wc.show(store["order"])
@@ -491,7 +493,7 @@ def test_webhook_signatures_verify_and_tampering_does_not(tmp_path, monkeypatch)
             order_id = wc.propose("user.data.sync", {"source": "crm", "user_ids": list(range(1, 11)),
                                                      "fields": ["email"]})["order"]["id"]
             item = wc.checkout(agent="a")["item"]
-            wc.submit(item["id"], result_for_item(item["input"]), agent="a")
+            wc.submit(item["id"], result_for_item(item["input"]), agent="a", lease_token=item["lease_token"])
             wc.approve(order_id)
             if not received:
                 wc.maintain()

@@ -189,7 +189,8 @@ def test_a_delta_item_without_since_cannot_claim_unchanged_users(tmp_path):
     item = run(db, "checkout", order_id, "--agent", "a", "--json").json["item"]
     result = {"success": True, "synced_users": [{"user_id": 1, "data": {"email": "x@y"}, "verified": True}],
               "unchanged_users": [{"user_id": 2}]}
-    out = run(db, "submit", item["id"], "--agent", "a", "--result", json.dumps(result), "--json")
+    out = run(db, "submit", item["id"], "--agent", "a", "--lease-token", item["lease_token"], "--result",
+              json.dumps(result), "--json")
     assert out.exit_code == 5 and out.json["error"]["details"][0]["path"] == "unchanged_users"
 
 

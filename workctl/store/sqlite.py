@@ -147,7 +147,7 @@ def _create_private(path: Path) -> bool:
         if exc.errno == errno.ENOSPC:
             raise store_full(str(path)) from exc
         if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-            raise store_read_only(str(path), exc.strerror) from exc
+            raise store_read_only(str(path), exc.strerror or "") from exc
         raise StoreError(f"cannot create the store {path}: {exc.strerror}", code="store_unavailable") from exc
     os.close(fd)
     return True
