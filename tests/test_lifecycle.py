@@ -31,6 +31,8 @@ EXPECTED_ORDER_EDGES = {
     ("failed", "in_progress", "retried"),
     ("failed", "dead_lettered", "dead_lettered"),
     ("dead_lettered", "in_progress", "retried"),
+    # workctl cancel: any order that was not applied
+    *((state, "cancelled", "cancelled") for state in ("queued", "in_progress", "submitted", "failed", "dead_lettered")),
 }
 EXPECTED_ITEM_EDGES = {
     (None, "queued", "planned"),
@@ -46,6 +48,8 @@ EXPECTED_ITEM_EDGES = {
     ("failed", "queued", "retried"),
     ("failed", "dead_lettered", "dead_lettered"),
     ("dead_lettered", "queued", "retried"),
+    # its order was cancelled: every item not finished goes with it
+    *((state, "cancelled", "cancelled") for state in ("queued", "leased", "submitted", "failed", "dead_lettered")),
 }
 # Event names a caller may give instead of the table's default (same from/to, a more precise reason).
 ITEM_EVENT_ALIASES = {("leased", "queued"): {"released", "lease_expired"}}
@@ -65,7 +69,7 @@ def test_transition_table_is_the_contract(entity, states, table, expected):
     # every state has a row (terminal states an empty one), and nothing outside the state list appears
     assert set(table) == {None, *states}
     assert {dst for _, dst, _ in expected} <= set(states)
-    assert {s for s, nxt in table.items() if s and not nxt} == {"completed", "rejected"}
+    assert {s for s, nxt in table.items() if s and not nxt} == {"completed", "rejected", "cancelled"}
 
 
 @pytest.mark.parametrize("entity,states,table,expected", CASES, ids=["order", "item"])
@@ -89,7 +93,7 @@ def test_check_accepts_exactly_the_table(entity, states, table, expected):
 
 
 def test_check_names_the_allowed_targets_in_its_message():
-    with pytest.raises(IllegalTransition, match=r"allowed from 'submitted': approved, queued, rejected"):
+    with pytest.raises(IllegalTransition, match=r"allowed from 'submitted': approved, cancelled, queued, rejected"):
         lifecycle.check("order", "submitted", "completed")
     with pytest.raises(IllegalTransition, match=r"none \(terminal state\)"):
         lifecycle.check("item", "completed", "queued")

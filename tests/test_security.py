@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import json
@@ -502,14 +503,18 @@ def test_webhook_signatures_verify_and_tampering_does_not(tmp_path, monkeypatch)
         server.server_close()
     assert received, "no webhook was delivered"
     body, headers = received[0]
-    signature = {k.lower(): v for k, v in headers.items()}[webhooks.SIGNATURE_HEADER.lower()]
-    expected = "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
-    assert signature == expected and webhooks.verify(secret, body, signature)
+    headers = {k.lower(): v for k, v in headers.items()}
+    signed = f"{headers['webhook-id']}.{headers['webhook-timestamp']}.".encode() + body
+    expected = "v1," + base64.b64encode(hmac.new(secret.encode(), signed, hashlib.sha256).digest()).decode()
+    signature = headers["webhook-signature"]
+    assert signature == expected and webhooks.verify(secret, headers, body)
     tampered = body.replace(b"order", b"ORDER", 1)
-    assert tampered != body and not webhooks.verify(secret, tampered, signature)
-    assert not webhooks.verify("another-secret", body, signature)
-    assert not webhooks.verify(secret, body, signature[:-1] + ("0" if signature[-1] != "0" else "1"))
-    assert not webhooks.verify(secret, body, None) and not webhooks.verify(secret, body, "")
+    assert tampered != body and not webhooks.verify(secret, headers, tampered)
+    assert not webhooks.verify("another-secret", headers, body)
+    flipped = signature[:-2] + ("A" if signature[-2] != "A" else "B") + signature[-1]
+    assert not webhooks.verify(secret, {**headers, "webhook-signature": flipped}, body)
+    assert not webhooks.verify(secret, {**headers, "webhook-signature": ""}, body)
+    assert not webhooks.verify(secret, {k: v for k, v in headers.items() if k != "webhook-signature"}, body)
     conn = sqlite3.connect(db)
     conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     assert secret not in "\n".join(conn.iterdump())

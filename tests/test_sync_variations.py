@@ -261,13 +261,16 @@ backoff_seconds = 60
 
 
 def assert_signed(delivery: dict[str, Any]) -> dict[str, Any]:
-    body, signature = delivery["body"], delivery["headers"]["x-workctl-signature"]
-    assert verify(SECRET, body, signature)
-    assert not verify(SECRET, body.replace(b'"order.applied"', b'"order.tampered"').replace(b"user.", b"usr."), signature)
-    assert not verify("another-secret", body, signature)
+    """Verify a delivery's Standard Webhooks signature (and that tampering breaks it); return its data,
+    flattened with the event type, timestamp and message id for the assertions below."""
+    body, headers = delivery["body"], delivery["headers"]
+    assert verify(SECRET, headers, body)
+    assert not verify(SECRET, headers, body.replace(b'"order.applied"', b'"order.tampered"').replace(b"user.", b"usr."))
+    assert not verify("another-secret", headers, body)
     document = json.loads(body)
-    assert delivery["headers"]["x-workctl-delivery"] == document["id"]
-    return document
+    assert set(document) == {"type", "timestamp", "data"}
+    return {**document["data"], "event": document["type"], "timestamp": document["timestamp"],
+            "id": headers["webhook-id"]}
 
 
 def test_webhooks_are_signed_sent_after_apply_retried_with_backoff_and_carry_cache_tags(tmp_path, monkeypatch):
@@ -287,7 +290,7 @@ def test_webhooks_are_signed_sent_after_apply_retried_with_backoff_and_carry_cac
         app = [assert_signed(d) for d in receiver.ok("/hooks?token=url-secret")]
         assert [d["event"] for d in app] == ["order.applied"] + ["user.updated"] * 5
         applied = app[0]
-        assert (applied["order_id"], applied["type"], applied["source"], applied["users_synced"]) == \
+        assert (applied["order_id"], applied["order_type"], applied["source"], applied["users_synced"]) == \
             (order_id, "user.data.sync", "crm", 5)
         assert applied["changed_user_ids"] == [1, 2, 3, 4, 5] and applied["tags"] == ["users", "profiles"]
         assert applied["timestamp"] == "2026-03-01T12:00:00.000000Z"

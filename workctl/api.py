@@ -158,13 +158,28 @@ class Workctl:
                       idempotency_key=idempotency_key)
 
     @_store_errors
+    def cancel(self, order_id: str, *, reason: str | None = None) -> dict[str, Any]:
+        """Withdraw an order that was not applied: it and its open items become ``cancelled``."""
+        from .core.cancel import cancel
+        result = cancel(self.session, order_id, reason=reason, actor=self._operator())
+        return self._after_commit(result, order_id=order_id)
+
+    @_store_errors
+    def cancel_preview(self, order_id: str) -> dict[str, Any]:
+        """What ``cancel`` would do (for a confirmation): the order's state and its open items by state."""
+        from .core.cancel import preview
+        return preview(self.session, order_id)
+
+    @_store_errors
     def retry(self, item_id: str | None = None, *, order_id: str | None = None) -> dict[str, Any]:
         from .core.retry import retry
         return retry(self.session, item_id=item_id, order_id=order_id, actor=self._operator())
 
     @_store_errors
-    def maintain(self) -> dict[str, Any]:
+    def maintain(self, *, dry_run: bool = False) -> dict[str, Any]:
         from .core.maintain import maintain
+        if dry_run:
+            return maintain(self.session, dry_run=True)
         # Re-send what is pending and due, after the maintenance commit.
         return self._after_commit(maintain(self.session))
 
@@ -208,6 +223,8 @@ class Workctl:
             sent: dict[str, Any] = outbox.deliver(self.session, hooks, order_id=order_id)
         except Exception as exc:  # noqa: BLE001 — committed already; maintain sends what is left
             sent = {"sent": 0, "failed": 0, "error": f"{type(exc).__name__}: {exc}"}
+        except KeyboardInterrupt:  # between two sends: the rest waits in the outbox
+            sent = {"sent": 0, "failed": 0, "interrupted": True}
         return {**response, "webhooks": sent}
 
     # -- views -----------------------------------------------------------------------------------

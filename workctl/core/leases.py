@@ -119,6 +119,9 @@ def require_token(token: str | None, action: str) -> str:
 def lease_problem(row: sqlite3.Row, agent: str, token: str, now: str) -> Conflict:
     """Why a fenced write to this item by this agent cannot proceed."""
     item = row["id"]
+    if row["state"] == "cancelled":
+        return Conflict(f"item {item}'s order {row['order_id']} was cancelled; stop working on it (nothing was "
+                        "written)", code="order_cancelled")
     if row["state"] != "leased":
         return IllegalTransition(f"item {item} is '{row['state']}', not leased; check it out first",
                                  code="not_leased")

@@ -176,8 +176,19 @@ def m003_reverts(db: Database) -> None:
     )""")
 
 
+def m004_scopes_and_message_ids(db: Database) -> None:
+    """``sync --source S --users SPEC`` resumes the open order of the same scope: orders get the scope key
+    their type computes at propose (NULL for types without one), indexed with the state, so finding it is
+    one seek instead of parsing every order's payload. Outbox rows get their Standard Webhooks message id
+    (``webhook-id``, stable across retries)."""
+    db.execute("ALTER TABLE orders ADD COLUMN scope_key TEXT")
+    db.execute("CREATE INDEX orders_scope ON orders(scope_key, state) WHERE scope_key IS NOT NULL")
+    db.execute("ALTER TABLE outbox ADD COLUMN message_id TEXT")
+
+
 # Append only. The names are the contract with databases already in the field.
-MIGRATIONS: list[Callable[[Database], None]] = [m001_initial, m002_sync_records, m003_reverts]
+MIGRATIONS: list[Callable[[Database], None]] = [m001_initial, m002_sync_records, m003_reverts,
+                                                 m004_scopes_and_message_ids]
 MIGRATION_NAMES: tuple[str, ...] = tuple(fn.__name__ for fn in MIGRATIONS)
 
 
