@@ -354,3 +354,8 @@ def figure(name: str, **values: Any) -> None:
     if path:
         with open(path, "a", encoding="utf-8") as handle:
             handle.write(json.dumps(record) + "\n")
+
+
+def taken(items: dict[str, Any]) -> dict[str, int]:
+    """What became of the items an agent run took: submitted, released (with an error) or lost."""
+    return {key: items[key] for key in ("submitted", "released", "lost")}

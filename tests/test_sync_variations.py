@@ -80,14 +80,15 @@ def test_partial_failures_go_to_the_ledger_and_retry_failed_syncs_exactly_them(t
     assert run(db, "failures", "no-such-order", "--json").exit_code == 4
 
 
-def test_a_batch_below_the_ratio_is_not_submitted_so_it_writes_no_ledger_rows(tmp_path, monkeypatch):
+def test_a_batch_below_the_ratio_is_not_submitted_but_its_failed_users_are_in_the_ledger(tmp_path, monkeypatch):
     db = tmp_path / "w.db"
     make_users(db, 10)
     with SampleServer(faults=Faults(missing=frozenset({3}))) as server:
         monkeypatch.setenv("WORKCTL_SOURCE_CRM_URL", f"{server.url}/crm")
         out = run(db, "sync", "--source", "crm", "--users", "1-10", "--fields", "email", "--json")
     assert out.exit_code == 7 and out.json["failed_users"][0]["user_id"] == 3
-    assert query(db, "SELECT count(*) FROM sync_failures") == [(0,)]
+    # Released with the refusal, the batch's failed user is in `workctl failures` with its class.
+    assert query(db, "SELECT user_id, error_class FROM sync_failures") == [(3, "not_found")]
 
 
 # -- 2. field mapping -------------------------------------------------------------------------------

@@ -27,6 +27,7 @@ from .core import leases, queries
 from .core.lifecycle import Actor
 from .core.session import Session
 from .core.submit import submit
+from .errors import ExitCode, WorkctlError
 from .store.sqlite import connect, default_db_path, translate
 
 __all__ = ["Workctl", "default_agent"]
@@ -112,12 +113,14 @@ class Workctl:
 
     # -- the lifecycle ---------------------------------------------------------------------------
     @_store_errors
-    def propose(self, type_name: str, payload: Any, *, priority: int = 0,
-                idempotency_key: str | None = None) -> dict[str, Any]:
+    def propose(self, type_name: str, payload: Any, *, priority: int = 0, idempotency_key: str | None = None,
+                resume: bool = False) -> dict[str, Any]:
+        """Propose an order; with ``resume``, return the open order of the same scope instead if there is one
+        (``"resumed": true``)."""
         from .core.propose import propose
         self._open(create=True)  # proposing creates work, so it may create the store
         return propose(self.session, type_name, payload, priority=priority, actor=self._operator(),
-                       idempotency_key=idempotency_key)
+                       idempotency_key=idempotency_key, resume=resume)
 
     @_store_errors
     def checkout(self, order_id: str | None = None, *, agent: str | None = None, type_name: str | None = None,
@@ -132,9 +135,12 @@ class Workctl:
 
     @_store_errors
     def release(self, item_id: str, *, agent: str | None = None, error: str | None = None,
-                lease_token: str | None = None) -> dict[str, Any]:
+                lease_token: str | None = None, unavailable: str | None = None,
+                failed_users: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+        """Give a lease back. ``error`` counts the attempt, unless ``unavailable`` names the source that
+        could not be reached (an outage is not the item's fault); ``failed_users`` go to the failure ledger."""
         return leases.release(self.session, item_id, agent=agent or default_agent(), error=error,
-                              token=lease_token)
+                              token=lease_token, unavailable=unavailable, failed_users=failed_users)
 
     @_store_errors
     def submit(self, item_id: str, result: Any, *, agent: str | None = None, lease_token: str | None = None,
@@ -149,6 +155,20 @@ class Workctl:
         response = approve(self.session, order_id, actor=self._operator(), dry_run=dry_run,
                            idempotency_key=idempotency_key)
         return response if dry_run else self._after_commit(response, order_id=order_id)
+
+    @_store_errors
+    def approve_guarded(self, order_id: str) -> dict[str, Any]:
+        """An automatic approval (sync/run --approve): approve only if the dry run's diff passes the
+        ``[approve]`` rules; otherwise the order stays submitted, ``approval_held`` is recorded, the
+        ``order.held`` webhook fires and Conflict(approval_held, exit 6) is raised."""
+        from .core.autoapprove import hold
+
+        preview = self.approve(order_id, dry_run=True)
+        held = hold(self.session, order_id, preview["diff"])
+        if held is not None:
+            self._after_commit({}, order_id=order_id)
+            raise held
+        return self.approve(order_id)
 
     @_store_errors
     def reject(self, order_id: str, *, reason: str, requeue: bool = False,
@@ -220,12 +240,23 @@ class Workctl:
         if not hooks:
             return response
         try:
+            self._queue_alerts(hooks)
             sent: dict[str, Any] = outbox.deliver(self.session, hooks, order_id=order_id)
         except Exception as exc:  # noqa: BLE001 — committed already; maintain sends what is left
             sent = {"sent": 0, "failed": 0, "error": f"{type(exc).__name__}: {exc}"}
         except KeyboardInterrupt:  # between two sends: the rest waits in the outbox
             sent = {"sent": 0, "failed": 0, "interrupted": True}
         return {**response, "webhooks": sent}
+
+    def _queue_alerts(self, hooks: list[Any]) -> int:
+        """Queue order.failed for orders that failed or were dead-lettered since the last look."""
+        from .core import outbox
+        from .store.sqlite import write_tx
+
+        if not any("order.failed" in h.events for h in hooks):
+            return 0
+        with write_tx(self.session.conn) as conn:
+            return outbox.queue_order_alerts(conn, hooks, self.session.now())
 
     # -- views -----------------------------------------------------------------------------------
     @_store_errors
@@ -240,6 +271,11 @@ class Workctl:
     @_store_errors
     def show(self, order_id: str) -> dict[str, Any]:
         return queries.show(self.session, order_id)
+
+    @_store_errors
+    def troubles(self, *, order_id: str | None = None, type_name: str | None = None) -> dict[str, Any]:
+        """Failed/dead-lettered orders and items waiting for an unavailable source, in an agent run's scope."""
+        return queries.troubles(self.session, order_id=order_id, type_name=type_name)
 
     @_store_errors
     def pending_sync_sources(self, order_id: str | None = None) -> list[str]:
@@ -262,15 +298,42 @@ class Workctl:
     # -- agents that run inside workctl ----------------------------------------------------------
     @_store_errors
     def sync(self, options: Any, *, listener: Any = None) -> dict[str, Any]:
-        """Run the fetch loop (workctl.agents.sync); returns the run's report."""
+        """Run the fetch loop (workctl.agents.sync), proposing or resuming first when the options say so;
+        returns the run's report. A run that did not succeed carries ``"error"`` (see ``run_error``)."""
         from .agents.sync import Syncer
-        return Syncer(self, options, listener=listener).run().to_dict()
+        if options.source or options.users or options.retry_failed:
+            self._open(create=True)  # sync proposes here: it may create the store
+        syncer = Syncer(self, options, listener=listener).run()
+        return self._finish_run("sync", syncer.to_dict(), syncer.error)
 
     @_store_errors
     def run_exec(self, options: Any, *, listener: Any = None) -> dict[str, Any]:
-        """Run a shell command per item (workctl.agents.exec); returns the run's report."""
+        """Run a shell command per item (workctl.agents.exec); returns the run's report (with ``"error"``
+        when it did not succeed)."""
         from .agents.exec import Runner
-        return Runner(self, options, listener=listener).run().to_dict()
+        runner = Runner(self, options, listener=listener).run()
+        return self._finish_run("run", runner.to_dict(), runner.error)
+
+    def _finish_run(self, command: str, report: dict[str, Any], error: WorkctlError | None) -> dict[str, Any]:
+        """Alerts at the end of an agent run: run.failed for a run that exits 7 (with its report), and the
+        order.failed alerts of orders that failed meanwhile; deliveries never change the verdict."""
+        from .core import outbox
+        from .store.sqlite import write_tx
+
+        hooks = outbox.configured(self.config)
+        if not hooks:
+            return report
+        queued = self._queue_alerts(hooks)
+        if error is not None and error.exit_code == ExitCode.REMOTE:
+            summary = {k: report[k] for k in ("orders", "items", "unavailable_sources", "failed_orders",
+                                              "waiting_for_source", "errors") if k in report}
+            with write_tx(self.session.conn) as conn:
+                queued += outbox.notify(conn, hooks, "run.failed", None,
+                                        {"command": command, "error": error.to_dict()["error"], "report": summary},
+                                        self.session.now())
+        if queued:  # only the alerts just queued are sent here; other due rows are maintain's
+            report["webhooks"] = self._after_commit({}).get("webhooks")
+        return report
 
     # -- preview, revert, provenance (user.data.sync) -------------------------------------------
     @_store_errors

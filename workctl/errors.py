@@ -134,8 +134,23 @@ class WorkctlError(Exception):
         self.code = code or self.default_code
         self.details = details or []
 
+    # True when the JSON error document is already part of what was printed (an agent run's report).
+    json_shown: bool = False
+
     def to_dict(self) -> dict[str, Any]:
         return {"error": {"code": self.code, "message": self.message, "details": self.details}}
+
+
+def run_error(report: dict[str, Any], *, json_shown: bool = False) -> WorkctlError | None:
+    """The error an agent run's report carries (``report["error"]``), with the exit code its code is
+    registered with; None for a run that succeeded. Surfaces raise it after printing the report."""
+    found = report.get("error")
+    if not found:
+        return None
+    error = WorkctlError(found["message"], code=found["code"], details=found.get("details"))
+    error.exit_code = ERROR_CODES.get(found["code"], (ExitCode.ERROR, ""))[0]
+    error.json_shown = json_shown
+    return error
 
 
 class Usage(WorkctlError):

@@ -173,24 +173,35 @@ def heartbeat(s: Session, item_id: str, *, agent: str, ttl: int | None = None,
                      "heartbeat_every_seconds": s.config.heartbeat_every_seconds}}
 
 
-def release(s: Session, item_id: str, *, agent: str, error: str | None = None,
-            token: str | None = None) -> dict[str, Any]:
+def release(s: Session, item_id: str, *, agent: str, error: str | None = None, token: str | None = None,
+            unavailable: str | None = None, failed_users: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     """Give the lease back. Without an error the attempt does not count and the item is claimable at
     once. With one, the attempt counts: an item that has used its last attempt fails, any other waits
     out an exponential backoff (retry_backoff_seconds · 2^(attempt-1), capped) before it can be
-    claimed again, so a failing item is not hammered in a tight loop."""
+    claimed again, so a failing item is not hammered in a tight loop.
+
+    ``unavailable`` (the source's name) is an outage, not the item's fault: the error is recorded as
+    ``source_unavailable`` but the attempt does not count; the item waits out the first backoff step.
+    ``failed_users`` go to the type's failure ledger in the same transaction (``record_released``)."""
     token = require_token(token, "release")
     row = check_lease(s, item_id, agent, token)
     now = s.now()
     guard, guard_params = fence(agent, token, now)
-    attempts = row["attempts"] if error else max(row["attempts"] - 1, 0)
-    failed = bool(error) and attempts >= row["max_attempts"]
-    record = {"code": "released_with_error", "message": error, "agent": agent} if error else None
+    counted = bool(error) and not unavailable
+    attempts = row["attempts"] if counted else max(row["attempts"] - 1, 0)
+    failed = counted and attempts >= row["max_attempts"]
+    record: dict[str, Any] | None = None
+    if unavailable:
+        record = {"code": "source_unavailable", "message": error, "source": unavailable, "agent": agent}
+    elif error:
+        record = {"code": "released_with_error", "message": error, "agent": agent}
     target = "failed" if failed else "queued"
-    retry_at = _retry_at(s, attempts) if error and not failed else ""
+    retry_at = _retry_at(s, max(attempts, 1)) if record and not failed else ""
     payload: dict[str, Any] = {"attempts": attempts}
-    if error:
+    if record:
         payload.update(error=error, retry_at=retry_at or None)
+    if unavailable:
+        payload.update(reason="source_unavailable", source=unavailable, attempt_counted=False)
     with write_tx(s.conn) as conn:
         moved = move_item(conn, item_id=item_id, order_id=row["order_id"], current="leased", target=target,
                           now=now, actor=Actor("agent", agent), event="failed" if failed else "released",
@@ -200,9 +211,13 @@ def release(s: Session, item_id: str, *, agent: str, error: str | None = None,
                           guard=guard, guard_params=guard_params)
         if not moved:
             raise lease_problem(s.item_row(item_id), agent, token, now)
+        if failed_users:
+            get_type(row["type"]).record_released(conn, {"id": item_id, "order_id": row["order_id"],
+                                                         "input": loads(row["input"]), "attempts": row["attempts"]},
+                                                  failed_users, now)
         order_state = refresh_order(conn, row["order_id"], now=now)
     return {"item": {"id": item_id, "state": target, "attempts": attempts, "max_attempts": row["max_attempts"],
-                     "retry_at": retry_at or None},
+                     "retry_at": retry_at or None, "attempt_counted": counted},
             "order": {"id": row["order_id"], "state": order_state}}
 
 

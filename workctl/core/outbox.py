@@ -345,6 +345,30 @@ def _send(hook: Webhook, row: Mapping[str, Any], attempt: int) -> tuple[bool, in
     return False, status, f"http_{status}: the webhook answered HTTP {status}"
 
 
+def queue_order_alerts(conn: sqlite3.Connection, hooks: list[Webhook], now: str) -> int:
+    """Queue ``order.failed`` for every order that became failed or dead-lettered since the last look (the
+    transition events after the ``alert_marks`` watermark; the first look starts from now, it does not
+    replay history). Runs in the caller's write transaction; returns how many rows it queued."""
+    if not any("order.failed" in h.events for h in hooks):
+        return 0
+    mark = conn.execute("SELECT last_event_id FROM alert_marks WHERE name = 'order.failed'").fetchone()
+    newest = conn.execute("SELECT coalesce(max(id), 0) FROM events").fetchone()[0]
+    if mark is None:
+        conn.execute("INSERT INTO alert_marks (name, last_event_id) VALUES ('order.failed', ?)", (newest,))
+        return 0
+    found = conn.execute(
+        "SELECT e.id, e.order_id, e.from_state, e.to_state, o.type FROM events e JOIN orders o ON o.id = e.order_id "
+        "WHERE e.id > ? AND e.id <= ? AND e.entity = 'order' AND e.to_state IN ('failed', 'dead_lettered') "
+        "ORDER BY e.id", (mark[0], newest)).fetchall()
+    queued = 0
+    for _, order_id, before, state, order_type in found:
+        queued += notify(conn, hooks, "order.failed", {"id": order_id, "type": order_type},
+                         {"state": state, "state_before": before,
+                          "next": f"workctl retry --order {order_id}  (or: workctl cancel {order_id})"}, now)
+    conn.execute("UPDATE alert_marks SET last_event_id = ? WHERE name = 'order.failed'", (newest,))
+    return queued
+
+
 def due_count(conn: sqlite3.Connection, now: str) -> int:
     return conn.execute("SELECT count(*) FROM outbox WHERE state = 'pending' AND next_attempt_at <= ?",
                         (now,)).fetchone()[0]

@@ -100,3 +100,26 @@ def pending_items(s: Session, *, order_id: str | None = None, type_name: str | N
     clause, params = where(order_id=order_id, type=None if order_id else type_name)
     clause = f"{clause} AND" if clause else "WHERE"
     return s.conn.execute(f"SELECT count(*) FROM items {clause} state IN ('queued', 'leased')", params).fetchone()[0]
+
+
+def troubles(s: Session, *, order_id: str | None = None, type_name: str | None = None,
+             limit: int = 20) -> dict[str, Any]:
+    """What an agent run must not call a success in its scope (one order, one type, or all): orders that are
+    failed or dead-lettered (until an operator retries or cancels them), and items waiting because their
+    source was unavailable at their last attempt."""
+    clause, params = where(id=order_id, type=None if order_id else type_name)
+    extra = f"{clause} AND" if clause else "WHERE"
+    failed = [{"id": r[0], "type": r[1], "state": r[2]} for r in s.conn.execute(
+        f"SELECT id, type, state FROM orders {extra} state IN ('failed', 'dead_lettered') "
+        "ORDER BY created_at LIMIT ?", (*params, limit))]
+    item_clause, item_params = where(order_id=order_id, type=None if order_id else type_name)
+    item_extra = f"{item_clause} AND" if item_clause else "WHERE"
+    waiting = []
+    for oid, items, error in s.conn.execute(
+            f"SELECT order_id, count(*), max(error) FROM items {item_extra} state = 'queued' "
+            "AND error LIKE ? GROUP BY order_id ORDER BY order_id LIMIT ?",
+            (*item_params, '{"code":"source_unavailable"%', limit)):
+        record = loads(error) or {}
+        waiting.append({"order_id": oid, "items": items, "source": record.get("source"),
+                        "error": record.get("message")})
+    return {"failed_orders": failed, "waiting_for_source": waiting}

@@ -29,6 +29,9 @@ from ..types.user_data_sync import fieldmap
 from .config import SourceConfig
 
 RETRY_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
+# Failures that are the source's (or the network's), not the batch's: a batch whose users all failed with
+# one of these is released as source_unavailable without spending an attempt (agents/sync).
+TRANSPORT_CLASSES = frozenset({"connection", "timeout", "server_error"})
 NOT_MODIFIED = object()  # get_json's answer to a 304 (delta sync: the user did not change)
 logging.getLogger("httpx").setLevel(logging.WARNING)  # httpx logs full URLs (secrets) at INFO
 logging.getLogger("httpcore").setLevel(logging.WARNING)

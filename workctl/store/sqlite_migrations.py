@@ -184,6 +184,8 @@ def m004_scopes_and_message_ids(db: Database) -> None:
     db.execute("ALTER TABLE orders ADD COLUMN scope_key TEXT")
     db.execute("CREATE INDEX orders_scope ON orders(scope_key, state) WHERE scope_key IS NOT NULL")
     db.execute("ALTER TABLE outbox ADD COLUMN message_id TEXT")
+    # How far the order.failed alerts have looked through the events (one row per alert kind).
+    db.execute("CREATE TABLE alert_marks (name TEXT PRIMARY KEY, last_event_id INTEGER NOT NULL)")
 
 
 # Append only. The names are the contract with databases already in the field.
