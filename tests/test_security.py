@@ -112,9 +112,11 @@ def injection_cases(s, nasty):
         (["sync", "--source", nasty, "--users", "1-3"], 5, source_code, None),
         (["sync", "--source", "crm", "--users", "1-3", "--fields", nasty], 5,
          "field_not_allowed" if nasty.isidentifier() else "payload_invalid", sync_url),
-        # inert: filters and free text are parameters, never SQL
-        (["orders", "--state", nasty], 0, None, None),
-        (["orders", "--type", nasty], 0, None, None),
+        # filters are checked against their valid values (exit 2, listing them) and never become SQL
+        (["orders", "--state", nasty], 2, "invalid_choice", None),
+        (["orders", "--type", nasty], 2, "invalid_choice", None),
+        (["failures", "--source", nasty], 2, "invalid_choice", None),
+        (["failures", "--class", nasty], 2, "invalid_choice", None),
     ]
 
 

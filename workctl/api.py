@@ -149,12 +149,19 @@ class Workctl:
                       idempotency_key=idempotency_key)
 
     @_store_errors
-    def approve(self, order_id: str, *, dry_run: bool = False,
-                idempotency_key: str | None = None) -> dict[str, Any]:
+    def approve(self, order_id: str, *, dry_run: bool = False, idempotency_key: str | None = None,
+                on_commit: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+        """Apply the order. ``on_commit`` is called with the response as soon as the transaction has
+        committed, before any webhook is sent (the CLI prints the result there); the deliveries that follow
+        never change the outcome."""
         from .core.approve import approve
         response = approve(self.session, order_id, actor=self._operator(), dry_run=dry_run,
                            idempotency_key=idempotency_key)
-        return response if dry_run else self._after_commit(response, order_id=order_id)
+        if dry_run:
+            return response
+        if on_commit is not None:
+            on_commit(response)
+        return self._after_commit(response, order_id=order_id)
 
     @_store_errors
     def approve_guarded(self, order_id: str) -> dict[str, Any]:
@@ -207,8 +214,19 @@ class Workctl:
     @_store_errors
     def failures(self, order_id: str | None = None, *, source: str | None = None, error_class: str | None = None,
                  limit: int = 1000) -> list[dict[str, Any]]:
-        """The per-user error ledger: every failed user of every submitted batch (oldest first)."""
+        """The per-user error ledger: every failed user of every submitted, refused or released batch (oldest
+        first). An unknown ``source`` or ``error_class`` is a usage error listing the valid ones."""
+        from .core.filters import ERROR_CLASSES, check_choice, is_error_class
+        from .sources.config import KNOWN_SOURCES, configured_sources
         from .types.user_data_sync.ledger import list_failures
+
+        conn = self.session.conn
+        if source is not None:
+            seen = [r[0] for r in conn.execute("SELECT DISTINCT source FROM sync_failures")]
+            check_choice("--source", source, [*KNOWN_SOURCES, *configured_sources(self.config.raw)], also=seen)
+        if error_class is not None and not is_error_class(error_class):
+            seen = [r[0] for r in conn.execute("SELECT DISTINCT error_class FROM sync_failures")]
+            check_choice("--class", error_class, [*ERROR_CLASSES, "http_<status>"], also=seen)
         return list_failures(self.session, order_id, source=source, error_class=error_class, limit=limit)
 
     @_store_errors
@@ -266,6 +284,14 @@ class Workctl:
     @_store_errors
     def orders(self, *, state: str | None = None, type_name: str | None = None,
                limit: int = 100) -> list[dict[str, Any]]:
+        """Orders, newest first; an unknown ``state`` or ``type_name`` is a usage error listing the valid ones."""
+        from .core.filters import check_choice
+        from .core.lifecycle import ORDER_STATES
+
+        check_choice("--state", state, ORDER_STATES)
+        if type_name is not None:
+            from .types import list_types
+            check_choice("--type", type_name, [t.name for t in list_types()])
         return list(queries.list_orders(self.session, state=state, type_name=type_name, limit=limit))
 
     @_store_errors

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import IO, Any, Protocol
 
 from ..config import default_agent
-from ..errors import Conflict, Invalid, NoWork, WorkctlError
+from ..errors import Conflict, Invalid, NoWork, RemoteError, WorkctlError
 from .heartbeat import Held
 from .loop import AgentLoop, Handle, Listener
 
@@ -138,9 +138,11 @@ class Runner(AgentLoop):
         finally:
             self.watchdog.close()
             self.seconds = time.monotonic() - started
-        self.error, self.troubles = self.outcome(order_id=self.options.order_id, type_name=self.options.type_name,
-                                                 incomplete_code="run_incomplete")
+        self.error, self.troubles = self.outcome(order_id=self.options.order_id, type_name=self.options.type_name)
         return self
+
+    def incomplete(self, message: str) -> WorkctlError:
+        return RemoteError(message, code="run_incomplete")
 
     def to_dict(self) -> dict[str, Any]:
         t = self.tally

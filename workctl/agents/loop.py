@@ -215,7 +215,11 @@ class AgentLoop:
             self.note(exc.message)
             return None
 
-    def outcome(self, *, order_id: str | None, type_name: str | None, incomplete_code: str,
+    def incomplete(self, message: str) -> WorkctlError:
+        """The error of a run that took items it could not submit (each loop names its own code)."""
+        raise NotImplementedError
+
+    def outcome(self, *, order_id: str | None, type_name: str | None,
                 unavailable: dict[str, str] | None = None) -> tuple[WorkctlError | None, dict[str, Any]]:
         """The run's verdict (CLI.md "Agent loops"): exit 0 only when every item taken was submitted (and
         approved, with --approve). Exit 7 when a source was unavailable, an item was released with an error
@@ -232,8 +236,8 @@ class AgentLoop:
         if t.released or t.lost:
             what = ", ".join(part for part in (f"{t.released} released with an error" if t.released else "",
                                                f"{t.lost} lost their lease" if t.lost else "") if part)
-            return RemoteError(f"{t.released + t.lost} of the items this run took were not submitted ({what}); "
-                               "they are retried by a later run (see the errors above)", code=incomplete_code), troubles
+            return self.incomplete(f"{t.released + t.lost} of the items this run took were not submitted ({what}); "
+                                   "they are retried by a later run (see the errors above)"), troubles
         if troubles["failed_orders"]:
             listed = troubles["failed_orders"]
             first = listed[0]["id"]

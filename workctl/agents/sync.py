@@ -17,7 +17,7 @@ from typing import Any, Callable, Protocol
 
 from ..clock import iso
 from ..config import default_agent
-from ..errors import Conflict, Invalid, NoWork, Usage, WorkctlError
+from ..errors import Conflict, Invalid, NoWork, RemoteError, Usage, WorkctlError
 from ..sources.client import TRANSPORT_CLASSES, SourceClient, UserOutcome
 from ..sources.config import SourceConfig, load_source
 from ..types.user_data_sync.delta import fetch_since
@@ -181,9 +181,12 @@ class Syncer(AgentLoop):
         if self.options.approve and self.options.order_id:
             self._approve_if_ready(self.options.order_id)
         self.error, troubles = self.outcome(order_id=self.options.order_id, type_name=SYNC_TYPE,
-                                            incomplete_code="sync_incomplete", unavailable=self.report.unavailable)
+                                            unavailable=self.report.unavailable)
         self.troubles = troubles
         return self
+
+    def incomplete(self, message: str) -> WorkctlError:
+        return RemoteError(message, code="sync_incomplete")
 
     def _propose_first(self) -> None:
         options = self.options
@@ -194,6 +197,7 @@ class Syncer(AgentLoop):
                                            batch_size=options.batch_size, delta=options.delta, since=options.since,
                                            resume=not options.new)
             options.order_id = proposed["order"]["id"]
+            self.report.orders.append(options.order_id)
             self.report.resumed = bool(proposed.get("resumed"))
             if self.report.resumed:
                 self.listener.message(f"resuming order {options.order_id} "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Annotated, Any, Callable
 
 import typer
@@ -28,15 +29,22 @@ def approve(
             preview = wc.approve(order_id, dry_run=True)
             render_diff(preview["diff"], dry_run=True, mask=Masker(wc.sensitive_fields()))
             confirm(f"Apply order {order_id} to the users table?", [], yes=yes)
-        result = wc.approve(order_id, dry_run=dry_run, idempotency_key=idempotency_key)
         masker = None if json_ else Masker(wc.sensitive_fields())
-    if json_:
+
+        def committed(result: dict[str, Any]) -> None:  # printed before any webhook is sent
+            render_diff(result["diff"], dry_run=dry_run, mask=masker)
+            state = result["order"]["state"]
+            render.line(f"Dry run: nothing changed; order {order_id} is still {state}" if dry_run
+                        else f"Order {order_id} is {state}")
+            sys.stdout.flush()
+
+        result = wc.approve(order_id, dry_run=dry_run, idempotency_key=idempotency_key,
+                            on_commit=None if json_ else committed)
+    if json_:  # one document, with the delivery counts
         render.print_json(result)
         return
-    render_diff(result["diff"], dry_run=dry_run, mask=masker)
-    state = result["order"]["state"]
-    render.line(f"Dry run: nothing changed; order {order_id} is still {state}" if dry_run
-                else f"Order {order_id} is {state}")
+    if dry_run:
+        committed(result)
     render_webhooks(result)
 
 
