@@ -226,3 +226,20 @@ def test_a_read_only_directory_is_store_read_only_and_the_store_is_intact(tmp_pa
         assert str(db) in error["message"] and "writable" in error["message"]
     assert sorted(p.name for p in home.iterdir()) == ["w.db"]
     assert db.read_bytes() == before
+
+
+def test_sync_creates_the_store_when_it_proposes(tmp_path):
+    """sync --source is a creating command: with the users in a separate target, a missing store is made."""
+    from helpers import make_users
+    from workctl.sources.sample_server import SampleServer
+
+    target = tmp_path / "app.db"
+    make_users(target, 3)
+    with SampleServer() as server:
+        config = tmp_path / "workctl.toml"
+        config.write_text(f'[target]\ndb = "{target}"\n[sources.crm]\nbase_url = "{server.url}/crm"\n')
+        out = run(tmp_path / "new.db", "--config", str(config), "sync", "--source", "crm", "--users", "all",
+                  "--fields", "email", "--approve", "--json")
+    assert out.exit_code == 0, out.stderr
+    assert stat.S_IMODE((tmp_path / "new.db").stat().st_mode) == 0o600
+    assert count(target, "SELECT count(*) FROM users WHERE email LIKE '%@example.com'") == 3

@@ -353,3 +353,19 @@ def test_maintain_dry_run_reports_exactly_what_it_would_do_and_changes_nothing(t
     assert file_snapshot(db) == before
     real = run(db, "maintain", "--json", env={"WORKCTL_NOW": at(11)})
     assert real.json["leases_reclaimed"] == 1
+
+
+def test_approve_shows_the_diff_and_asks_on_a_terminal(tmp_path):
+    db = tmp_path / "w.db"
+    make_users(db, 3, filled=True)
+    with SampleServer() as server:
+        config = source_config(tmp_path, server.url)
+        out = run(db, "--config", str(config), "sync", "--source", "crm", "--users", "1-3", "--fields", "email",
+                  "--json")
+    order_id = out.json["orders"][0]
+    before = file_snapshot(db)
+    code, screen = _in_a_terminal(workctl_cmd(db, "approve", order_id), "n", tmp_path)
+    assert code == 130 and "Would apply" in screen and "user1@example.com" in screen and "[y/N]" in screen
+    assert file_snapshot(db) == before
+    code, screen = _in_a_terminal(workctl_cmd(db, "approve", order_id, "-y"), "", tmp_path)
+    assert code == 0 and "[y/N]" not in screen and "is completed" in screen

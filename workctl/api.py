@@ -139,8 +139,11 @@ class Workctl:
                 failed_users: list[dict[str, Any]] | None = None) -> dict[str, Any]:
         """Give a lease back. ``error`` counts the attempt, unless ``unavailable`` names the source that
         could not be reached (an outage is not the item's fault); ``failed_users`` go to the failure ledger."""
-        return leases.release(self.session, item_id, agent=agent or default_agent(), error=error,
-                              token=lease_token, unavailable=unavailable, failed_users=failed_users)
+        result = leases.release(self.session, item_id, agent=agent or default_agent(), error=error,
+                                token=lease_token, unavailable=unavailable, failed_users=failed_users)
+        if result["order"]["state"] in ("failed", "dead_lettered"):  # rare: the order.failed alert goes out now
+            self._after_commit({})
+        return result
 
     @_store_errors
     def submit(self, item_id: str, result: Any, *, agent: str | None = None, lease_token: str | None = None,

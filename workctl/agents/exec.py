@@ -19,6 +19,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from typing import IO, Any, Protocol
@@ -125,18 +126,19 @@ class Runner(AgentLoop):
         self.error: WorkctlError | None = None
         self.troubles: dict[str, Any] = {"failed_orders": [], "waiting_for_source": []}
         self.approved: list[str] = []
-        self.watchdog: Watchdog | None = None
+        self.watchdog: Watchdog | None = None  # started with the first command (a run with no work starts none)
+        self._watchdog_lock = threading.Lock()
 
     def run(self) -> Runner:
         started = time.monotonic()
         if self.options.order_id:
             self.wc.show(self.options.order_id)  # NotFound before any work
         self.listener.started(self.wc.pending_item_count(self.options.order_id, self.options.type_name))
-        self.watchdog = Watchdog()
         try:
             self.run_loop()
         finally:
-            self.watchdog.close()
+            if self.watchdog is not None:
+                self.watchdog.close()
             self.seconds = time.monotonic() - started
         self.error, self.troubles = self.outcome(order_id=self.options.order_id, type_name=self.options.type_name)
         return self
@@ -202,17 +204,18 @@ class Runner(AgentLoop):
 
     def _execute(self, item: dict[str, Any], env: dict[str, str], beat: Held) -> tuple[str | None, Any]:
         """Run the command for one item: (None, result) or (the problem, None). Output is read as bytes."""
+        with self._watchdog_lock:
+            if self.watchdog is None:
+                self.watchdog = Watchdog()
+            watchdog = self.watchdog
         proc = subprocess.Popen(self.options.command, shell=True, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, env=env, process_group=0, preexec_fn=_die_with_parent)
-        watchdog = self.watchdog
-        if watchdog is not None:
-            watchdog.tell("add", proc.pid)
+        watchdog.tell("add", proc.pid)
         try:
             outcome = self._wait(proc, json.dumps(item).encode(), beat)
         finally:
             kill_group(proc.pid)  # stragglers (a command's background children) go with it
-            if watchdog is not None:
-                watchdog.tell("del", proc.pid)
+            watchdog.tell("del", proc.pid)
         if isinstance(outcome, str):
             return outcome, None
         out, err = outcome

@@ -244,7 +244,9 @@ class Syncer(AgentLoop):
         with self.lock:
             broken = self.report.unavailable.get(source)
         if broken is not None:  # the circuit breaker: this run takes no more batches from that source
-            self._unavailable(wc, item, agent, source, broken, [])
+            unfetched = [{"user_id": u, "error": f"{broken.partition(': ')[0]}: not fetched, source {source} "
+                                                 "unavailable in this run"} for u in spec["user_ids"]]
+            self._unavailable(wc, item, agent, source, broken, [], unfetched)
             return
         try:
             client = self.client(source)
