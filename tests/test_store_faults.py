@@ -243,3 +243,19 @@ def test_sync_creates_the_store_when_it_proposes(tmp_path):
     assert out.exit_code == 0, out.stderr
     assert stat.S_IMODE((tmp_path / "new.db").stat().st_mode) == 0o600
     assert count(target, "SELECT count(*) FROM users WHERE email LIKE '%@example.com'") == 3
+
+
+def test_a_store_symlink_pointed_at_another_file_is_replaced(tmp_path):
+    first, second = tmp_path / "a.db", tmp_path / "b.db"
+    _store_with_an_order(first)
+    _store_with_an_order(second)
+    link = tmp_path / "store.db"
+    link.symlink_to(first)
+    with Workctl(link, config=Config()) as wc:
+        wc.status()
+        link.unlink()
+        link.symlink_to(second)
+        with pytest.raises(StoreError) as info:
+            wc.checkout(agent="a")
+    assert info.value.code == "store_replaced"
+    assert count(first, "SELECT count(*) FROM items WHERE state = 'leased'") == 0

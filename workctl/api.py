@@ -302,6 +302,11 @@ class Workctl:
         return queries.show(self.session, order_id)
 
     @_store_errors
+    def order_state(self, order_id: str) -> str:
+        """The order's state (one indexed read of one column; NotFound for an unknown id)."""
+        return queries.order_state(self.session, order_id)
+
+    @_store_errors
     def troubles(self, *, order_id: str | None = None, type_name: str | None = None) -> dict[str, Any]:
         """Failed/dead-lettered orders and items waiting for an unavailable source, in an agent run's scope."""
         return queries.troubles(self.session, order_id=order_id, type_name=type_name)

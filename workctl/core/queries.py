@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Iterator
 
-from ..errors import Invalid
+from ..errors import Invalid, NotFound
 from ..jsonio import loads
 from ..store.sql import where
 from .lifecycle import ITEM_DONE_STATES, ITEM_STATES, ORDER_STATES
@@ -123,3 +123,11 @@ def troubles(s: Session, *, order_id: str | None = None, type_name: str | None =
         waiting.append({"order_id": oid, "items": items, "source": record.get("source"),
                         "error": record.get("message")})
     return {"failed_orders": failed, "waiting_for_source": waiting}
+
+
+def order_state(s: Session, order_id: str) -> str:
+    """Just the state (the payload of a big order is megabytes: not read here)."""
+    row = s.conn.execute("SELECT state FROM orders WHERE id = ?", (order_id,)).fetchone()
+    if row is None:
+        raise NotFound(f"no order with id '{order_id}'", code="order_not_found")
+    return str(row[0])

@@ -180,8 +180,9 @@ def connect(path: str | os.PathLike[str], *, create: bool,
         conn = sqlite3.connect(f"{real.as_uri()}?mode=rw", uri=True, timeout=busy_timeout_ms / 1000,
                                isolation_level=None, check_same_thread=False, factory=Connection)
         conn.write_lock = _write_lock(db_path)
-        conn.store_path = str(real)
-        conn.identity = _identity(str(real))
+        # The name as given (stat follows a symlink): a link re-pointed at another file counts as replaced.
+        conn.store_path = absolute(db_path)
+        conn.identity = _identity(conn.store_path)
     except sqlite3.Error as exc:
         if not real.exists() and not create:
             raise store_missing(db_path) from exc
