@@ -239,3 +239,18 @@ def test_an_unknown_event_name_is_refused(tmp_path, bad):
     config.write_text(f'[[webhooks]]\nurl = "http://127.0.0.1:9/x"\nevents = ["{bad}"]\n')
     out = run(db, "--config", str(config), "approve", order_id, "--json")
     assert out.exit_code == 5 and out.json["error"]["code"] == "config_invalid"
+
+
+def test_the_first_failure_in_a_new_store_is_alerted(tmp_path, monkeypatch):
+    """No earlier command has looked at the alerts yet: the very first failed order is still reported."""
+    db = tmp_path / "w.db"
+    with Receiver() as receiver:
+        config = hooks_config(tmp_path, receiver)
+        order = run(db, "propose", "task.batch", "--payload", '{"tasks": [1], "max_attempts": 1}', "--json")
+        item = json.loads(run_process(db, "checkout", "--json").stdout)["item"]
+        released = run_process(db, "--config", str(config), "release", item["id"], "--error", "boom", "--json",
+                               env={**env(), "WORKCTL_LEASE_TOKEN": item["lease_token"]})
+        assert released.exit_code == 0 and json.loads(released.stdout)["order"]["state"] == "failed"
+        time.sleep(0.1)
+    assert receiver.types("/raw") == ["order.failed"] and all(d["verified"] for d in receiver.deliveries)
+    assert receiver.deliveries[0]["body"]["data"]["order_id"] == order.json["order"]["id"]

@@ -347,8 +347,8 @@ def _send(hook: Webhook, row: Mapping[str, Any], attempt: int) -> tuple[bool, in
 
 def queue_order_alerts(conn: sqlite3.Connection, hooks: list[Webhook], now: str) -> int:
     """Queue ``order.failed`` for every order that became failed or dead-lettered since the last look (the
-    transition events after the ``alert_marks`` watermark; the first look starts from now, it does not
-    replay history). Runs in the caller's write transaction; returns how many rows it queued."""
+    transition events after the ``alert_marks`` watermark, which migration m004 sets to the store's newest
+    event: history is not replayed). Runs in the caller's write transaction; returns how many it queued."""
     if not any("order.failed" in h.events for h in hooks):
         return 0
     mark = conn.execute("SELECT last_event_id FROM alert_marks WHERE name = 'order.failed'").fetchone()

@@ -184,8 +184,10 @@ def m004_scopes_and_message_ids(db: Database) -> None:
     db.execute("ALTER TABLE orders ADD COLUMN scope_key TEXT")
     db.execute("CREATE INDEX orders_scope ON orders(scope_key, state) WHERE scope_key IS NOT NULL")
     db.execute("ALTER TABLE outbox ADD COLUMN message_id TEXT")
-    # How far the order.failed alerts have looked through the events (one row per alert kind).
+    # How far the order.failed alerts have looked through the events (one row per alert kind). A store
+    # that already has history starts from its newest event: alerts are about failures from now on.
     db.execute("CREATE TABLE alert_marks (name TEXT PRIMARY KEY, last_event_id INTEGER NOT NULL)")
+    db.execute("INSERT INTO alert_marks (name, last_event_id) SELECT 'order.failed', coalesce(max(id), 0) FROM events")
 
 
 # Append only. The names are the contract with databases already in the field.
