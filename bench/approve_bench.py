@@ -46,7 +46,7 @@ def build(path: str, users: int) -> str:
                       for i in range(1, users + 1)))
     conn.commit()
     conn.close()
-    with Workctl(path, config=Config()) as wc:
+    with Workctl(path, config=Config(), create=True) as wc:
         order = wc.propose("user.data.sync", {"source": "crm", "user_ids": list(range(1, users + 1)),
                                               "fields": FIELDS})["order"]["id"]
         while True:
@@ -73,7 +73,7 @@ def time_approve(path: str, order: str) -> tuple[float, dict]:
     from workctl import Workctl
     from workctl.config import Config
 
-    with Workctl(path, config=Config()) as wc:
+    with Workctl(path, config=Config(), create=True) as wc:
         wc.session  # open and check the store before the clock starts, as for the baseline's connect
         started = time.perf_counter()
         response = wc.approve(order)

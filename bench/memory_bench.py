@@ -32,7 +32,7 @@ path = os.path.join(tempfile.mkdtemp(prefix="workctl-p7-"), "s.db")
 conn = sqlite3.connect(path)
 conn.execute("CREATE TABLE users (id INTEGER PRIMARY KEY, email TEXT, phone TEXT, company TEXT)")
 conn.commit(); conn.close()
-wc = Workctl(path, config=Config()); wc.session
+wc = Workctl(path, config=Config(), create=True); wc.session
 ids = list(range(1, {n} + 1))
 if {run}:
     response = wc.propose("user.data.sync", {{"source": "crm", "user_ids": ids, "fields": ["email"]}})
@@ -46,7 +46,7 @@ from sync_bench import config_for, make_db, FIELDS
 from workctl import Workctl
 from workctl.agents.sync import SyncOptions
 db = make_db({n})
-with Workctl(db, config=config_for({url!r})) as wc:
+with Workctl(db, config=config_for({url!r}), create=True) as wc:
     wc.propose("user.data.sync", {{"source": "crm", "user_ids": list(range(1, {n} + 1)), "fields": FIELDS}})
     if {run}:
         report = wc.sync(SyncOptions(agent="bench"))

@@ -39,7 +39,7 @@ class WorkctlAdapter:
         from workctl import Workctl
         from workctl.config import Config
 
-        self.wc = Workctl(path, config=Config())
+        self.wc = Workctl(path, config=Config(), create=True)
         self.agent = f"bench-{os.getpid()}"
 
     def enqueue_many(self, n: int) -> None:
@@ -298,7 +298,7 @@ def statement_breakdown(base: str, cycles: int) -> dict:
         path = os.path.join(base, "breakdown", "q.db")
         shutil.rmtree(os.path.dirname(path), ignore_errors=True)
         os.makedirs(os.path.dirname(path))
-        wc = Workctl(path, config=Config())
+        wc = Workctl(path, config=Config(), create=True)
         wc.propose("task.batch", {"tasks": list(range(cycles))})
         spent.clear()
         started = time.perf_counter()

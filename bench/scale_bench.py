@@ -37,7 +37,7 @@ def open_store(path: str):
     from workctl import Workctl
     from workctl.config import Config
 
-    wc = Workctl(path, config=Config())
+    wc = Workctl(path, config=Config(), create=True)
     wc.session
     return wc
 

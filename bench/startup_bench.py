@@ -31,7 +31,7 @@ def make_store(path: str, items: int) -> None:
     from workctl import Workctl
     from workctl.config import Config
 
-    with Workctl(path, config=Config()) as wc:
+    with Workctl(path, config=Config(), create=True) as wc:
         wc.propose("task.batch", {"tasks": [{"n": i} for i in range(items)]})
 
 

@@ -47,7 +47,7 @@ def config_for(url: str) -> Config:
 
 def run_workctl_sync(url: str, users: int) -> float:
     db = make_db(users)
-    with Workctl(db, config=config_for(url)) as wc:
+    with Workctl(db, config=config_for(url), create=True) as wc:
         wc.propose("user.data.sync", {"source": "crm", "user_ids": list(range(1, users + 1)), "fields": FIELDS})
         started = time.perf_counter()
         report = wc.sync(SyncOptions(agent="bench"))
@@ -59,7 +59,7 @@ def run_workctl_sync(url: str, users: int) -> float:
 def run_seed_loop(url: str, users: int) -> float:
     """The seed's agent: for each batch, GET every user in turn, then submit."""
     db = make_db(users)
-    with Workctl(db, config=config_for(url)) as wc, httpx.Client(base_url=f"{url}/crm") as http:
+    with Workctl(db, config=config_for(url), create=True) as wc, httpx.Client(base_url=f"{url}/crm") as http:
         wc.propose("user.data.sync", {"source": "crm", "user_ids": list(range(1, users + 1)), "fields": FIELDS})
         started = time.perf_counter()
         while True:
@@ -72,7 +72,7 @@ def run_seed_loop(url: str, users: int) -> float:
                 record = http.get(f"/users/{user_id}").json()["data"]
                 data = {f: record.get(f) for f in item["input"]["fields"]}
                 synced.append({"user_id": user_id, "data": data, "verified": any(data.values())})
-            wc.submit(item["id"], {"success": True, "synced_users": synced, "errors": []}, agent="seed")
+            wc.submit(item["id"], {"success": True, "synced_users": synced, "errors": []}, agent="seed", lease_token=item["lease_token"])
         elapsed = time.perf_counter() - started
     return users / elapsed
 

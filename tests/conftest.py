@@ -49,8 +49,10 @@ def make_wc(db_path: Path, clock: ManualClock) -> Callable[..., Workctl]:
     """Open further Workctl handles (other agents, other configs) on the same store; all are closed."""
     opened: list[Workctl] = []
 
-    def make(path: str | Path | None = None, *, config: Config | None = None, user: str = "operator") -> Workctl:
-        wc = Workctl(path or db_path, config=config or Config(), clock=clock, user=user)
+    def make(path: str | Path | None = None, *, config: Config | None = None, user: str = "operator",
+             create: bool = True) -> Workctl:
+        # create=True: these handles stand for a set-up store; tests of store creation pass create=False.
+        wc = Workctl(path or db_path, config=config or Config(), clock=clock, user=user, create=create)
         opened.append(wc)
         return wc
 

@@ -309,7 +309,7 @@ def query(db: Path | str, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[
 
 def newer_store(db: Path) -> Path:
     """A store as a newer workctl would leave it: a migration this version does not know."""
-    assert run(db, "status").exit_code == 0
+    assert run(db, "init").exit_code == 0
     conn = sqlite3.connect(db)
     conn.execute("INSERT INTO _sqlite_migrations (migration_set, name, applied_at) "
                  "VALUES ('workctl', 'm999_from_the_future', '2030-01-01')")
@@ -354,3 +354,8 @@ def figure(name: str, **values: Any) -> None:
     if path:
         with open(path, "a", encoding="utf-8") as handle:
             handle.write(json.dumps(record) + "\n")
+
+
+def taken(items: dict[str, Any]) -> dict[str, int]:
+    """What became of the items an agent run took: submitted, released (with an error) or lost."""
+    return {key: items[key] for key in ("submitted", "released", "lost")}

@@ -61,21 +61,22 @@ def build_world(folder: Path) -> dict:
     t_order = ok(run(db, "propose", "task.batch", "--payload", json.dumps({"tasks": ["t1", "t2"]}), "--json"))
     w["T"] = t_order["order"]["id"]
     t1 = ok(run(db, "checkout", w["T"], "--agent", "agent-t", "--json"))["item"]
-    ok(run(db, "submit", t1["id"], "--agent", "agent-t", "--result", '{"ok": 1}', "--idempotency-key", "k-sub"))
+    ok(run(db, "submit", t1["id"], "--agent", "agent-t", "--lease-token", t1["lease_token"], "--result", '{"ok": 1}',
+           "--idempotency-key", "k-sub"))
     t2 = ok(run(db, "checkout", w["T"], "--agent", "agent-t", "--json"))["item"]
     w.update(T1=t1["id"], T2=t2["id"], T2token=t2["lease_token"])
 
     c_order = ok(run(db, "propose", "task.batch", "--payload", json.dumps({"tasks": ["c"]}), "--json"))
     w["C"] = c_order["order"]["id"]
     c1 = ok(run(db, "checkout", w["C"], "--agent", "agent-c", "--json"))["item"]
-    ok(run(db, "submit", c1["id"], "--agent", "agent-c", "--result", '{"ok": 1}'))
+    ok(run(db, "submit", c1["id"], "--agent", "agent-c", "--lease-token", c1["lease_token"], "--result", '{"ok": 1}'))
     ok(run(db, "approve", w["C"], "--idempotency-key", "k-app"))
     w["C1"] = c1["id"]
 
     r_order = ok(run(db, "propose", "task.batch", "--payload", json.dumps({"tasks": ["r"]}), "--json"))
     w["R"] = r_order["order"]["id"]
     r1 = ok(run(db, "checkout", w["R"], "--agent", "agent-r", "--json"))["item"]
-    ok(run(db, "submit", r1["id"], "--agent", "agent-r", "--result", '{"ok": 1}'))
+    ok(run(db, "submit", r1["id"], "--agent", "agent-r", "--lease-token", r1["lease_token"], "--result", '{"ok": 1}'))
     ok(run(db, "reject", w["R"], "--reason", "not needed", "--idempotency-key", "k-rej"))
     conn = sqlite3.connect(db)
     conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
@@ -174,22 +175,27 @@ WORLD_CASES = [
     ("submit: token from the environment is stale",
      lambda w: ["submit", w["A"], "--agent", "agent-a", "--result", result_for(w)], 6, "stale_lease_token",
      "does not match", {"env": lambda w: {"WORKCTL_LEASE_TOKEN": w["stale"]}}),
-    ("heartbeat: expired lease", lambda w: ["heartbeat", w["A"], "--agent", "agent-a"], 6, "lease_expired",
+    ("heartbeat: expired lease", lambda w: ["heartbeat", w["A"], "--agent", "agent-a", "--lease-token", w["token"]],
+     6, "lease_expired",
      "expired", {"env": {"WORKCTL_NOW": FUTURE}}),
-    ("release: expired lease", lambda w: ["release", w["A"], "--agent", "agent-a", "--error", "late"], 6,
+    ("release: expired lease", lambda w: ["release", w["A"], "--agent", "agent-a", "--error", "late",
+                                          "--lease-token", w["token"]], 6,
      "lease_expired", "expired", {"env": {"WORKCTL_NOW": FUTURE}}),
     ("submit: expired lease, right token",
      lambda w: ["submit", w["A"], "--agent", "agent-a", "--lease-token", w["token"], "--result", result_for(w)],
      6, "lease_expired", "check out again", {"env": {"WORKCTL_NOW": FUTURE}}),
     ("submit: agent id from the environment is not the holder",
-     lambda w: ["submit", w["A"], "--result", result_for(w)], 6, "lease_held_by_other", "agent-a",
+     lambda w: ["submit", w["A"], "--lease-token", w["token"], "--result", result_for(w)], 6, "lease_held_by_other",
+     "agent-a",
      {"env": {"WORKCTL_AGENT_ID": "agent-z"}}),
     # -- idempotency keys reused for a different request
     ("submit: idempotency key reused with another result",
-     lambda w: ["submit", w["T1"], "--agent", "agent-t", "--result", '{"ok": 2}', "--idempotency-key", "k-sub"],
+     lambda w: ["submit", w["T1"], "--agent", "agent-t", "--lease-token", w["T2token"], "--result", '{"ok": 2}',
+                "--idempotency-key", "k-sub"],
      6, "idempotency_mismatch", "different submit request", {}),
     ("submit: idempotency key reused by another agent",
-     lambda w: ["submit", w["T1"], "--agent", "agent-x", "--result", '{"ok": 1}', "--idempotency-key", "k-sub"],
+     lambda w: ["submit", w["T1"], "--agent", "agent-x", "--lease-token", w["T2token"], "--result", '{"ok": 1}',
+                "--idempotency-key", "k-sub"],
      6, "idempotency_mismatch", "different", {}),
     ("reject: idempotency key reused with another reason",
      lambda w: ["reject", w["R"], "--reason", "changed my mind", "--idempotency-key", "k-rej"], 6,
@@ -206,9 +212,11 @@ WORLD_CASES = [
      "order_not_submitted", "'rejected'", {}),
     ("retry: a completed item", lambda w: ["retry", w["C1"]], 6, "not_retryable", "completed", {}),
     ("retry: a submitted item", lambda w: ["retry", w["T1"]], 6, "not_retryable", "submitted", {}),
-    ("release: a submitted item", lambda w: ["release", w["T1"], "--agent", "agent-t"], 6, "not_leased",
+    ("release: a submitted item", lambda w: ["release", w["T1"], "--agent", "agent-t", "--lease-token", w["T2token"]],
+     6, "not_leased",
      "submitted", {}),
-    ("submit: a completed item again", lambda w: ["submit", w["C1"], "--agent", "agent-c", "--result", "{}"], 6,
+    ("submit: a completed item again", lambda w: ["submit", w["C1"], "--agent", "agent-c", "--lease-token",
+                                                  w["T2token"], "--result", "{}"], 6,
      "not_leased", "completed", {}),
     ("checkout: a completed order", lambda w: ["checkout", w["C"], "--agent", "a"], 3, "no_items_available",
      "no items available", {}),
@@ -343,9 +351,9 @@ def test_a_store_workctl_must_not_touch_is_refused_byte_for_byte(tmp_path, kind,
     before = files_of(db)
     out = run(db, *COMMANDS[command](), "--json")
     if kind == "corrupt":
-        check_error(out, 8, "database_corrupt", "corrupt.db")
+        check_error(out, 8, "store_corrupt", "corrupt.db")
     else:
-        check_error(out, 8, "database_too_new", "newer workctl")
+        check_error(out, 8, "store_too_new", "newer workctl")
     assert files_of(db) == before  # the same bytes, and no -wal or -journal appeared
 
 
@@ -386,7 +394,7 @@ def test_a_store_that_is_not_writable_is_exit_8(immutable_store, command):
     db = immutable_store["db"]
     before = files_of(db)
     out = run(db, *READ_ONLY_COMMANDS[command](immutable_store), "--json")
-    check_error(out, 8, "database_read_only", "read-only")
+    check_error(out, 8, "store_read_only", "read-only")
     assert "ro.db" in out.json["error"]["message"]
     assert files_of(db)["ro.db"] == before["ro.db"]
 
@@ -397,13 +405,13 @@ def test_a_store_path_that_cannot_be_a_store(tmp_path, where):
     if where == "a directory":
         db.mkdir()
     out = run(db, "status", "--json")
-    check_error(out, 8, "database_unavailable", str(db.parent if where != "a directory" else db))
+    check_error(out, 8, "store_unavailable" if where == "a directory" else "store_missing", str(db))
     assert sorted(p.name for p in tmp_path.iterdir()) == (["dir.db"] if where == "a directory" else [])
 
 
 def test_a_users_table_missing_from_the_store(tmp_path):
     db = tmp_path / "w.db"
-    assert run(db, "status").exit_code == 0
+    assert run(db, "init").exit_code == 0
     before = file_snapshot(db)
     out = run(db, "propose", "user.data.sync", "--payload", json.dumps(SYNC), "--json")
     check_error(out, 5, "no_users_table", "users")

@@ -132,13 +132,28 @@ CASES = [
     ("types show: unknown type", lambda w: ["types", "show", "nope"], 4, "unknown_type", "nope"),
     ("config file missing", lambda w: ["--config", str(w["tmp"] / "missing.toml"), "status"], 5, "config_missing",
      "missing.toml"),
+    # A fenced write without a token is refused before anything is read (exit 2, how to pass it).
+    ("heartbeat: no lease token", lambda w: ["heartbeat", w["item"], "--agent", "agent-a"], 2,
+     "lease_token_required", "WORKCTL_LEASE_TOKEN"),
+    ("release: no lease token", lambda w: ["release", w["item"], "--agent", "agent-a"], 2,
+     "lease_token_required", "WORKCTL_LEASE_TOKEN"),
+    ("submit: no lease token", lambda w: ["submit", w["item"], "--agent", "agent-a", "--result", result_json(w)], 2,
+     "lease_token_required", "--lease-token"),
 ]
+FENCED = ("heartbeat", "release", "submit")
+
+
+def with_token(w, args, name):
+    """The fenced commands' cases carry the item's current token unless the case is about the token."""
+    if args[0] in FENCED and "--lease-token" not in args and "no lease token" not in name:
+        return [*args, "--lease-token", w["token"]]
+    return args
 
 
 @pytest.mark.parametrize("name, argv, exit_code, code, words", CASES, ids=[c[0] for c in CASES])
 def test_bad_input_changes_nothing(world, name, argv, exit_code, code, words):
     env = {"WORKCTL_NOW": "2099-01-01T00:00:00Z"} if "expired" in name else None
-    args = argv(world)
+    args = with_token(world, argv(world), name)
     # Global options go before the subcommand; --json goes after it.
     before = file_snapshot(world["db"])
     out = run(world["db"], *args, "--json", env=env)
@@ -154,11 +169,13 @@ def test_validation_failure_keeps_the_lease_and_lists_every_problem(world):
     bad = result_for_users(world["users"])
     bad["synced_users"][1]["verified"] = False
     bad["synced_users"][2]["user_id"] = 4242
-    out = run(world["db"], "submit", world["item"], "--agent", "agent-a", "--result", json.dumps(bad), "--json")
+    out = run(world["db"], "submit", world["item"], "--agent", "agent-a", "--result", json.dumps(bad), "--json",
+              env={"WORKCTL_LEASE_TOKEN": world["token"]})
     assert out.exit_code == 5
     paths = {d["path"] for d in out.json["error"]["details"]}
     assert {"synced_users.1.verified", "synced_users.2.user_id", "synced_users"} <= paths
-    fixed = run(world["db"], "submit", world["item"], "--agent", "agent-a", "--result", result_json(world), "--json")
+    fixed = run(world["db"], "submit", world["item"], "--agent", "agent-a", "--result", result_json(world), "--json",
+                env={"WORKCTL_LEASE_TOKEN": world["token"]})
     assert fixed.exit_code == 0, fixed.stderr
 
 
@@ -170,7 +187,8 @@ def test_approve_twice_is_a_conflict(tmp_path):
     item = run(db, "checkout", "--agent", "a", "--json").json["item"]
     result = {"success": True, "synced_users": [{"user_id": u, "data": {"email": f"{u}@x"}, "verified": True}
                                                 for u in item["input"]["user_ids"]]}
-    assert run(db, "submit", item["id"], "--agent", "a", "--result", json.dumps(result)).exit_code == 0
+    assert run(db, "submit", item["id"], "--agent", "a", "--lease-token", item["lease_token"],
+               "--result", json.dumps(result)).exit_code == 0
     assert run(db, "approve", order["order"]["id"]).exit_code == 0
     before = file_snapshot(db)
     again = run(db, "approve", order["order"]["id"], "--json")
@@ -184,8 +202,8 @@ def test_corrupt_database_is_refused_untouched(tmp_path):
     db.write_bytes(b"this is not a database, just some bytes" * 200)
     before = db.read_bytes()
     out = run(db, "status", "--json")
-    assert out.exit_code == 8 and out.json["error"]["code"] == "database_corrupt"
-    assert "not a SQLite database" in out.json["error"]["message"]
+    assert out.exit_code == 8 and out.json["error"]["code"] == "store_corrupt"
+    assert "not a usable SQLite database" in out.json["error"]["message"]
     assert db.read_bytes() == before
     assert not Path(str(db) + "-wal").exists()
 
@@ -194,7 +212,7 @@ def test_database_from_a_newer_workctl_is_refused_untouched(tmp_path):
     db = newer_store(tmp_path / "future.db")
     before = file_snapshot(db)
     out = run(db, "checkout", "--agent", "a", "--json")
-    assert out.exit_code == 8 and out.json["error"]["code"] == "database_too_new"
+    assert out.exit_code == 8 and out.json["error"]["code"] == "store_too_new"
     assert "newer workctl" in out.json["error"]["message"]
     assert file_snapshot(db) == before
 
@@ -212,6 +230,7 @@ def test_unexpected_failure_is_exit_1_and_points_at_debug(tmp_path, monkeypatch)
     def broken(*args, **kwargs):
         raise RuntimeError("boom")
 
+    assert run(tmp_path / "w.db", "init").exit_code == 0
     monkeypatch.setattr(workctl.api.queries, "status", broken)
     out = run(tmp_path / "w.db", "status", "--json")
     assert out.exit_code == 1
@@ -224,11 +243,12 @@ def test_ctrl_c_is_exit_130(tmp_path, monkeypatch):
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
+    assert run(tmp_path / "w.db", "init").exit_code == 0
     monkeypatch.setattr(workctl.api.queries, "status", interrupted)
     assert run(tmp_path / "w.db", "status").exit_code == 130
 
 
 def test_new_database_file_is_private(tmp_path):
     db = tmp_path / "fresh.db"
-    assert run(db, "status").exit_code == 0
+    assert run(db, "init").exit_code == 0
     assert db.stat().st_mode & 0o777 == 0o600

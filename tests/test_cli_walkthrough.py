@@ -31,7 +31,9 @@ def test_seed_walkthrough(tmp_path):
         assert item["id"] == items[n]["id"]  # in order
         assert item["state"] == "leased" and item["heartbeat_every_seconds"] == 120 and item["lease_token"]
         result = json.dumps(result_for_users(item["input"]["user_ids"]))
-        sub = run(db, "submit", item["id"], "--result", result, "--agent", agent, "--json")
+        # The token travels in the environment, as the README recommends (it does not show in ps).
+        sub = run(db, "submit", item["id"], "--result", result, "--agent", agent, "--json",
+                  env={"WORKCTL_LEASE_TOKEN": item["lease_token"]})
         assert sub.exit_code == 0, sub.stderr
         assert sub.json["item"] == {"id": item["id"], "state": "submitted"}
         leased_ids.append(item["id"])

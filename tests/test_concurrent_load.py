@@ -82,7 +82,7 @@ def drain(tmp_path, db, *, processes: int, orders: list[dict], scopes: list[tupl
                 kill9(proc)
 
     errors = [e for r in reports for e in r["errors"]]
-    locked = [e for e in errors if "locked" in e["message"].lower() or e["code"] == "database_locked"]
+    locked = [e for e in errors if "locked" in e["message"].lower() or e["code"] == "store_locked"]
     locked += [s for s in stderr if "locked" in s.lower()]
     assert locked == [], locked
     assert errors == [], errors[:5]

@@ -93,3 +93,16 @@ def test_readme_has_the_ci_test_command(readme: str) -> None:
             assert command in readme, f"README.md lacks CI's test command {command!r}"
     else:
         assert "python -m pytest" in readme
+
+
+def test_the_error_code_table_is_the_registry(readme: str) -> None:
+    """The README's error-code table is exactly errors.ERROR_CODES (regenerate with python -m workctl.errors)."""
+    from workctl.errors import error_code_table
+
+    assert error_code_table() in readme
+
+
+def test_the_exit_code_table_is_generated(readme: str) -> None:
+    from workctl.errors import exit_code_table
+
+    assert exit_code_table() in readme

@@ -52,9 +52,10 @@ def test_agent_commands_import_no_heavy_modules(store_with_work, tmp_path, comma
     argv = {
         "checkout": ["checkout", "--agent", "b", "--json"],
         "status": ["status", "--json"],
-        "heartbeat": ["heartbeat", lease["id"], "--agent", "a", "--json"],
-        "submit": ["submit", lease["id"], "--agent", "a", "--result", json.dumps(result), "--json"],
-        "release": ["release", lease["id"], "--agent", "a", "--json"],
+        "heartbeat": ["heartbeat", lease["id"], "--agent", "a", "--lease-token", lease["lease_token"], "--json"],
+        "submit": ["submit", lease["id"], "--agent", "a", "--lease-token", lease["lease_token"], "--result",
+                   json.dumps(result), "--json"],
+        "release": ["release", lease["id"], "--agent", "a", "--lease-token", lease["lease_token"], "--json"],
     }[command]
     proc, modules = imported_modules(["--db", db, *argv], tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]

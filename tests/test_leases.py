@@ -18,7 +18,7 @@ from workctl import Workctl
 from workctl.core import leases
 from workctl.clock import ManualClock, after, iso, parse
 from workctl.config import Config
-from workctl.errors import Conflict, ExitCode, IllegalTransition, LeaseLost, NoWork, NotFound
+from workctl.errors import Conflict, ExitCode, IllegalTransition, LeaseLost, NoWork, NotFound, Usage
 from workctl.core.lifecycle import ITEM_TRANSITIONS, derived_order_state
 from helpers import events, result_for_item, rows, table_snapshot
 
@@ -130,7 +130,7 @@ def test_lease_token_is_fresh_for_every_checkout(wc, clock):
     one = wc.checkout(agent="a")["item"]
     two = wc.checkout(agent="a")["item"]
     assert one["lease_token"] != two["lease_token"]
-    wc.release(one["id"], agent="a")
+    wc.release(one["id"], agent="a", lease_token=one["lease_token"])
     again = wc.checkout(agent="a")["item"]
     assert again["id"] == one["id"]
     assert again["lease_token"] not in (one["lease_token"], two["lease_token"])
@@ -150,8 +150,8 @@ def test_heartbeat_extends_the_lease(wc, clock, db_path):
     clock.advance(500)  # past the first expiry, inside the extended one
     with pytest.raises(NoWork):
         wc.checkout(agent="b")
-    assert wc.heartbeat(item["id"], agent="a", ttl=60)["item"]["lease_expires_at"] == after(clock(), 60)
-    assert wc.submit(item["id"], {"ok": True}, agent="a")["item"]["state"] == "submitted"
+    assert wc.heartbeat(item["id"], agent="a", ttl=60, lease_token=item["lease_token"])["item"]["lease_expires_at"] == after(clock(), 60)
+    assert wc.submit(item["id"], {"ok": True}, agent="a", lease_token=item["lease_token"])["item"]["state"] == "submitted"
     assert [e["event"] for e in events(db_path, "item_id = ?", (item["id"],))] == [
         "leased", "heartbeat", "heartbeat", "submitted"]
 
@@ -162,9 +162,9 @@ def test_another_agent_cannot_touch_a_lease(wc, db_path, action):
     tasks(wc, 1)
     item = wc.checkout(agent="a")["item"]
     before = table_snapshot(db_path)
-    call = {"heartbeat": lambda: wc.heartbeat(item["id"], agent="b"),
-            "release": lambda: wc.release(item["id"], agent="b"),
-            "submit": lambda: wc.submit(item["id"], {"ok": True}, agent="b")}[action]
+    call = {"heartbeat": lambda: wc.heartbeat(item["id"], agent="b", lease_token=item["lease_token"]),
+            "release": lambda: wc.release(item["id"], agent="b", lease_token=item["lease_token"]),
+            "submit": lambda: wc.submit(item["id"], {"ok": True}, agent="b", lease_token=item["lease_token"])}[action]
     with pytest.raises(Conflict) as info:
         call()
     assert (info.value.code, info.value.exit_code) == ("lease_held_by_other", 6)
@@ -192,10 +192,27 @@ def test_operations_on_items_that_are_not_leased(wc):
     order = tasks(wc, 1)
     item_id = order["items"][0]["id"]
     with pytest.raises(IllegalTransition) as info:
-        wc.submit(item_id, {"ok": True}, agent="a")
+        wc.submit(item_id, {"ok": True}, agent="a", lease_token="0" * 32)
     assert (info.value.code, info.value.exit_code) == ("not_leased", 6)
     with pytest.raises(NotFound):
-        wc.heartbeat("no-such-item", agent="a")
+        wc.heartbeat("no-such-item", agent="a", lease_token="0" * 32)
+
+
+@pytest.mark.parametrize("action", ["heartbeat", "release", "submit"])
+@pytest.mark.parametrize("token", [None, ""])
+def test_a_fenced_write_without_a_token_is_refused(wc, db_path, action, token):
+    """Invariant 2: no write path accepts a missing token (exit 2, saying how to pass it)."""
+    tasks(wc, 1)
+    item = wc.checkout(agent="a")["item"]
+    before = table_snapshot(db_path)
+    call = {"heartbeat": lambda: wc.heartbeat(item["id"], agent="a", lease_token=token),
+            "release": lambda: wc.release(item["id"], agent="a", lease_token=token),
+            "submit": lambda: wc.submit(item["id"], {"ok": True}, agent="a", lease_token=token)}[action]
+    with pytest.raises(Usage) as info:
+        call()
+    assert (info.value.code, info.value.exit_code) == ("lease_token_required", 2)
+    assert "WORKCTL_LEASE_TOKEN" in info.value.message
+    assert table_snapshot(db_path) == before
 
 
 def test_expired_lease_is_reissued_by_checkout_and_the_late_submit_refused(wc, clock, db_path):
@@ -216,7 +233,7 @@ def test_expired_lease_is_reissued_by_checkout_and_the_late_submit_refused(wc, c
         wc.submit(first["id"], {"late": True}, agent="a1", lease_token=first["lease_token"])
     assert (info.value.code, info.value.exit_code) == ("lease_held_by_other", 6)
     with pytest.raises(Conflict):
-        wc.submit(first["id"], {"late": True}, agent="a1")
+        wc.submit(first["id"], {"late": True}, agent="a1", lease_token=first["lease_token"])
     assert table_snapshot(db_path) == before
     row = item_row(db_path, first["id"])
     assert (row["state"], row["leased_by"], row["result"]) == ("leased", "a2", None)
@@ -327,14 +344,15 @@ def test_release_without_error_does_not_count_an_attempt(wc, db_path):
 def test_release_with_error_counts_and_fails_at_the_last_attempt(wc, clock, db_path):
     order = tasks(wc, 1, max_attempts=2)
     item_id = order["items"][0]["id"]
-    wc.checkout(agent="a")
-    first = wc.release(item_id, agent="a", error="upstream 500")
+    token = wc.checkout(agent="a")["item"]["lease_token"]
+    first = wc.release(item_id, agent="a", error="upstream 500", lease_token=token)
     assert subset(first["item"], "id", "state", "attempts", "max_attempts") == {
         "id": item_id, "state": "queued", "attempts": 1, "max_attempts": 2}
     assert '"message":"upstream 500"' in item_row(db_path, item_id)["error"]
     wait_for_retry(wc, clock, first)
-    assert wc.checkout(agent="a")["item"]["attempts"] == 2
-    last = wc.release(item_id, agent="a", error="upstream 500 again")
+    again = wc.checkout(agent="a")["item"]
+    assert again["attempts"] == 2
+    last = wc.release(item_id, agent="a", error="upstream 500 again", lease_token=again["lease_token"])
     assert subset(last["item"], "id", "state", "attempts", "max_attempts") == {
         "id": item_id, "state": "failed", "attempts": 2, "max_attempts": 2}
     assert last["item"].get("retry_at") is None
@@ -393,13 +411,15 @@ DECIDED = ("approved", "applied", "completed", "rejected")
 
 def expected_lease_problem(row, agent, token, now):
     """Why a lease write by this agent (with this token) must be refused, or None if it must succeed."""
+    if not token:
+        return "lease_token_required"
     if row["state"] != "leased":
         return "not_leased"
     if row["leased_by"] != agent:
         return "lease_held_by_other"
     if row["lease_expires_at"] <= now:
         return "lease_expired"
-    if token is not None and token != row["lease_token"]:
+    if token != row["lease_token"]:
         return "stale_lease_token"
     return None
 
@@ -414,7 +434,7 @@ class LeaseMachine(RuleBasedStateMachine):
         self.dir = tempfile.mkdtemp(prefix="workctl-walk-")
         self.db = os.path.join(self.dir, "w.db")
         self.clock = ManualClock()
-        self.wc = Workctl(self.db, config=Config(), clock=self.clock)
+        self.wc = Workctl(self.db, config=Config(), clock=self.clock, create=True)
         self.items: list[str] = []
         self.orders: list[str] = []
         self.tokens: dict[tuple[str, str], str] = {}
@@ -502,7 +522,7 @@ class LeaseMachine(RuleBasedStateMachine):
             else:
                 self.wc.release(item_id, agent=agent, lease_token=lease_token,
                                 error="boom" if action == "release_error" else None)
-        except Conflict as exc:
+        except (Conflict, Usage) as exc:
             assert exc.code == problem, (exc.code, problem)
             assert table_snapshot(self.db) == before
             event(f"{action} refused: {exc.code}")
@@ -612,7 +632,7 @@ def test_an_order_whose_only_failure_was_dead_lettered_ends_dead_lettered(wc, cl
     assert wc.maintain()["items_dead_lettered"] == 1
     assert wc.status(order_id)["order"]["state"] == "in_progress"
     item = wc.checkout(agent="b")["item"]
-    response = wc.submit(item["id"], {"ok": True}, agent="b")
+    response = wc.submit(item["id"], {"ok": True}, agent="b", lease_token=item["lease_token"])
     assert response["order"] == {"id": order_id, "state": "dead_lettered"}
     trail = [(e["event"], e["from_state"], e["to_state"])
              for e in events(db_path, "order_id = ? AND entity = 'order'", (order_id,))]

@@ -31,6 +31,8 @@ EXPECTED_ORDER_EDGES = {
     ("failed", "in_progress", "retried"),
     ("failed", "dead_lettered", "dead_lettered"),
     ("dead_lettered", "in_progress", "retried"),
+    # workctl cancel: any order that was not applied
+    *((state, "cancelled", "cancelled") for state in ("queued", "in_progress", "submitted", "failed", "dead_lettered")),
 }
 EXPECTED_ITEM_EDGES = {
     (None, "queued", "planned"),
@@ -46,6 +48,8 @@ EXPECTED_ITEM_EDGES = {
     ("failed", "queued", "retried"),
     ("failed", "dead_lettered", "dead_lettered"),
     ("dead_lettered", "queued", "retried"),
+    # its order was cancelled: every item not finished goes with it
+    *((state, "cancelled", "cancelled") for state in ("queued", "leased", "submitted", "failed", "dead_lettered")),
 }
 # Event names a caller may give instead of the table's default (same from/to, a more precise reason).
 ITEM_EVENT_ALIASES = {("leased", "queued"): {"released", "lease_expired"}}
@@ -65,7 +69,7 @@ def test_transition_table_is_the_contract(entity, states, table, expected):
     # every state has a row (terminal states an empty one), and nothing outside the state list appears
     assert set(table) == {None, *states}
     assert {dst for _, dst, _ in expected} <= set(states)
-    assert {s for s, nxt in table.items() if s and not nxt} == {"completed", "rejected"}
+    assert {s for s, nxt in table.items() if s and not nxt} == {"completed", "rejected", "cancelled"}
 
 
 @pytest.mark.parametrize("entity,states,table,expected", CASES, ids=["order", "item"])
@@ -89,7 +93,7 @@ def test_check_accepts_exactly_the_table(entity, states, table, expected):
 
 
 def test_check_names_the_allowed_targets_in_its_message():
-    with pytest.raises(IllegalTransition, match=r"allowed from 'submitted': approved, queued, rejected"):
+    with pytest.raises(IllegalTransition, match=r"allowed from 'submitted': approved, cancelled, queued, rejected"):
         lifecycle.check("order", "submitted", "completed")
     with pytest.raises(IllegalTransition, match=r"none \(terminal state\)"):
         lifecycle.check("item", "completed", "queued")
@@ -99,7 +103,7 @@ def test_check_names_the_allowed_targets_in_its_message():
 @pytest.fixture
 def store(db_path: Path):
     """A migrated store with one order and one item, inserted directly; returns the connection."""
-    conn = connect(db_path)
+    conn = connect(db_path, create=True)
     conn.execute("INSERT INTO orders (id, type, state, payload, requested_by, item_count, created_at, updated_at) "
                   "VALUES ('o1', 'task.batch', 'queued', '{}', 'user:t', 1, 't0', 't0')")
     conn.execute("INSERT INTO items (id, order_id, seq, type, state, input, max_attempts, created_at, updated_at) "
@@ -321,13 +325,13 @@ def test_every_transition_of_a_full_flow_writes_an_event(wc, make_wc, clock, db_
     item = wc.checkout(agent="a1")["item"]
     assert item["id"] == first
     tick("heartbeat")
-    wc.heartbeat(first, agent="a1")
+    wc.heartbeat(first, agent="a1", lease_token=item["lease_token"])
     tick("release")
-    wc.release(first, agent="a1")
+    wc.release(first, agent="a1", lease_token=item["lease_token"])
     tick("lease-2")
-    wc.checkout(agent="a1")
+    token = wc.checkout(agent="a1")["item"]["lease_token"]
     tick("release-error")
-    released = wc.release(first, agent="a1", error="source timed out")
+    released = wc.release(first, agent="a1", error="source timed out", lease_token=token)
     if released["item"].get("retry_at"):  # a failed attempt may wait out a backoff before its next claim
         clock.now = parse(released["item"]["retry_at"])
     tick("lease-3")
@@ -336,11 +340,11 @@ def test_every_transition_of_a_full_flow_writes_an_event(wc, make_wc, clock, db_
     tick("reclaim")
     item = wc.checkout(agent="a3")["item"]
     assert (item["id"], item["attempts"]) == (first, 3)
-    wc.submit(first, result_for_item(item["input"]), agent="a3")
+    wc.submit(first, result_for_item(item["input"]), agent="a3", lease_token=item["lease_token"])
     for agent in ("a4", "a5"):
         tick(f"submit-{agent}")
         leased = wc.checkout(agent=agent)["item"]
-        wc.submit(leased["id"], result_for_item(leased["input"]), agent=agent)
+        wc.submit(leased["id"], result_for_item(leased["input"]), agent=agent, lease_token=leased["lease_token"])
     assert wc.status(order_id)["order"]["state"] == "submitted"
 
     tick("requeue")
@@ -350,7 +354,7 @@ def test_every_transition_of_a_full_flow_writes_an_event(wc, make_wc, clock, db_
     for agent in ("b1", "b2"):
         tick(f"rework-{agent}")
         leased = wc.checkout(agent=agent)["item"]
-        wc.submit(leased["id"], result_for_item(leased["input"]), agent=agent)
+        wc.submit(leased["id"], result_for_item(leased["input"]), agent=agent, lease_token=leased["lease_token"])
     with pytest.raises(NoWork):
         wc.checkout(agent="b3")
     assert wc.show(order_id)["items"][0]["state"] == "failed"
@@ -358,7 +362,7 @@ def test_every_transition_of_a_full_flow_writes_an_event(wc, make_wc, clock, db_
     wc.retry(first)
     tick("rework-first")
     leased = wc.checkout(agent="b3")["item"]
-    wc.submit(leased["id"], result_for_item(leased["input"]), agent="b3")
+    wc.submit(leased["id"], result_for_item(leased["input"]), agent="b3", lease_token=leased["lease_token"])
     tick("approve")
     wc.approve(order_id)
 
@@ -372,8 +376,8 @@ def test_every_transition_of_a_full_flow_writes_an_event(wc, make_wc, clock, db_
     assert wc.maintain()["items_dead_lettered"] == 1
     tick("retry-2")
     wc.retry(order_id=other_id)
-    wc.checkout(agent="c2")
-    wc.submit(other_item, {"done": True}, agent="c2")
+    token = wc.checkout(agent="c2")["item"]["lease_token"]
+    wc.submit(other_item, {"done": True}, agent="c2", lease_token=token)
     tick("reject-2")
     wc.reject(other_id, reason="not needed", requeue=False)
 

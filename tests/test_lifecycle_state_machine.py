@@ -476,13 +476,13 @@ def test_reject_cannot_slip_between_a_separate_targets_apply_and_its_commit(tmp_
     assert _emails(target) == {u: f"first-{u}" for u in range(1, 5)}
 
 
-def test_a_tokenless_release_cannot_undo_an_attempt_counted_since_it_read_the_item(tmp_path, monkeypatch):
+def test_a_stale_release_cannot_undo_an_attempt_counted_since_it_read_the_item(tmp_path, monkeypatch):
     """Regression. release computed the attempt count from the row it read before its transaction and
     fenced only on the agent id and an unexpired lease. Two agents sharing an id (the default agent id
-    is $USER@host) and releasing without a token: if the first one's lease expired and the second one
-    reclaimed the item (attempt 2) between the first one's read and write, the stale release went
-    through: it ended the second agent's live lease and wrote attempts back to 1, so the item could be
-    tried more often than max_attempts. The write is now also a compare-and-set on the attempt count."""
+    is $USER@host): if the first one's lease expired and the second one reclaimed the item (attempt 2)
+    between the first one's read and write, the stale release went through: it ended the second agent's
+    live lease and wrote attempts back to 1, so the item could be tried more often than max_attempts.
+    Every fenced write now carries the token of the lease it holds, which the reclaim replaced."""
     import workctl.core.leases as leases
 
     db = tmp_path / "w.db"
@@ -492,7 +492,7 @@ def test_a_tokenless_release_cannot_undo_an_attempt_counted_since_it_read_the_it
     with Workctl(db, config=Config(), clock=start) as first, Workctl(db, config=Config(), clock=later) as second:
         order = first.propose("task.batch", {"tasks": ["t"], "max_attempts": 3})
         item_id = order["items"][0]["id"]
-        first.checkout(agent="me@host")
+        token = first.checkout(agent="me@host")["item"]["lease_token"]
         original = leases.check_lease
         reclaimed = {}
 
@@ -504,8 +504,8 @@ def test_a_tokenless_release_cannot_undo_an_attempt_counted_since_it_read_the_it
 
         monkeypatch.setattr(leases, "check_lease", read_then_reclaim)
         with pytest.raises(WorkctlError) as info:
-            first.release(item_id, agent="me@host", error="source down")
-        assert info.value.code == "lease_lost" and info.value.exit_code == 6
+            first.release(item_id, agent="me@host", error="source down", lease_token=token)
+        assert info.value.code == "stale_lease_token" and info.value.exit_code == 6
         row = second.status(order["order"]["id"])["items"][0]
     assert (row["state"], row["attempts"], row["leased_by"]) == ("leased", 2, "me@host")
     assert reclaimed["attempts"] == 2

@@ -221,7 +221,7 @@ def test_submit_refuses_a_result_that_is_not_an_object(wc, db_path, result):
     item = wc.checkout(agent="a")["item"]
     before = table_snapshot(db_path)
     with pytest.raises(Invalid) as info:
-        wc.submit(item["id"], result, agent="a")
+        wc.submit(item["id"], result, agent="a", lease_token=item["lease_token"])
     assert info.value.exit_code == 5
     assert [d["path"] for d in info.value.details] == ["$"]
     assert table_snapshot(db_path) == before
@@ -234,7 +234,7 @@ def test_submit_reports_all_problems_at_once(wc):
                                                  {"user_id": 1, "data": {}, "verified": True, "extra": 1}],
               "failed_users": "none", "bogus": 1}
     with pytest.raises(Invalid) as info:
-        wc.submit(item["id"], result, agent="a")
+        wc.submit(item["id"], result, agent="a", lease_token=item["lease_token"])
     assert sorted(d["path"] for d in info.value.details) == [
         "bogus", "failed_users", "success", "synced_users", "synced_users.0.verified",
         "synced_users.1.extra", "synced_users.1.user_id"]
@@ -247,10 +247,10 @@ def test_min_success_ratio(wc):
     two_failed = dict(good, synced_users=good["synced_users"][:2],
                       failed_users=[{"user_id": 3, "error": "404"}, {"user_id": 4, "error": "404"}])
     with pytest.raises(Invalid) as info:
-        wc.submit(item["id"], two_failed, agent="a")
+        wc.submit(item["id"], two_failed, agent="a", lease_token=item["lease_token"])
     assert [d["path"] for d in info.value.details] == ["failed_users"]
     one_failed = dict(good, synced_users=good["synced_users"][:3], failed_users=[{"user_id": 4, "error": "404"}])
-    assert wc.submit(item["id"], one_failed, agent="a")["item"]["state"] == "submitted"
+    assert wc.submit(item["id"], one_failed, agent="a", lease_token=item["lease_token"])["item"]["state"] == "submitted"
 
 
 # -- approve ----------------------------------------------------------------------------------------
@@ -337,7 +337,7 @@ def test_approve_twice_is_an_illegal_transition(wc, db_path):
 def test_approve_or_reject_before_every_item_is_submitted(wc, db_path, action):
     order_id = propose_users(wc)["order"]["id"]
     item = wc.checkout(order_id, agent="a")["item"]
-    wc.submit(item["id"], result_for_item(item["input"]), agent="a")
+    wc.submit(item["id"], result_for_item(item["input"]), agent="a", lease_token=item["lease_token"])
     wc.checkout(order_id, agent="b")
     before = table_snapshot(db_path)
     with pytest.raises(IllegalTransition) as info:
@@ -454,7 +454,7 @@ def test_reject_with_requeue_sends_the_work_back(wc, db_path):
         result = result_for_item(item["input"])
         for entry in result["synced_users"]:
             entry["data"]["phone"] = f"+1 555 {entry['user_id']:04d}"
-        wc.submit(item["id"], result, agent="a2")
+        wc.submit(item["id"], result, agent="a2", lease_token=item["lease_token"])
     assert [it["id"] for it in second] == [it["id"] for it in shown["items"]]
     assert wc.status(order_id)["order"]["state"] == "submitted"
     diff = wc.approve(order_id)["diff"]
@@ -500,10 +500,10 @@ def test_submit_idempotency(wc, db_path):
     assert table_snapshot(db_path) == before
     changed = result_for_item(item["input"], errors=["retry differed"])
     with pytest.raises(Conflict) as info:
-        wc.submit(item["id"], changed, agent="a", idempotency_key="s-1")
+        wc.submit(item["id"], changed, agent="a", idempotency_key="s-1", lease_token=item["lease_token"])
     assert (info.value.code, info.value.exit_code) == ("idempotency_mismatch", 6)
     with pytest.raises(IllegalTransition):  # without the key it is simply a second submit
-        wc.submit(item["id"], result, agent="a")
+        wc.submit(item["id"], result, agent="a", lease_token=item["lease_token"])
     assert table_snapshot(db_path) == before
 
 
@@ -609,7 +609,7 @@ def test_apply_is_exactly_once_when_the_store_commit_does_not_happen(split, db_p
     order_id = propose_users(split)["order"]["id"]
     work_all(split, order_id)
     users_before = read_users(app_db)
-    assert _approve_with_store_commit_blocked(split, db_path, order_id).code == "database_locked"
+    assert _approve_with_store_commit_blocked(split, db_path, order_id).code == "store_locked"
 
     # the target holds the apply and its marker; the store never heard of it
     applied = read_users(app_db)

@@ -261,7 +261,7 @@ def test_revert_heals_after_a_crash_between_the_target_and_the_store_commit(tmp_
             "order"]["id"]
         item = wc.checkout(order_id, agent="a")["item"]
         wc.submit(item["id"], {"success": True, "synced_users": [
-            {"user_id": u, "data": {"email": f"{u}@new"}, "verified": True} for u in (1, 2, 3)]}, agent="a")
+            {"user_id": u, "data": {"email": f"{u}@new"}, "verified": True} for u in (1, 2, 3)]}, agent="a", lease_token=item["lease_token"])
         wc.approve(order_id)
 
         def crash(*args: Any, **kwargs: Any) -> None:
@@ -354,10 +354,10 @@ def test_skip_if_newer_time_rules_and_masking(wc, db_path):
     item = wc.checkout(order_id, agent="a")["item"]
     with pytest.raises(Invalid) as refused:
         wc.submit(item["id"], {"success": True, "fetched_at": "soon", "synced_users": [
-            {"user_id": u, "data": {"email": f"{u}@new"}, "verified": True} for u in (1, 2, 3, 4)]}, agent="a")
+            {"user_id": u, "data": {"email": f"{u}@new"}, "verified": True} for u in (1, 2, 3, 4)]}, agent="a", lease_token=item["lease_token"])
     assert refused.value.details[0]["path"] == "fetched_at"
     wc.submit(item["id"], {"success": True, "fetched_at": "2026-06-01T00:00:00Z", "synced_users": [
-        {"user_id": u, "data": {"email": f"{u}@new"}, "verified": True} for u in (1, 2, 3, 4)]}, agent="a")
+        {"user_id": u, "data": {"email": f"{u}@new"}, "verified": True} for u in (1, 2, 3, 4)]}, agent="a", lease_token=item["lease_token"])
     diff = wc.approve(order_id)["diff"]
     assert [c["user_id"] for c in diff["changes"]] == [3, 4]
     assert diff["skipped_by_policy"] == {"skip_if_newer": 2} and diff["stats"]["unchanged"] == 2

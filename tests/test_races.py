@@ -62,7 +62,7 @@ print(json.dumps({"agent": agent, "submitted": submitted, "errors": errors}))
 
 OPEN_ONLY = "OPEN_FIRST = False" + PRELUDE + """
 try:
-    wc.status()
+    wc.init()  # a creating operation: several agents set up the same new path at once
 except Exception as exc:
     record(exc)
 print(json.dumps({"agent": agent, "errors": errors}))
@@ -193,7 +193,7 @@ def test_concurrent_approvals_apply_once(tmp_path, db_path, users_db):
         order_id = wc.propose("user.data.sync", {"source": "crm", "user_ids": list(range(1, 151))})["order"]["id"]
         for _ in range(3):
             item = wc.checkout(agent="a")["item"]
-            wc.submit(item["id"], result_for_item(item["input"]), agent="a")
+            wc.submit(item["id"], result_for_item(item["input"]), agent="a", lease_token=item["lease_token"])
 
     reports = race(APPROVE, db_path, tmp_path, order_id)
 

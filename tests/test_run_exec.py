@@ -7,7 +7,7 @@ import shlex
 import sys
 
 from workctl import Workctl
-from helpers import run
+from helpers import run, taken
 
 WORKCTL = f"{shlex.quote(sys.executable)} -m workctl"
 
@@ -28,7 +28,7 @@ def test_success_submits_stdout_with_item_on_stdin(tmp_path):
               "\"item\": os.environ[\"WORKCTL_ITEM_ID\"]}))'")
     out = run(db, "run", order_id, "--exec", script, "--agent", "runner", "--json")
     assert out.exit_code == 0, out.stderr
-    assert out.json["items"] == {"submitted": 5, "released": 0, "lost": 0}
+    assert taken(out.json["items"]) == {"submitted": 5, "released": 0, "lost": 0}
     with Workctl(db) as wc:
         detail = wc.show(order_id)
     assert detail["order"]["state"] == "submitted"
@@ -42,7 +42,7 @@ def test_non_zero_exit_releases_with_the_error_until_attempts_run_out(tmp_path):
     order_id = propose_tasks(db, 1, max_attempts=2)
     command = "echo 'upstream exploded' >&2; exit 3"
     out = run(db, "run", "--exec", command, "--json", env={"WORKCTL_NOW": "2026-03-01T00:00:00Z"})
-    assert out.exit_code == 0
+    assert out.exit_code == 7 and out.json["error"]["code"] == "run_incomplete"  # a failed command is not a success
     assert out.json["items"]["released"] == 1  # then the item backs off (10 s) rather than spinning
     assert "exited 3" in out.json["errors"][0]["error"] and "upstream exploded" in out.json["errors"][0]["error"]
     later = run(db, "run", "--exec", command, "--json", env={"WORKCTL_NOW": "2026-03-01T00:00:10Z"})
@@ -57,7 +57,7 @@ def test_invalid_json_output_releases_the_item(tmp_path):
     db = tmp_path / "w.db"
     order_id = propose_tasks(db, 1)
     out = run(db, "run", order_id, "--exec", "cat >/dev/null; echo this is not json", "--max-items", "1", "--json")
-    assert out.json["items"] == {"submitted": 0, "released": 1, "lost": 0}
+    assert taken(out.json["items"]) == {"submitted": 0, "released": 1, "lost": 0}
     assert "invalid JSON" in out.json["errors"][0]["error"]
     with Workctl(db) as wc:
         item = wc.show(order_id)["items"][0]
@@ -72,8 +72,8 @@ def test_command_that_outlives_its_lease_has_its_result_dropped(tmp_path):
     command = (f"cat >/dev/null; WORKCTL_NOW=2099-01-01T00:00:00Z {WORKCTL} --db {shlex.quote(str(db))} maintain "
                ">/dev/null; echo '{\"late\": true}'")
     out = run(db, "run", order_id, "--exec", command, "--max-items", "1", "--json")
-    assert out.exit_code == 0, out.stderr
-    assert out.json["items"] == {"submitted": 0, "released": 0, "lost": 1}
+    assert out.exit_code == 7, out.stderr  # the item it took was not submitted
+    assert taken(out.json["items"]) == {"submitted": 0, "released": 0, "lost": 1}
     with Workctl(db) as wc:
         item = wc.show(order_id)["items"][0]
         events = [e["event"] for e in wc.log(order_id) if e["item_id"] == item["id"]]
@@ -93,7 +93,7 @@ def test_parallel_commands_each_item_once(tmp_path):
     order_id = propose_tasks(db, 24)
     out = run(db, "run", order_id, "--exec", "cat", "--parallel", "4", "--agent", "pool", "--json")
     assert out.exit_code == 0, out.stderr
-    assert out.json["items"] == {"submitted": 24, "released": 0, "lost": 0}
+    assert taken(out.json["items"]) == {"submitted": 24, "released": 0, "lost": 0}
     with Workctl(db) as wc:
         detail = wc.show(order_id)
         leased = [e for e in wc.log(order_id) if e["event"] == "leased"]

@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import json
@@ -94,13 +95,15 @@ def injection_cases(s, nasty):
         (["retry", "--order", nasty], 4, "order_not_found", None),
         (["sync", nasty], 4, "order_not_found", sync_url),
         (["run", nasty, "--exec", "cat"], 4, "order_not_found", None),
-        (["heartbeat", nasty, "--agent", "agent-a"], 4, "item_not_found", None),
-        (["release", nasty, "--agent", "agent-a"], 4, "item_not_found", None),
-        (["submit", nasty, "--agent", "agent-a", "--result", "{}"], 4, "item_not_found", None),
+        (["heartbeat", nasty, "--agent", "agent-a", "--lease-token", s["token"]], 4, "item_not_found", None),
+        (["release", nasty, "--agent", "agent-a", "--lease-token", s["token"]], 4, "item_not_found", None),
+        (["submit", nasty, "--agent", "agent-a", "--lease-token", s["token"], "--result", "{}"], 4,
+         "item_not_found", None),
         (["retry", nasty], 4, "item_not_found", None),
         # agent ids and tokens are only ever compared: the holder's item refuses them
-        (["heartbeat", s["item"], "--agent", nasty], 6, "lease_held_by_other", None),
-        (["submit", s["item"], "--agent", nasty, "--result", json.dumps(result_for_users(s["users"]))], 6,
+        (["heartbeat", s["item"], "--agent", nasty, "--lease-token", s["token"]], 6, "lease_held_by_other", None),
+        (["submit", s["item"], "--agent", nasty, "--lease-token", s["token"],
+          "--result", json.dumps(result_for_users(s["users"]))], 6,
          "lease_held_by_other", None),
         (["submit", s["item"], "--agent", "agent-a", "--lease-token", nasty, "--result",
           json.dumps(result_for_users(s["users"]))], 6, "stale_lease_token", None),
@@ -109,9 +112,11 @@ def injection_cases(s, nasty):
         (["sync", "--source", nasty, "--users", "1-3"], 5, source_code, None),
         (["sync", "--source", "crm", "--users", "1-3", "--fields", nasty], 5,
          "field_not_allowed" if nasty.isidentifier() else "payload_invalid", sync_url),
-        # inert: filters and free text are parameters, never SQL
-        (["orders", "--state", nasty], 0, None, None),
-        (["orders", "--type", nasty], 0, None, None),
+        # filters are checked against their valid values (exit 2, listing them) and never become SQL
+        (["orders", "--state", nasty], 2, "invalid_choice", None),
+        (["orders", "--type", nasty], 2, "invalid_choice", None),
+        (["failures", "--source", nasty], 2, "invalid_choice", None),
+        (["failures", "--class", nasty], 2, "invalid_choice", None),
     ]
 
 
@@ -139,7 +144,7 @@ def test_injection_in_an_agent_id_a_reason_and_a_key_is_stored_as_text(store):
     done = run(db, "submit", leased["id"], "--agent", nasty, "--lease-token", leased["lease_token"], "--result", result,
                "--idempotency-key", nasty, "--json")
     assert done.exit_code == 0, done.stderr
-    replay = run(db, "submit", leased["id"], "--agent", nasty, "--result", result, "--idempotency-key", nasty, "--json")
+    replay = run(db, "submit", leased["id"], "--agent", nasty, "--lease-token", leased["lease_token"], "--result", result, "--idempotency-key", nasty, "--json")
     assert replay.exit_code == 0 and replay.json == done.json
     with Workctl(db, config=Config()) as wc:
         shown = wc.show(store["order"])
@@ -174,7 +179,7 @@ def test_field_map_names_and_values_from_the_config(tmp_path, monkeypatch):
     with SampleServer() as server:
         db = tmp_path / "w.db"
         make_users(db, 20)
-        assert run(db, "status").exit_code == 0  # create the store's own tables first
+        assert run(db, "init").exit_code == 0  # create the store's own tables first
         users = full_users(db)
         schema = schema_of(db)
         bad = tmp_path / "bad.toml"
@@ -493,7 +498,7 @@ def test_webhook_signatures_verify_and_tampering_does_not(tmp_path, monkeypatch)
             order_id = wc.propose("user.data.sync", {"source": "crm", "user_ids": list(range(1, 11)),
                                                      "fields": ["email"]})["order"]["id"]
             item = wc.checkout(agent="a")["item"]
-            wc.submit(item["id"], result_for_item(item["input"]), agent="a")
+            wc.submit(item["id"], result_for_item(item["input"]), agent="a", lease_token=item["lease_token"])
             wc.approve(order_id)
             if not received:
                 wc.maintain()
@@ -502,14 +507,18 @@ def test_webhook_signatures_verify_and_tampering_does_not(tmp_path, monkeypatch)
         server.server_close()
     assert received, "no webhook was delivered"
     body, headers = received[0]
-    signature = {k.lower(): v for k, v in headers.items()}[webhooks.SIGNATURE_HEADER.lower()]
-    expected = "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
-    assert signature == expected and webhooks.verify(secret, body, signature)
+    headers = {k.lower(): v for k, v in headers.items()}
+    signed = f"{headers['webhook-id']}.{headers['webhook-timestamp']}.".encode() + body
+    expected = "v1," + base64.b64encode(hmac.new(secret.encode(), signed, hashlib.sha256).digest()).decode()
+    signature = headers["webhook-signature"]
+    assert signature == expected and webhooks.verify(secret, headers, body)
     tampered = body.replace(b"order", b"ORDER", 1)
-    assert tampered != body and not webhooks.verify(secret, tampered, signature)
-    assert not webhooks.verify("another-secret", body, signature)
-    assert not webhooks.verify(secret, body, signature[:-1] + ("0" if signature[-1] != "0" else "1"))
-    assert not webhooks.verify(secret, body, None) and not webhooks.verify(secret, body, "")
+    assert tampered != body and not webhooks.verify(secret, headers, tampered)
+    assert not webhooks.verify("another-secret", headers, body)
+    flipped = signature[:-2] + ("A" if signature[-2] != "A" else "B") + signature[-1]
+    assert not webhooks.verify(secret, {**headers, "webhook-signature": flipped}, body)
+    assert not webhooks.verify(secret, {**headers, "webhook-signature": ""}, body)
+    assert not webhooks.verify(secret, {k: v for k, v in headers.items() if k != "webhook-signature"}, body)
     conn = sqlite3.connect(db)
     conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     assert secret not in "\n".join(conn.iterdump())

@@ -30,7 +30,7 @@ def sidecars(path: Path) -> list[str]:
 
 
 def test_new_store_file_is_private(db_path):
-    conn = connect(db_path)
+    conn = connect(db_path, create=True)
     conn.execute("CREATE TABLE t (x)")  # make sure the -wal and -shm exist too
     assert stat.S_IMODE(db_path.stat().st_mode) == 0o600
     for name in sidecars(db_path):
@@ -41,14 +41,14 @@ def test_new_store_file_is_private(db_path):
 def test_new_store_is_private_even_with_a_permissive_umask(db_path):
     old = os.umask(0)
     try:
-        connect(db_path).close()
+        connect(db_path, create=True).close()
     finally:
         os.umask(old)
     assert stat.S_IMODE(db_path.stat().st_mode) == 0o600
 
 
 def test_pragmas(db_path):
-    conn = connect(db_path)
+    conn = connect(db_path, create=True)
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert conn.execute("PRAGMA busy_timeout").fetchone()[0] >= 30_000
     assert BUSY_TIMEOUT_MS >= 30_000
@@ -65,7 +65,7 @@ def test_the_facade_connection_has_the_same_settings(db_path, make_wc):
 
 
 def test_foreign_keys_are_enforced(db_path):
-    conn = connect(db_path)
+    conn = connect(db_path, create=True)
     with pytest.raises(sqlite3.IntegrityError):
         conn.execute("INSERT INTO items (id, order_id, seq, type, state, input, max_attempts, created_at, updated_at) "
                      "VALUES ('i', 'no-such-order', 0, 't', 'queued', '{}', 1, 'x', 'x')")
@@ -73,7 +73,7 @@ def test_foreign_keys_are_enforced(db_path):
 
 
 def test_migrations_are_recorded(db_path):
-    conn = connect(db_path)
+    conn = connect(db_path, create=True)
     recorded = conn.execute("SELECT migration_set, name FROM _sqlite_migrations ORDER BY id").fetchall()
     assert recorded == [(MIGRATION_SET, name) for name in MIGRATION_NAMES]
     assert MIGRATION_NAMES[0] == "m001_initial"
@@ -83,11 +83,11 @@ def test_migrations_are_recorded(db_path):
 
 
 def test_reopening_is_a_no_op(db_path):
-    connect(db_path).close()
+    connect(db_path, create=True).close()
     close_cleanly(db_path)
     before = db_path.read_bytes()
     for _ in range(3):
-        conn = connect(db_path)
+        conn = connect(db_path, create=True)
         assert conn.execute("SELECT count(*) FROM _sqlite_migrations").fetchone()[0] == len(MIGRATION_NAMES)
         conn.close()
     close_cleanly(db_path)
@@ -96,14 +96,14 @@ def test_reopening_is_a_no_op(db_path):
 
 def test_a_store_in_a_missing_directory(tmp_path):
     with pytest.raises(StoreError) as info:
-        connect(tmp_path / "nope" / "w.db")
-    assert (info.value.code, info.value.exit_code) == ("database_unavailable", 8)
+        connect(tmp_path / "nope" / "w.db", create=True)
+    assert (info.value.code, info.value.exit_code) == ("store_missing", 8)
     assert not (tmp_path / "nope").exists()
 
 
 def test_a_directory_is_not_a_store(tmp_path):
     with pytest.raises(StoreError) as info:
-        connect(tmp_path)
+        connect(tmp_path, create=True)
     assert info.value.exit_code == 8
 
 
@@ -113,8 +113,8 @@ def test_a_file_that_is_not_sqlite_is_refused_and_left_alone(db_path, make_wc, s
     assert not garbage.startswith(b"SQLite format 3\x00")
     db_path.write_bytes(garbage)
     with pytest.raises(StoreError) as info:
-        connect(db_path)
-    assert (info.value.code, info.value.exit_code) == ("database_corrupt", ExitCode.STORE)
+        connect(db_path, create=True)
+    assert (info.value.code, info.value.exit_code) == ("store_corrupt", ExitCode.STORE)
     assert info.value.exit_code == 8
     with pytest.raises(StoreError) as info:  # the same through the library facade
         make_wc().status()
@@ -127,7 +127,7 @@ def test_a_text_file_is_refused(db_path):
     db_path.write_text("orders:\n  - not a database\n" * 20)
     before = db_path.read_bytes()
     with pytest.raises(StoreError) as info:
-        connect(db_path)
+        connect(db_path, create=True)
     assert info.value.exit_code == 8
     assert db_path.read_bytes() == before
 
@@ -142,7 +142,7 @@ def _add_future_migration(path: Path) -> None:
 
 @pytest.mark.parametrize("journal", ["wal", "delete"])
 def test_a_database_from_a_newer_workctl_is_refused_untouched(db_path, make_wc, journal):
-    connect(db_path).close()
+    connect(db_path, create=True).close()
     _add_future_migration(db_path)
     conn = sqlite3.connect(str(db_path))
     conn.execute(f"PRAGMA journal_mode = {journal}")  # 'delete': the header must not be switched to WAL
@@ -151,12 +151,12 @@ def test_a_database_from_a_newer_workctl_is_refused_untouched(db_path, make_wc, 
     before, files_before = db_path.read_bytes(), sidecars(db_path)
 
     with pytest.raises(StoreError) as info:
-        connect(db_path)
-    assert (info.value.code, info.value.exit_code) == ("database_too_new", 8)
+        connect(db_path, create=True)
+    assert (info.value.code, info.value.exit_code) == ("store_too_new", 8)
     assert "m999_future" in info.value.message and "upgrade workctl" in info.value.message
     with pytest.raises(StoreError) as info:
         make_wc().propose("task.batch", {"tasks": [1]})
-    assert info.value.code == "database_too_new"
+    assert info.value.code == "store_too_new"
 
     close_cleanly(db_path)
     assert db_path.read_bytes() == before
@@ -168,18 +168,18 @@ def test_a_database_from_a_newer_workctl_is_refused_untouched(db_path, make_wc, 
 
 
 def test_another_migration_set_in_the_same_file_is_not_ours_to_judge(db_path):
-    connect(db_path).close()
+    connect(db_path, create=True).close()
     conn = sqlite3.connect(str(db_path))
     conn.execute("INSERT INTO _sqlite_migrations (migration_set, name, applied_at) VALUES ('app', 'm042_x', 'now')")
     conn.commit()
     conn.close()
-    connect(db_path).close()
+    connect(db_path, create=True).close()
 
 
 def test_an_existing_application_database_is_adopted(db_path, users_db):
     """A plain SQLite file with other tables (say, the app's users) gets the workctl schema added."""
     users_db(db_path, 3)
-    conn = connect(db_path)
+    conn = connect(db_path, create=True)
     assert conn.execute("SELECT count(*) FROM users").fetchone()[0] == 3
     assert conn.execute("SELECT count(*) FROM _sqlite_migrations").fetchone()[0] == len(MIGRATION_NAMES)
     conn.close()
@@ -190,7 +190,7 @@ def _read_only_checks(db_path: Path, make_wc) -> None:
     wc = make_wc()
     with pytest.raises(StoreError) as info:
         wc.propose("task.batch", {"tasks": [1]})
-    assert (info.value.code, info.value.exit_code) == ("database_read_only", 8)
+    assert (info.value.code, info.value.exit_code) == ("store_read_only", 8)
     assert "read-only" in info.value.message
     wc.close()
     assert db_path.read_bytes() == before
@@ -198,7 +198,7 @@ def _read_only_checks(db_path: Path, make_wc) -> None:
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root ignores file permissions")
 def test_a_read_only_store_is_exit_8(db_path, make_wc):
-    connect(db_path).close()
+    connect(db_path, create=True).close()
     close_cleanly(db_path)
     db_path.chmod(0o400)
     try:
@@ -232,14 +232,14 @@ def immutable(db_path):
 
 
 def test_a_read_only_store_is_exit_8_even_for_root(db_path, make_wc, immutable):
-    connect(db_path).close()
+    connect(db_path, create=True).close()
     close_cleanly(db_path)
     immutable()
     _read_only_checks(db_path, make_wc)
 
 
 def test_locked_past_the_busy_timeout_is_exit_8(db_path):
-    connect(db_path).close()
+    connect(db_path, create=True).close()
     blocker = sqlite3.connect(str(db_path), isolation_level=None)
     blocker.execute("BEGIN IMMEDIATE")
     try:
@@ -247,7 +247,7 @@ def test_locked_past_the_busy_timeout_is_exit_8(db_path):
         wc.session.conn.execute("PRAGMA busy_timeout = 20")
         with pytest.raises(StoreError) as info:
             wc.propose("task.batch", {"tasks": [1]})
-        assert (info.value.code, info.value.exit_code) == ("database_locked", 8)
+        assert (info.value.code, info.value.exit_code) == ("store_locked", 8)
         wc.close()
     finally:
         blocker.execute("ROLLBACK")

@@ -80,14 +80,15 @@ def test_partial_failures_go_to_the_ledger_and_retry_failed_syncs_exactly_them(t
     assert run(db, "failures", "no-such-order", "--json").exit_code == 4
 
 
-def test_a_batch_below_the_ratio_is_not_submitted_so_it_writes_no_ledger_rows(tmp_path, monkeypatch):
+def test_a_batch_below_the_ratio_is_not_submitted_but_its_failed_users_are_in_the_ledger(tmp_path, monkeypatch):
     db = tmp_path / "w.db"
     make_users(db, 10)
     with SampleServer(faults=Faults(missing=frozenset({3}))) as server:
         monkeypatch.setenv("WORKCTL_SOURCE_CRM_URL", f"{server.url}/crm")
         out = run(db, "sync", "--source", "crm", "--users", "1-10", "--fields", "email", "--json")
     assert out.exit_code == 7 and out.json["failed_users"][0]["user_id"] == 3
-    assert query(db, "SELECT count(*) FROM sync_failures") == [(0,)]
+    # Released with the refusal, the batch's failed user is in `workctl failures` with its class.
+    assert query(db, "SELECT user_id, error_class FROM sync_failures") == [(3, "not_found")]
 
 
 # -- 2. field mapping -------------------------------------------------------------------------------
@@ -189,7 +190,8 @@ def test_a_delta_item_without_since_cannot_claim_unchanged_users(tmp_path):
     item = run(db, "checkout", order_id, "--agent", "a", "--json").json["item"]
     result = {"success": True, "synced_users": [{"user_id": 1, "data": {"email": "x@y"}, "verified": True}],
               "unchanged_users": [{"user_id": 2}]}
-    out = run(db, "submit", item["id"], "--agent", "a", "--result", json.dumps(result), "--json")
+    out = run(db, "submit", item["id"], "--agent", "a", "--lease-token", item["lease_token"], "--result",
+              json.dumps(result), "--json")
     assert out.exit_code == 5 and out.json["error"]["details"][0]["path"] == "unchanged_users"
 
 
@@ -260,13 +262,16 @@ backoff_seconds = 60
 
 
 def assert_signed(delivery: dict[str, Any]) -> dict[str, Any]:
-    body, signature = delivery["body"], delivery["headers"]["x-workctl-signature"]
-    assert verify(SECRET, body, signature)
-    assert not verify(SECRET, body.replace(b'"order.applied"', b'"order.tampered"').replace(b"user.", b"usr."), signature)
-    assert not verify("another-secret", body, signature)
+    """Verify a delivery's Standard Webhooks signature (and that tampering breaks it); return its data,
+    flattened with the event type, timestamp and message id for the assertions below."""
+    body, headers = delivery["body"], delivery["headers"]
+    assert verify(SECRET, headers, body)
+    assert not verify(SECRET, headers, body.replace(b'"order.applied"', b'"order.tampered"').replace(b"user.", b"usr."))
+    assert not verify("another-secret", headers, body)
     document = json.loads(body)
-    assert delivery["headers"]["x-workctl-delivery"] == document["id"]
-    return document
+    assert set(document) == {"type", "timestamp", "data"}
+    return {**document["data"], "event": document["type"], "timestamp": document["timestamp"],
+            "id": headers["webhook-id"]}
 
 
 def test_webhooks_are_signed_sent_after_apply_retried_with_backoff_and_carry_cache_tags(tmp_path, monkeypatch):
@@ -286,7 +291,7 @@ def test_webhooks_are_signed_sent_after_apply_retried_with_backoff_and_carry_cac
         app = [assert_signed(d) for d in receiver.ok("/hooks?token=url-secret")]
         assert [d["event"] for d in app] == ["order.applied"] + ["user.updated"] * 5
         applied = app[0]
-        assert (applied["order_id"], applied["type"], applied["source"], applied["users_synced"]) == \
+        assert (applied["order_id"], applied["order_type"], applied["source"], applied["users_synced"]) == \
             (order_id, "user.data.sync", "crm", 5)
         assert applied["changed_user_ids"] == [1, 2, 3, 4, 5] and applied["tags"] == ["users", "profiles"]
         assert applied["timestamp"] == "2026-03-01T12:00:00.000000Z"

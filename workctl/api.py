@@ -27,7 +27,7 @@ from .core import leases, queries
 from .core.lifecycle import Actor
 from .core.session import Session
 from .core.submit import submit
-from .errors import Invalid
+from .errors import ExitCode, Invalid, WorkctlError
 from .store.sqlite import connect, default_db_path, translate
 
 __all__ = ["Workctl", "default_agent"]
@@ -49,19 +49,28 @@ def _store_errors(method: F) -> F:
 
 
 class Workctl:
+    """The library facade. Only operations that create work (``init``, ``propose``, and ``sync`` when it
+    proposes) create a missing SQLite store; everything else raises ``store_missing`` (exit 8) and
+    creates nothing, so a mistyped path never looks like an empty queue. ``create=True`` lets every
+    operation of this handle create the store (for callers that manage their own files)."""
+
     def __init__(self, db: str | os.PathLike[str] | None = None, *, config: Config | None = None,
-                 clock: Clock | None = None, user: str | None = None):
+                 clock: Clock | None = None, user: str | None = None, create: bool = False):
         self.db_path = str(db or default_db_path())
         self.config = config if config is not None else load_config()
         self.clock = clock or clock_from_env()
         self.user = user or os.environ.get("USER") or "operator"
+        self.create = create
         self._session: Session | None = None
 
     # -- plumbing --------------------------------------------------------------------------------
     @property
     def session(self) -> Session:
+        return self._open(create=self.create)
+
+    def _open(self, *, create: bool) -> Session:
         if self._session is None:
-            conn = connect(self.db_path)
+            conn = connect(self.db_path, create=create)
             conn.row_factory = sqlite3.Row
             self._session = Session(conn, self.db_path, self.config, self.clock)
         return self._session
@@ -69,7 +78,17 @@ class Workctl:
     def peer(self) -> Workctl:
         """Another handle on the same store, config and clock, with its own connection: what the
         agent loops give each worker thread (a connection is never shared between threads)."""
-        return Workctl(self.db_path, config=self.config, clock=self.clock, user=self.user)
+        return Workctl(self.db_path, config=self.config, clock=self.clock, user=self.user, create=self.create)
+
+    @_store_errors
+    def init(self) -> dict[str, Any]:
+        """Create (or migrate) the store; say where it is and whether it was new."""
+        from .store.sqlite import absolute, describe_store
+
+        existed = os.path.exists(os.path.realpath(self.db_path))
+        self._open(create=True)
+        return {"store": {**describe_store(self.session.conn), "path": absolute(self.db_path),
+                          "created": not existed}}
 
     def close(self) -> None:
         if self._session is not None:
@@ -97,11 +116,14 @@ class Workctl:
 
     # -- the lifecycle ---------------------------------------------------------------------------
     @_store_errors
-    def propose(self, type_name: str, payload: Any, *, priority: int = 0,
-                idempotency_key: str | None = None) -> dict[str, Any]:
+    def propose(self, type_name: str, payload: Any, *, priority: int = 0, idempotency_key: str | None = None,
+                resume: bool = False) -> dict[str, Any]:
+        """Propose an order; with ``resume``, return the open order of the same scope instead if there is one
+        (``"resumed": true``)."""
         from .core.propose import propose
+        self._open(create=True)  # proposing creates work, so it may create the store
         return propose(self.session, type_name, payload, priority=priority, actor=self._operator(),
-                       idempotency_key=idempotency_key)
+                       idempotency_key=idempotency_key, resume=resume)
 
     @_store_errors
     def checkout(self, order_id: str | None = None, *, agent: str | None = None, type_name: str | None = None,
@@ -116,9 +138,15 @@ class Workctl:
 
     @_store_errors
     def release(self, item_id: str, *, agent: str | None = None, error: str | None = None,
-                lease_token: str | None = None) -> dict[str, Any]:
-        return leases.release(self.session, item_id, agent=agent or default_agent(), error=error,
-                              token=lease_token)
+                lease_token: str | None = None, unavailable: str | None = None,
+                failed_users: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+        """Give a lease back. ``error`` counts the attempt, unless ``unavailable`` names the source that
+        could not be reached (an outage is not the item's fault); ``failed_users`` go to the failure ledger."""
+        result = leases.release(self.session, item_id, agent=agent or default_agent(), error=error,
+                                token=lease_token, unavailable=unavailable, failed_users=failed_users)
+        if result["order"]["state"] in ("failed", "dead_lettered"):  # rare: the order.failed alert goes out now
+            self._after_commit({})
+        return result
 
     @_store_errors
     def submit(self, item_id: str, result: Any, *, agent: str | None = None, lease_token: str | None = None,
@@ -127,12 +155,33 @@ class Workctl:
                       idempotency_key=idempotency_key)
 
     @_store_errors
-    def approve(self, order_id: str, *, dry_run: bool = False,
-                idempotency_key: str | None = None) -> dict[str, Any]:
+    def approve(self, order_id: str, *, dry_run: bool = False, idempotency_key: str | None = None,
+                on_commit: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+        """Apply the order. ``on_commit`` is called with the response as soon as the transaction has
+        committed, before any webhook is sent (the CLI prints the result there); the deliveries that follow
+        never change the outcome."""
         from .core.approve import approve
         response = approve(self.session, order_id, actor=self._operator(), dry_run=dry_run,
                            idempotency_key=idempotency_key)
-        return response if dry_run else self._after_commit(response, order_id=order_id)
+        if dry_run:
+            return response
+        if on_commit is not None:
+            on_commit(response)
+        return self._after_commit(response, order_id=order_id)
+
+    @_store_errors
+    def approve_guarded(self, order_id: str) -> dict[str, Any]:
+        """An automatic approval (sync/run --approve): approve only if the dry run's diff passes the
+        ``[approve]`` rules; otherwise the order stays submitted, ``approval_held`` is recorded, the
+        ``order.held`` webhook fires and Conflict(approval_held, exit 6) is raised."""
+        from .core.autoapprove import hold
+
+        preview = self.approve(order_id, dry_run=True)
+        held = hold(self.session, order_id, preview["diff"])
+        if held is not None:
+            self._after_commit({}, order_id=order_id)
+            raise held
+        return self.approve(order_id)
 
     @_store_errors
     def reject(self, order_id: str, *, reason: str, requeue: bool = False,
@@ -142,13 +191,28 @@ class Workctl:
                       idempotency_key=idempotency_key)
 
     @_store_errors
+    def cancel(self, order_id: str, *, reason: str | None = None) -> dict[str, Any]:
+        """Withdraw an order that was not applied: it and its open items become ``cancelled``."""
+        from .core.cancel import cancel
+        result = cancel(self.session, order_id, reason=reason, actor=self._operator())
+        return self._after_commit(result, order_id=order_id)
+
+    @_store_errors
+    def cancel_preview(self, order_id: str) -> dict[str, Any]:
+        """What ``cancel`` would do (for a confirmation): the order's state and its open items by state."""
+        from .core.cancel import preview
+        return preview(self.session, order_id)
+
+    @_store_errors
     def retry(self, item_id: str | None = None, *, order_id: str | None = None) -> dict[str, Any]:
         from .core.retry import retry
         return retry(self.session, item_id=item_id, order_id=order_id, actor=self._operator())
 
     @_store_errors
-    def maintain(self) -> dict[str, Any]:
+    def maintain(self, *, dry_run: bool = False) -> dict[str, Any]:
         from .core.maintain import maintain
+        if dry_run:
+            return maintain(self.session, dry_run=True)
         # Re-send what is pending and due, after the maintenance commit.
         return self._after_commit(maintain(self.session))
 
@@ -156,8 +220,19 @@ class Workctl:
     @_store_errors
     def failures(self, order_id: str | None = None, *, source: str | None = None, error_class: str | None = None,
                  limit: int = 1000) -> list[dict[str, Any]]:
-        """The per-user error ledger: every failed user of every submitted batch (oldest first)."""
+        """The per-user error ledger: every failed user of every submitted, refused or released batch (oldest
+        first). An unknown ``source`` or ``error_class`` is a usage error listing the valid ones."""
+        from .core.filters import ERROR_CLASSES, check_choice, is_error_class
+        from .sources.config import KNOWN_SOURCES, configured_sources
         from .types.user_data_sync.ledger import list_failures
+
+        conn = self.session.conn
+        if source is not None:
+            seen = [r[0] for r in conn.execute("SELECT DISTINCT source FROM sync_failures")]
+            check_choice("--source", source, [*KNOWN_SOURCES, *configured_sources(self.config.raw)], also=seen)
+        if error_class is not None and not is_error_class(error_class):
+            seen = [r[0] for r in conn.execute("SELECT DISTINCT error_class FROM sync_failures")]
+            check_choice("--class", error_class, [*ERROR_CLASSES, "http_<status>"], also=seen)
         return list_failures(self.session, order_id, source=source, error_class=error_class, limit=limit)
 
     @_store_errors
@@ -189,9 +264,12 @@ class Workctl:
         if not hooks:
             return response
         try:
+            self._queue_alerts(hooks)
             sent: dict[str, Any] = outbox.deliver(self.session, hooks, order_id=order_id)
         except Exception as exc:  # noqa: BLE001 — committed already; maintain sends what is left
             sent = {"sent": 0, "failed": 0, "error": f"{type(exc).__name__}: {exc}"}
+        except KeyboardInterrupt:  # between two sends: the rest waits in the outbox
+            sent = {"sent": 0, "failed": 0, "interrupted": True}
         return {**response, "webhooks": sent}
 
     # -- API tokens (workctl serve) --------------------------------------------------------------
@@ -217,6 +295,16 @@ class Workctl:
         from .core import tokens
         return tokens.authenticate(self.session, secret)
 
+    def _queue_alerts(self, hooks: list[Any]) -> int:
+        """Queue order.failed for orders that failed or were dead-lettered since the last look."""
+        from .core import outbox
+        from .store.sqlite import write_tx
+
+        if not any("order.failed" in h.events for h in hooks):
+            return 0
+        with write_tx(self.session.conn) as conn:
+            return outbox.queue_order_alerts(conn, hooks, self.session.now())
+
     # -- views -----------------------------------------------------------------------------------
     @_store_errors
     def status(self, order_id: str | None = None) -> dict[str, Any]:
@@ -225,11 +313,29 @@ class Workctl:
     @_store_errors
     def orders(self, *, state: str | None = None, type_name: str | None = None,
                limit: int = 100) -> list[dict[str, Any]]:
+        """Orders, newest first; an unknown ``state`` or ``type_name`` is a usage error listing the valid ones."""
+        from .core.filters import check_choice
+        from .core.lifecycle import ORDER_STATES
+
+        check_choice("--state", state, ORDER_STATES)
+        if type_name is not None:
+            from .types import list_types
+            check_choice("--type", type_name, [t.name for t in list_types()])
         return list(queries.list_orders(self.session, state=state, type_name=type_name, limit=limit))
 
     @_store_errors
     def show(self, order_id: str) -> dict[str, Any]:
         return queries.show(self.session, order_id)
+
+    @_store_errors
+    def order_state(self, order_id: str) -> str:
+        """The order's state (one indexed read of one column; NotFound for an unknown id)."""
+        return queries.order_state(self.session, order_id)
+
+    @_store_errors
+    def troubles(self, *, order_id: str | None = None, type_name: str | None = None) -> dict[str, Any]:
+        """Failed/dead-lettered orders and items waiting for an unavailable source, in an agent run's scope."""
+        return queries.troubles(self.session, order_id=order_id, type_name=type_name)
 
     @_store_errors
     def pending_sync_sources(self, order_id: str | None = None) -> list[str]:
@@ -263,15 +369,42 @@ class Workctl:
     # -- agents that run inside workctl ----------------------------------------------------------
     @_store_errors
     def sync(self, options: Any, *, listener: Any = None) -> dict[str, Any]:
-        """Run the fetch loop (workctl.agents.sync); returns the run's report."""
+        """Run the fetch loop (workctl.agents.sync), proposing or resuming first when the options say so;
+        returns the run's report. A run that did not succeed carries ``"error"`` (see ``run_error``)."""
         from .agents.sync import Syncer
-        return Syncer(self, options, listener=listener).run().to_dict()
+        if options.source or options.users or options.retry_failed:
+            self._open(create=True)  # sync proposes here: it may create the store
+        syncer = Syncer(self, options, listener=listener).run()
+        return self._finish_run("sync", syncer.to_dict(), syncer.error)
 
     @_store_errors
     def run_exec(self, options: Any, *, listener: Any = None) -> dict[str, Any]:
-        """Run a shell command per item (workctl.agents.exec); returns the run's report."""
+        """Run a shell command per item (workctl.agents.exec); returns the run's report (with ``"error"``
+        when it did not succeed)."""
         from .agents.exec import Runner
-        return Runner(self, options, listener=listener).run().to_dict()
+        runner = Runner(self, options, listener=listener).run()
+        return self._finish_run("run", runner.to_dict(), runner.error)
+
+    def _finish_run(self, command: str, report: dict[str, Any], error: WorkctlError | None) -> dict[str, Any]:
+        """Alerts at the end of an agent run: run.failed for a run that exits 7 (with its report), and the
+        order.failed alerts of orders that failed meanwhile; deliveries never change the verdict."""
+        from .core import outbox
+        from .store.sqlite import write_tx
+
+        hooks = outbox.configured(self.config)
+        if not hooks:
+            return report
+        queued = self._queue_alerts(hooks)
+        if error is not None and error.exit_code == ExitCode.REMOTE:
+            summary = {k: report[k] for k in ("orders", "items", "unavailable_sources", "failed_orders",
+                                              "waiting_for_source", "errors") if k in report}
+            with write_tx(self.session.conn) as conn:
+                queued += outbox.notify(conn, hooks, "run.failed", None,
+                                        {"command": command, "error": error.to_dict()["error"], "report": summary},
+                                        self.session.now())
+        if queued:  # only the alerts just queued are sent here; other due rows are maintain's
+            report["webhooks"] = self._after_commit({}).get("webhooks")
+        return report
 
     # -- preview, revert, provenance (user.data.sync) -------------------------------------------
     @_store_errors

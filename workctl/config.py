@@ -18,6 +18,15 @@ Lookup: ``--config PATH`` / ``WORKCTL_CONFIG``, else ``./workctl.toml`` if prese
 
     [types."user.data.sync"]
     deny_fields = ["ssn", "salary"]   # added to the built-in deny-list (password, token, secret, admin, role, …)
+
+    [approve]                   # the guards of sync --approve / run --approve (a held order stays submitted)
+    max_changed_users = 500     # more users changed than this: held
+    max_changed_ratio = 0.2     # a larger share of the order's users changed: held
+    never_auto_fields = ["email"]   # an order that changes any of these always waits for a person
+
+Unknown tables and keys are refused (``config_invalid``, exit 5, with a did-you-mean): a typo must never
+silently fall back to a default. ``[sources.*]`` and ``[[webhooks]]`` are checked key by key where they are
+used (``sources.config``, ``core.outbox``); ``[types."<type>"]`` belongs to each order type.
 """
 
 from __future__ import annotations
@@ -38,6 +47,52 @@ def default_agent() -> str:
     return f"{user}@{os.uname().nodename}"
 
 
+# Every table and key of workctl.toml that this module reads: anything else is refused.
+KNOWN_KEYS: dict[str, frozenset[str] | None] = {
+    "lease": frozenset({"ttl_seconds", "heartbeat_every_seconds", "retry_backoff_seconds",
+                        "retry_backoff_cap_seconds"}),
+    "retention": frozenset({"idempotency_days", "event_days", "dead_letter_after_seconds"}),
+    "target": frozenset({"db"}),
+    "approve": frozenset({"max_changed_users", "max_changed_ratio", "never_auto_fields"}),
+    "types": None,      # one table per order type, read by the type
+    "sources": None,    # one table per source, checked by workctl.sources.config
+    "webhooks": None,   # an array of tables, checked by workctl.core.outbox
+}
+
+
+@dataclass(frozen=True)
+class ApproveRules:
+    """``[approve]``: what an automatic approval (sync/run --approve) may apply without a person."""
+
+    max_changed_users: int | None = None
+    max_changed_ratio: float | None = None
+    never_auto_fields: tuple[str, ...] = ()
+
+
+def _suggest(name: str, known: Any) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else f" (known: {', '.join(sorted(known))})"
+
+
+def check_known(raw: dict[str, Any], where: str) -> None:
+    """Refuse unknown tables and keys, naming the closest known one."""
+    for table, value in raw.items():
+        if table not in KNOWN_KEYS:
+            raise Invalid(f"config {where}: unknown table [{table}]{_suggest(table, KNOWN_KEYS)}",
+                          code="config_invalid")
+        keys = KNOWN_KEYS[table]
+        if keys is None:
+            continue
+        if not isinstance(value, dict):
+            raise Invalid(f"config {where}: [{table}] must be a table", code="config_invalid")
+        for key in value:
+            if key not in keys:
+                raise Invalid(f"config {where}: unknown key {key!r} in [{table}]{_suggest(key, keys)}",
+                              code="config_invalid")
+
+
 @dataclass(frozen=True)
 class Config:
     ttl_seconds: int = 600
@@ -48,6 +103,7 @@ class Config:
     event_days: float = 0
     dead_letter_after_seconds: float = 0
     target_db: str | None = None
+    approve: ApproveRules = field(default_factory=ApproveRules)
     types: dict[str, dict[str, Any]] = field(default_factory=dict)
     raw: dict[str, Any] = field(default_factory=dict)
     path: str | None = None
@@ -70,6 +126,7 @@ def load_config(path: str | os.PathLike[str] | None = None) -> Config:
             raw = tomllib.load(handle)
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise Invalid(f"cannot read config {candidate}: {exc}", code="config_invalid") from exc
+    check_known(raw, str(candidate))
 
     def number(section: str, key: str, default: float, minimum: float = 0) -> Any:
         value = raw.get(section, {}).get(key, default)
@@ -87,6 +144,7 @@ def load_config(path: str | os.PathLike[str] | None = None) -> Config:
     if not isinstance(types, dict):
         raise Invalid(f"config {candidate}: [types] must be a table", code="config_invalid")
     return Config(
+        approve=_approve_rules(raw.get("approve", {}), str(candidate)),
         ttl_seconds=int(number("lease", "ttl_seconds", 600, 1)),
         heartbeat_every_seconds=int(number("lease", "heartbeat_every_seconds", 120, 1)),
         retry_backoff_seconds=number("lease", "retry_backoff_seconds", 10),
@@ -99,3 +157,21 @@ def load_config(path: str | os.PathLike[str] | None = None) -> Config:
         raw=raw,
         path=str(candidate),
     )
+
+
+def _approve_rules(section: dict[str, Any], where: str) -> ApproveRules:
+    def bad(message: str) -> Invalid:
+        return Invalid(f"config {where}: [approve] {message}", code="config_invalid")
+
+    users = section.get("max_changed_users")
+    if users is not None and (isinstance(users, bool) or not isinstance(users, int) or not 0 <= users < 2**63):
+        raise bad("max_changed_users must be a whole number >= 0")
+    ratio = section.get("max_changed_ratio")
+    if ratio is not None and (isinstance(ratio, bool) or not isinstance(ratio, (int, float))
+                              or not 0 <= ratio <= 1):
+        raise bad("max_changed_ratio must be a number from 0 to 1")
+    fields = section.get("never_auto_fields", [])
+    if not isinstance(fields, list) or not all(isinstance(f, str) and f for f in fields):
+        raise bad("never_auto_fields must be a list of field names")
+    return ApproveRules(max_changed_users=users, max_changed_ratio=None if ratio is None else float(ratio),
+                        never_auto_fields=tuple(fields))

@@ -21,7 +21,7 @@ def seed_users(path: str, count: int = DEMO_USERS) -> int:
     """Create the local users table (if needed) with users 1..count; return how many were added."""
     from .store.sqlite import connect, translate, write_tx
 
-    conn = connect(path)  # creates the file 0600 and the workctl schema
+    conn = connect(path, create=True)  # the demo creates its store: the file 0600 and the workctl schema
     try:
         with write_tx(conn):
             conn.execute("CREATE TABLE IF NOT EXISTS users (id INTEGER PRIMARY KEY, name TEXT NOT NULL, "

@@ -29,15 +29,17 @@ class ExitCode(IntEnum):
 EXIT_CODE_MEANINGS: dict[ExitCode, str] = {
     ExitCode.OK: "success",
     ExitCode.ERROR: "unexpected failure (a bug); set WORKCTL_DEBUG=1 for a traceback",
-    ExitCode.USAGE: "bad flags or arguments",
+    ExitCode.USAGE: "bad flags or arguments, an unknown filter value, a missing lease token",
     ExitCode.NO_WORK: "checkout found nothing to lease (run/sync with nothing to do exit 0)",
     ExitCode.NOT_FOUND: "unknown order id, item id or order type",
-    ExitCode.INVALID: "payload or result failed validation; bad JSON input",
-    ExitCode.CONFLICT: "illegal state transition, lease held by another agent, lease expired/lost, "
-    "idempotency key reused with a different request",
-    ExitCode.REMOTE: "a source or webhook failed after retries",
-    ExitCode.STORE: "database locked past the timeout, corrupt, read-only, or created by a newer workctl",
-    ExitCode.INTERRUPTED: "interrupted (Ctrl-C)",
+    ExitCode.INVALID: "payload, result or config failed validation; bad JSON input",
+    ExitCode.CONFLICT: "illegal state transition, lease held by another agent, lease expired/lost, order "
+    "cancelled, idempotency key reused with a different request, auto-approve held by a rule",
+    ExitCode.REMOTE: "a source, an agent command or a webhook failed: sync/run took an item they could not "
+    "submit, or an order in their scope is failed or dead-lettered",
+    ExitCode.STORE: "store missing, locked past the timeout, corrupt, read-only, out of disk space, replaced "
+    "while in use, or created by a newer workctl",
+    ExitCode.INTERRUPTED: "interrupted (Ctrl-C), or a confirmation answered no",
     ExitCode.BROKEN_PIPE: "stdout was closed by its reader (e.g. piped into head); nothing more is printed",
 }
 
@@ -46,6 +48,8 @@ EXIT_CODE_MEANINGS: dict[ExitCode, str] = {
 # generated from this, and tests/test_errors.py checks that every code raised anywhere is listed here with
 # the exit code of the exception that carries it.
 ERROR_CODES: dict[str, tuple[ExitCode, str]] = {
+    # 130: the operator stopped it
+    "declined": (ExitCode.INTERRUPTED, "a confirmation was answered no; nothing was done"),
     # 1: a bug
     "internal_error": (ExitCode.ERROR, "an unexpected failure inside workctl; WORKCTL_DEBUG=1 shows the traceback"),
     # 2: usage
@@ -55,6 +59,8 @@ ERROR_CODES: dict[str, tuple[ExitCode, str]] = {
     "forbidden": (ExitCode.USAGE, "HTTP API: the token's scope does not allow this request (403)"),
     "idempotency_key_required": (ExitCode.USAGE, "HTTP API: this route needs an X-Idempotency-Key header (428)"),
     "body_too_large": (ExitCode.INVALID, "HTTP API: the request body is larger than the limit (413)"),
+    "invalid_choice": (ExitCode.USAGE, "an unknown value for a filter option (the valid ones are listed)"),
+    "lease_token_required": (ExitCode.USAGE, "a fenced write (heartbeat, release, submit) without a lease token"),
     # 3: no work
     "no_items_available": (ExitCode.NO_WORK, "checkout found nothing to lease"),
     # 4: not found
@@ -102,18 +108,27 @@ ERROR_CODES: dict[str, tuple[ExitCode, str]] = {
     "stale_lease_token": (ExitCode.CONFLICT, "the lease token is not the item's current one"),
     "idempotency_mismatch": (ExitCode.CONFLICT, "the idempotency key was used for a different request"),
     "token_exists": (ExitCode.CONFLICT, "an API token with that name exists already"),
+    "order_cancelled": (ExitCode.CONFLICT, "the order was cancelled; its items take no more work"),
+    "not_cancellable": (ExitCode.CONFLICT, "the order was applied, completed or rejected, so it cannot be cancelled"),
+    "approval_held": (ExitCode.CONFLICT, "auto-approve was held by an [approve] rule; the order stays submitted"),
     # 7: remote
     "remote_error": (ExitCode.REMOTE, "a source or webhook failed"),
     "sync_incomplete": (ExitCode.REMOTE, "sync took batches it could not submit"),
+    "run_incomplete": (ExitCode.REMOTE, "run took items whose command failed or whose result was refused"),
+    "source_unavailable": (ExitCode.REMOTE, "a source could not be reached (or answered 5xx) for a whole batch"),
+    "order_failed": (ExitCode.REMOTE, "an order in the run's scope is failed or dead-lettered"),
     "source_unreachable": (ExitCode.REMOTE, "the source did not answer properly"),
     "source_auth": (ExitCode.REMOTE, "the source refused the credentials"),
     # 8: store
     "store_error": (ExitCode.STORE, "the store failed in an unexpected way"),
-    "database_locked": (ExitCode.STORE, "the store stayed locked past the busy timeout"),
-    "database_read_only": (ExitCode.STORE, "the store cannot be written"),
-    "database_corrupt": (ExitCode.STORE, "the file is not a usable workctl store"),
-    "database_unavailable": (ExitCode.STORE, "the store cannot be opened or created"),
-    "database_too_new": (ExitCode.STORE, "the store was created by a newer workctl"),
+    "store_missing": (ExitCode.STORE, "no store at that path (only init, propose, sync proposing and demo create one)"),
+    "store_locked": (ExitCode.STORE, "the store stayed locked past the busy timeout"),
+    "store_read_only": (ExitCode.STORE, "the store, its -wal/-shm or its directory cannot be written"),
+    "store_full": (ExitCode.STORE, "no space left on the store's disk (or the file-size limit is reached)"),
+    "store_corrupt": (ExitCode.STORE, "the file is not a SQLite database"),
+    "store_unavailable": (ExitCode.STORE, "the store cannot be opened (a directory, or not accessible)"),
+    "store_replaced": (ExitCode.STORE, "the store file was deleted or replaced while the process had it open"),
+    "store_too_new": (ExitCode.STORE, "the store was created by a newer workctl"),
 }
 
 
@@ -129,8 +144,23 @@ class WorkctlError(Exception):
         self.code = code or self.default_code
         self.details = details or []
 
+    # True when the JSON error document is already part of what was printed (an agent run's report).
+    json_shown: bool = False
+
     def to_dict(self) -> dict[str, Any]:
         return {"error": {"code": self.code, "message": self.message, "details": self.details}}
+
+
+def run_error(report: dict[str, Any], *, json_shown: bool = False) -> WorkctlError | None:
+    """The error an agent run's report carries (``report["error"]``), with the exit code its code is
+    registered with; None for a run that succeeded. Surfaces raise it after printing the report."""
+    found = report.get("error")
+    if not found:
+        return None
+    error = WorkctlError(found["message"], code=found["code"], details=found.get("details"))
+    error.exit_code = ERROR_CODES.get(found["code"], (ExitCode.ERROR, ""))[0]
+    error.json_shown = json_shown
+    return error
 
 
 class Usage(WorkctlError):
@@ -183,6 +213,13 @@ class Forbidden(WorkctlError):
     default_code = "forbidden"
 
 
+class Declined(WorkctlError):
+    """The operator answered no to a confirmation: nothing was done."""
+
+    exit_code = ExitCode.INTERRUPTED
+    default_code = "declined"
+
+
 class RemoteError(WorkctlError):
     exit_code = ExitCode.REMOTE
     default_code = "remote_error"
@@ -197,3 +234,22 @@ def warn(message: str) -> None:
     """A warning for the person at the terminal (stderr), for the rare library-level problem that must
     not stop the command (a plugin that fails to load)."""
     sys.stderr.write(f"workctl: warning: {message}\n")
+
+
+def exit_code_table() -> str:
+    """The docs' exit-code table (Markdown), generated from ExitCode and EXIT_CODE_MEANINGS."""
+    rows = ["| code | name | meaning |", "|---|---|---|"]
+    rows += [f"| {int(code)} | {code.name} | {EXIT_CODE_MEANINGS[code]} |" for code in ExitCode]
+    return "\n".join(rows)
+
+
+def error_code_table() -> str:
+    """The docs' error-code table (Markdown), generated from ERROR_CODES, ordered by exit code."""
+    rows = ["| error code | exit | meaning |", "|---|---|---|"]
+    for code, (exit_code, meaning) in sorted(ERROR_CODES.items(), key=lambda kv: (int(kv[1][0]), kv[0])):
+        rows.append(f"| `{code}` | {int(exit_code)} | {meaning} |")
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":  # python -m workctl.errors: print both tables for the docs
+    print(exit_code_table() + "\n\n" + error_code_table())

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol
 
 from ..config import Config
+from ..errors import Conflict, RemoteError, WorkctlError
 from .heartbeat import Heartbeats, beat_interval
 
 
@@ -32,11 +33,14 @@ class Handle(Protocol):
     def heartbeat(self, item_id: str, *, agent: str | None = None, ttl: int | None = None,
                   lease_token: str | None = None) -> dict[str, Any]: ...
     def release(self, item_id: str, *, agent: str | None = None, error: str | None = None,
-                lease_token: str | None = None) -> dict[str, Any]: ...
+                lease_token: str | None = None, unavailable: str | None = None,
+                failed_users: list[dict[str, Any]] | None = None) -> dict[str, Any]: ...
     def submit(self, item_id: str, result: Any, *, agent: str | None = None, lease_token: str | None = None,
                idempotency_key: str | None = None) -> dict[str, Any]: ...
     def approve(self, order_id: str, *, dry_run: bool = False,
                 idempotency_key: str | None = None) -> dict[str, Any]: ...
+    def approve_guarded(self, order_id: str) -> dict[str, Any]: ...
+    def troubles(self, *, order_id: str | None = None, type_name: str | None = None) -> dict[str, Any]: ...
 
 
 class Listener(Protocol):
@@ -68,6 +72,8 @@ class Tally:
     submitted: int = 0
     released: int = 0
     lost: int = 0
+    cancelled: int = 0  # its order was cancelled while the item was worked: dropped, not a failure of the run
+    held: list[dict[str, Any]] = field(default_factory=list)  # auto-approvals an [approve] rule held
     messages: list[str] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -185,3 +191,68 @@ class AgentLoop:
             self.tally.lost += 1
         self.note(f"lease on item {item['id']} was lost ({why}); its result was dropped")
         self.listener.item_finished(item, "lost", 0, 0)
+
+    def gone(self, item: dict[str, Any], exc: WorkctlError) -> None:
+        """The lease went away while the item was worked: cancelled with its order, or lost."""
+        if exc.code == "order_cancelled":
+            with self.tally.lock:
+                self.tally.cancelled += 1
+            self.note(f"order {item['order_id']} was cancelled; item {item['id']} dropped")
+            self.listener.item_finished(item, "cancelled", 0, 0)
+            return
+        self.lost(item, exc.message)
+
+    def approve_order(self, wc: Handle, order_id: str) -> dict[str, Any] | None:
+        """Approve an order whose last item this run submitted, unless an [approve] rule holds it."""
+        try:
+            return wc.approve_guarded(order_id)
+        except Conflict as exc:
+            if exc.code != "approval_held":
+                raise
+            with self.tally.lock:
+                self.tally.held.append({"order_id": order_id, **(exc.details[0] if exc.details else {}),
+                                        "message": exc.message})
+            self.note(exc.message)
+            return None
+
+    def incomplete(self, message: str) -> WorkctlError:
+        """The error of a run that took items it could not submit (each loop names its own code)."""
+        raise NotImplementedError
+
+    def outcome(self, *, order_id: str | None, type_name: str | None,
+                unavailable: dict[str, str] | None = None) -> tuple[WorkctlError | None, dict[str, Any]]:
+        """The run's verdict (CLI.md "Agent loops"): exit 0 only when every item taken was submitted (and
+        approved, with --approve). Exit 7 when a source was unavailable, an item was released with an error
+        or its lease lost, or an order in scope is failed or dead-lettered (on every run until an operator
+        acts); exit 6 when an [approve] rule held an order. Returns (the error or None, the troubles found)."""
+        t = self.tally
+        troubles = self.handle.troubles(order_id=order_id, type_name=type_name)
+        if unavailable:
+            names = ", ".join(sorted(unavailable))
+            first = next(iter(unavailable.values()))
+            return RemoteError(f"source {names} unavailable ({first}); the batches taken were released without "
+                               "spending an attempt and the next run retries them", code="source_unavailable",
+                               details=[{"source": name, "error": why} for name, why in unavailable.items()]), troubles
+        if t.released or t.lost:
+            what = ", ".join(part for part in (f"{t.released} released with an error" if t.released else "",
+                                               f"{t.lost} lost their lease" if t.lost else "") if part)
+            return self.incomplete(f"{t.released + t.lost} of the items this run took were not submitted ({what}); "
+                                   "they are retried by a later run (see the errors above)"), troubles
+        if troubles["failed_orders"]:
+            listed = troubles["failed_orders"]
+            first = listed[0]["id"]
+            return RemoteError(f"{len(listed)} order(s) in scope are failed or dead-lettered ("
+                               + ", ".join(f"{o['id']} {o['state']}" for o in listed[:5])
+                               + f"); retry them (workctl retry --order {first}) or cancel them "
+                               f"(workctl cancel {first})", code="order_failed", details=listed), troubles
+        if troubles["waiting_for_source"]:
+            waiting = troubles["waiting_for_source"]
+            return RemoteError("batches are waiting for a source that was unavailable at their last attempt ("
+                               + ", ".join(f"order {w['order_id']}: {w['items']} from {w['source']}" for w in waiting[:5])
+                               + "); no attempt was spent, the next run retries them", code="source_unavailable",
+                               details=waiting), troubles
+        if t.held:
+            return Conflict(t.held[0]["message"] if len(t.held) == 1 else
+                            f"{len(t.held)} auto-approvals held by [approve] rules: "
+                            + "; ".join(h["message"] for h in t.held[:3]), code="approval_held", details=t.held), troubles
+        return None, troubles

@@ -17,9 +17,9 @@ from typing import Any, Callable, Protocol
 
 from ..clock import iso
 from ..config import default_agent
-from ..errors import Conflict, Invalid, NoWork, Usage, WorkctlError
+from ..errors import Conflict, Invalid, NoWork, RemoteError, Usage, WorkctlError
 from ..limits import INT64_MAX
-from ..sources.client import SourceClient, UserOutcome
+from ..sources.client import TRANSPORT_CLASSES, SourceClient, UserOutcome
 from ..sources.config import SourceConfig, load_source
 from ..types.user_data_sync.delta import fetch_since
 from .loop import AgentLoop, Handle, Listener, Tally
@@ -41,10 +41,15 @@ class SyncReport:
     retries: int = 0
     seconds: float = 0.0
     approved: list[dict[str, Any]] = field(default_factory=list)
+    resumed: bool = False
+    unavailable: dict[str, str] = field(default_factory=dict)  # source -> why (the run's circuit breaker)
+    released_unavailable: int = 0
 
     def to_dict(self, tally: Tally) -> dict[str, Any]:
-        return {"orders": self.orders, "items": {"submitted": tally.submitted, "released": tally.released,
-                                                 "lost": tally.lost},
+        return {"orders": self.orders, "resumed": self.resumed,
+                "items": {"submitted": tally.submitted, "released": tally.released, "lost": tally.lost,
+                          "cancelled": tally.cancelled, "released_unavailable": self.released_unavailable},
+                "unavailable_sources": self.unavailable, "held": tally.held,
                 "users": {"synced": self.users_synced, "failed": self.users_failed,
                           "failed_by_class": dict(self.failures_by_class), "unchanged": self.users_unchanged},
                 "failed_users": self.failed_users, "requests": self.requests, "retries": self.retries,
@@ -98,6 +103,16 @@ def build_result(user_ids: list[int], outcomes: list[UserOutcome],
 @dataclass
 class SyncOptions:
     order_id: str | None = None
+    # Propose (or resume) first: --source S --users SPEC [--fields …] [--batch-size] [--delta] [--since],
+    # or --retry-failed ORDER_ID. ``new`` proposes even when an open order of the same scope exists.
+    source: str | None = None
+    users: str | None = None
+    fields: str | None = None
+    batch_size: int | None = None
+    delta: bool = False
+    since: str | None = None
+    retry_failed: str | None = None
+    new: bool = False
     agent: str | None = None
     concurrency: int | None = None
     max_items: int | None = None
@@ -111,6 +126,11 @@ class SyncHandle(Handle, Protocol):
 
     def pending_sync_sources(self, order_id: str | None = None) -> list[str]: ...
     def pending_item_count(self, order_id: str | None = None, type_name: str | None = None) -> int: ...
+    def order_state(self, order_id: str) -> str: ...
+    def retry_failed(self, order_id: str, *, idempotency_key: str | None = None) -> dict[str, Any]: ...
+    def propose(self, type_name: str, payload: Any, *, priority: int = 0, idempotency_key: str | None = None,
+                resume: bool = False) -> dict[str, Any]: ...
+    def local_user_ids(self) -> list[int]: ...
 
 
 class Syncer(AgentLoop):
@@ -143,9 +163,12 @@ class Syncer(AgentLoop):
             self.client(source)
 
     def run(self) -> Syncer:
-        """Work batches in parallel (``workers`` at once, each with its own store connection) until
-        no work is left; the source client (rate limit, concurrency cap) is shared by all of them."""
+        """Propose or resume the order the options name (if any); then work batches in parallel (``workers``
+        at once, each with its own store connection) until no work is left; the source client (rate limit,
+        concurrency cap) is shared by all of them. The run's verdict is ``self.error`` (see outcome)."""
         started = time.monotonic()
+        self.error: WorkctlError | None = None
+        self._propose_first()
         try:
             self.prepare()
             pending = self.wc.pending_item_count(self.options.order_id, SYNC_TYPE)
@@ -158,10 +181,53 @@ class Syncer(AgentLoop):
                 self.report.retries += client.stats.retries
                 client.close()
             self.report.seconds = time.monotonic() - started
+        if self.options.approve and self.options.order_id:
+            self._approve_if_ready(self.options.order_id)
+        self.error, troubles = self.outcome(order_id=self.options.order_id, type_name=SYNC_TYPE,
+                                            unavailable=self.report.unavailable)
+        self.troubles = troubles
         return self
 
+    def incomplete(self, message: str) -> WorkctlError:
+        return RemoteError(message, code="sync_incomplete")
+
+    def _propose_first(self) -> None:
+        options = self.options
+        if options.retry_failed:
+            options.order_id = self.wc.retry_failed(options.retry_failed)["order"]["id"]
+        elif options.source or options.users:
+            proposed = propose_from_source(self.wc, source=options.source, users=options.users, fields=options.fields,
+                                           batch_size=options.batch_size, delta=options.delta, since=options.since,
+                                           resume=not options.new)
+            options.order_id = proposed["order"]["id"]
+            self.report.orders.append(options.order_id)
+            self.report.resumed = bool(proposed.get("resumed"))
+            if self.report.resumed:
+                self.listener.message(f"resuming order {options.order_id} "
+                                      f"({proposed['order']['state']}; --new proposes a new one)")
+
+    def _approve_if_ready(self, order_id: str) -> None:
+        """A resumed order may already be submitted (held by a rule on an earlier run): try it again."""
+        if order_id in {a["order_id"] for a in self.report.approved} or \
+                order_id in {h["order_id"] for h in self.tally.held}:
+            return
+        if self.wc.order_state(order_id) == "submitted":
+            self._approve(self.wc, order_id)
+
+    def _approve(self, wc: Handle, order_id: str) -> None:
+        approved = self.approve_order(wc, order_id)
+        if approved is not None:
+            with self.lock:
+                self.report.approved.append({"order_id": order_id, "diff": approved["diff"]})
+            self.listener.message(f"approved order {order_id}: {approved['diff'].get('summary')}")
+
     def to_dict(self) -> dict[str, Any]:
-        return self.report.to_dict(self.tally)
+        report = self.report.to_dict(self.tally)
+        report["failed_orders"] = self.troubles["failed_orders"]
+        report["waiting_for_source"] = self.troubles["waiting_for_source"]
+        if self.error is not None:
+            report.update(self.error.to_dict())
+        return report
 
     def _default_workers(self) -> int:
         return min((c.config.concurrency for c in self.clients.values()), default=1)
@@ -177,8 +243,16 @@ class Syncer(AgentLoop):
             if item["order_id"] not in self.report.orders:
                 self.report.orders.append(item["order_id"])
         spec = item["input"]
+        source = spec["source"]
+        with self.lock:
+            broken = self.report.unavailable.get(source)
+        if broken is not None:  # the circuit breaker: this run takes no more batches from that source
+            unfetched = [{"user_id": u, "error": f"{broken.partition(': ')[0]}: not fetched, source {source} "
+                                                 "unavailable in this run"} for u in spec["user_ids"]]
+            self._unavailable(wc, item, agent, source, broken, [], unfetched)
+            return
         try:
-            client = self.client(spec["source"])
+            client = self.client(source)
         except WorkctlError:
             wc.release(item["id"], agent=agent, lease_token=item["lease_token"])
             raise
@@ -193,23 +267,42 @@ class Syncer(AgentLoop):
         result, failed = build_result(spec["user_ids"], outcomes, spec["fields"])
         result["fetched_at"] = fetched_at
         if beat.lost is not None:
-            self.lost(item, str(beat.lost))
+            self.gone(item, beat.lost)
+            return
+        if failed and len(failed) == len(spec["user_ids"]) and all(f["error_class"] in TRANSPORT_CLASSES
+                                                                   for f in failed):
+            why = f"{failed[0]['error_class']}: {failed[0]['error']}"
+            with self.lock:
+                self.report.unavailable.setdefault(source, why)
+            self._unavailable(wc, item, agent, source, why, failed, result["failed_users"])
             return
         try:
             response = wc.submit(item["id"], result, agent=agent, lease_token=item["lease_token"])
         except Conflict as exc:
-            self.lost(item, exc.message)
+            self.gone(item, exc)
             return
         except Invalid as exc:
-            self._refused(wc, item, agent, failed, exc)
+            self._refused(wc, item, agent, failed, exc, result["failed_users"])
             return
         self._submitted(item, result, failed)
         # Only the submit that completed the order sees it 'submitted', so exactly one worker approves.
         if self.options.approve and response["order"]["state"] == "submitted":
-            approved = wc.approve(item["order_id"])
-            with self.lock:
-                self.report.approved.append({"order_id": item["order_id"], "diff": approved["diff"]})
-            self.listener.message(f"approved order {item['order_id']}: {approved['diff'].get('summary')}")
+            self._approve(wc, item["order_id"])
+
+    def _unavailable(self, wc: Handle, item: dict[str, Any], agent: str, source: str, why: str,
+                     failed: list[dict[str, Any]], ledger: list[dict[str, Any]] | None = None) -> None:
+        """The source could not be reached for the whole batch: give it back without spending an attempt."""
+        self._record_failures(item, failed)
+        try:
+            wc.release(item["id"], agent=agent, lease_token=item["lease_token"], error=f"source {source} unavailable: "
+                       f"{why}", unavailable=source, failed_users=ledger or None)
+        except Conflict as exc:
+            self.gone(item, exc)
+            return
+        with self.lock:
+            self.report.released_unavailable += 1
+        self.note(f"batch {item['id']}: source {source} unavailable ({why}); released without spending an attempt")
+        self.listener.item_finished(item, "released", 0, len(failed))
 
     def _submitted(self, item: dict[str, Any], result: dict[str, Any], failed: list[dict[str, Any]]) -> None:
         synced = len(result["synced_users"])
@@ -222,11 +315,13 @@ class Syncer(AgentLoop):
         self.listener.item_finished(item, "submitted", synced, len(failed))
 
     def _refused(self, wc: Handle, item: dict[str, Any], agent: str, failed: list[dict[str, Any]],
-                 exc: Invalid) -> None:
-        """The batch's result was refused (below min_success_ratio, …): release it with the reason."""
+                 exc: Invalid, ledger: list[dict[str, Any]]) -> None:
+        """The batch's result was refused (below min_success_ratio, …): release it with the reason; its failed
+        users go to the failure ledger with their class."""
         self._record_failures(item, failed)
         why = "; ".join(f"{d['path']}: {d['message']}" for d in exc.details[:3] if "path" in d) or exc.message
-        released = wc.release(item["id"], agent=agent, lease_token=item["lease_token"], error=why)
+        released = wc.release(item["id"], agent=agent, lease_token=item["lease_token"], error=why,
+                              failed_users=ledger or None)
         with self.tally.lock:
             self.tally.released += 1
         self.note(f"batch {item['id']} not accepted ({why}); released as attempt "
@@ -293,8 +388,10 @@ def _ints(tokens: list[str], *, origin: str, echo: bool = True) -> list[int]:
 
 
 def propose_from_source(wc: Any, *, source: str | None, users: str | None, fields: str | None,
-                        batch_size: int | None, delta: bool = False, since: str | None = None) -> str:
-    """The cron one-liner's first step: propose a user.data.sync order; return its id.
+                        batch_size: int | None, delta: bool = False, since: str | None = None,
+                        resume: bool = True) -> dict[str, Any]:
+    """The cron one-liner's first step: propose a user.data.sync order, or (``resume``) find the open order
+    of the same source, user set and fields; return propose's answer (``"resumed": true`` for the latter).
 
     ``delta`` (implied by ``since``) makes it a delta order, for ``--users all`` unless told otherwise;
     without ``since`` it starts from the source's stored cursor (types/user_data_sync/delta)."""
@@ -313,4 +410,5 @@ def propose_from_source(wc: Any, *, source: str | None, users: str | None, field
     if batch_size:
         payload["batch_size"] = batch_size
     load_source(source, wc.config.raw)  # a missing source is reported before anything is written
-    return wc.propose(SYNC_TYPE, payload)["order"]["id"]
+    proposed: dict[str, Any] = wc.propose(SYNC_TYPE, payload, resume=resume)
+    return proposed

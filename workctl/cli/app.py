@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from .. import __version__
-from ..commands import approve, checkout, demo, heartbeat, log, maintain, orders, propose, reject, release, retry
+from ..commands import approve, cancel, checkout, demo, heartbeat, init, log, maintain, orders, propose, reject, release, retry
 from ..commands import diff as diff_command
 from ..commands import failures as failures_command
 from ..commands import revert as revert_command
@@ -51,8 +51,8 @@ def main_options(
 app.add_typer(types.app, name="types")
 app.add_typer(sources.app, name="sources")
 app.add_typer(tokens.app, name="tokens")
-for command in (demo.demo, propose.propose, checkout.checkout, heartbeat.heartbeat, release.release, submit.submit,
-                approve.approve, reject.reject, status.status, orders.orders, show.show, log.log,
+for command in (init.init, demo.demo, propose.propose, checkout.checkout, heartbeat.heartbeat, release.release, submit.submit,
+                approve.approve, reject.reject, cancel.cancel, status.status, orders.orders, show.show, log.log,
                 maintain.maintain, retry.retry, sync.sync, run_command.run, diff_command.diff, revert_command.revert,
                 why_command.why, failures_command.failures, serve_command.serve):
     app.command(command.__name__)(command)

@@ -56,7 +56,7 @@ def table(title: str | None, columns: Sequence[str], rows: Iterable[Sequence[Any
 
 
 def error(exc: WorkctlError, *, as_json: bool) -> None:
-    if as_json:
+    if as_json and not exc.json_shown:
         print_json(exc.to_dict())
     sys.stderr.write(f"workctl: error: {exc.message}\n")
     for detail in exc.details[:20]:

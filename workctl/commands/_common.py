@@ -27,6 +27,31 @@ LeaseToken = Annotated[str | None, typer.Option(
     help="Fence with the token from checkout: refused if the item was checked out again since.")]
 Ttl = Annotated[int | None, typer.Option("--ttl", min=1, max=MAX_TTL_SECONDS,
                                          help="Lease length in seconds (default 600).")]
+Yes = Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation on a terminal.")]
+
+
+def interactive() -> bool:
+    """A person at a terminal: stdin and stdout both a TTY (scripts and pipes are never asked)."""
+    import sys
+
+    return sys.stdin.isatty() and sys.stdout.isatty()
+
+
+def confirm(question: str, lines: list[str], *, yes: bool) -> None:
+    """Show what will happen and ask ``[y/N]`` on a terminal (unless --yes); a no raises Declined (exit 130)."""
+    if yes or not interactive():
+        return
+    import sys
+
+    from ..errors import Declined
+
+    for text in lines:
+        render.line(text)
+    sys.stdout.write(f"{question} [y/N] ")
+    sys.stdout.flush()
+    answer = sys.stdin.readline().strip().lower()
+    if answer not in ("y", "yes"):
+        raise Declined("not confirmed; nothing was done (use --yes to skip the question)")
 
 
 @dataclass(frozen=True)

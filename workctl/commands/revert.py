@@ -8,7 +8,7 @@ import typer
 
 from ..cli import render
 from ..types.user_data_sync.masking import Masker
-from ._common import Json, boundary, open_workctl
+from ._common import Json, Yes, boundary, confirm, interactive, open_workctl
 
 
 @boundary
@@ -16,10 +16,15 @@ def revert(
     ctx: typer.Context,
     order_id: Annotated[str, typer.Argument(help="A completed user.data.sync order.")],
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Show what would be restored; change nothing.")] = False,
+    yes: Yes = False,
     json_: Json = False,
 ) -> None:
     """Restore the values an applied order overwrote, where they still hold what it wrote (once only)."""
     with open_workctl(ctx) as wc:
+        if not dry_run and not yes and interactive():
+            stats = wc.revert(order_id, dry_run=True)["stats"]
+            confirm(f"Revert order {order_id}?", [f"would restore {stats['restored']} of {stats['recorded']} recorded "
+                                                  f"changes; skip {stats['skipped']} (changed since)"], yes=yes)
         result = wc.revert(order_id, dry_run=dry_run)
         show = Masker(() if json_ else wc.sensitive_fields())
     if json_:

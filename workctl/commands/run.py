@@ -7,6 +7,7 @@ from typing import Annotated
 import typer
 
 from ..cli import render
+from ..errors import run_error
 from ._common import Agent, Json, Ttl, boundary, open_workctl
 
 
@@ -20,11 +21,14 @@ def run(
     agent: Agent = None,
     max_items: Annotated[int | None, typer.Option("--max-items", min=1, help="Stop after this many items.")] = None,
     timeout: Annotated[float | None, typer.Option("--timeout", min=0.1, help="Kill a command after this many seconds.")] = None,
+    approve: Annotated[bool, typer.Option("--approve", help="Approve each order once all its items are submitted, if the [approve] rules let it.")] = False,
     ttl: Ttl = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress on stderr.")] = False,
     json_: Json = False,
 ) -> None:
-    """Check out items and run CMD for each; submit its stdout, release on failure (exit 0 when done)."""
+    """Check out items and run CMD for each; submit its stdout, release on failure. Exit 0 when every item
+    taken was submitted (and approved, with --approve); 7 when a command failed or an order in scope is
+    failed; 6 when an [approve] rule held an order."""
     from ..errors import Usage
     from ..cli.progress import make_progress
     from ..agents.exec import RunOptions
@@ -35,15 +39,21 @@ def run(
         progress = make_progress(quiet=quiet or json_, unit="item", counted="results")
         try:
             report = wc.run_exec(RunOptions(command=exec_, order_id=order_id, type_name=type_name, agent=agent,
-                                            parallel=parallel, max_items=max_items, ttl=ttl, timeout=timeout),
+                                            parallel=parallel, max_items=max_items, ttl=ttl, timeout=timeout,
+                                            approve=approve),
                                  listener=progress)
         finally:
             progress.close()
     if json_:
         render.print_json(report)
-        return
-    items = report["items"]
-    render.line(f"{items['submitted']} submitted, {items['released']} released, {items['lost']} lost "
-                f"in {report['seconds']} s")
-    for error in report["errors"][:20]:
-        render.line(f"  item {error['item_id']}: {error['error']}")
+    else:
+        items = report["items"]
+        render.line(f"{items['submitted']} submitted, {items['released']} released, {items['lost']} lost, "
+                    f"{items['cancelled']} cancelled in {report['seconds']} s")
+        for error in report["errors"][:20]:
+            render.line(f"  item {error['item_id']}: {error['error']}")
+        for order_id in report["approved"]:
+            render.line(f"approved order {order_id}")
+    error = run_error(report, json_shown=json_)
+    if error is not None:
+        raise error

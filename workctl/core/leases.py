@@ -1,8 +1,10 @@
 """Leases: the atomic claim (checkout), heartbeat, release, and reclaiming expired leases.
 
 Every follow-up write is fenced: ``WHERE id = ? AND state = 'leased' AND leased_by = ? AND
-lease_expires_at > now [AND lease_token = ?]``. Zero rows means the lease is gone, and nothing was
-written; the caller then reads the row once to say precisely why.
+lease_expires_at > now AND lease_token = ?``. No write path accepts a missing token (``require_token``:
+exit 2), so a stale process with the same agent id can never overwrite work that was re-leased. Zero
+rows means the lease is gone, and nothing was written; the caller then reads the row once to say
+precisely why.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import sqlite3
 from typing import Any
 
 from ..clock import after
-from ..errors import Conflict, IllegalTransition, LeaseLost, NoWork
+from ..errors import Conflict, IllegalTransition, LeaseLost, NoWork, Usage
 from ..jsonio import dumps, loads
 from ..limits import MAX_TTL_SECONDS, bounded_int
 from ..store.sqlite import write_tx
@@ -21,7 +23,7 @@ from .lifecycle import Actor, append_event, move_item, refresh_order
 from .session import Session
 
 _LEASE_CLEARED = {"leased_by": None, "lease_token": None, "lease_expires_at": None, "visible_at": ""}
-_FENCE = " AND leased_by = ? AND lease_expires_at > ?"
+_FENCE = " AND leased_by = ? AND lease_expires_at > ? AND lease_token = ?"
 _CLAIM_COLUMNS = "id, order_id, state, attempts, max_attempts, leased_by"
 # The claim: the first claimable item in priority-then-age order, by one seek on a partial index
 # that holds only queued/leased rows (see migrations). visible_at <= now admits queued rows ('') and
@@ -112,9 +114,22 @@ def _exhaust(conn: sqlite3.Connection, item_id: str, order_id: str, state: str, 
     refresh_order(conn, order_id, now=now)
 
 
-def lease_problem(row: sqlite3.Row, agent: str, token: str | None, now: str) -> Conflict:
+def require_token(token: str | None, action: str) -> str:
+    """The lease token of a fenced write, or exit 2 saying how to pass it (the variable first: an option's
+    value shows in ``ps``)."""
+    if not token:
+        raise Usage(f"{action} needs the lease token that checkout printed: set WORKCTL_LEASE_TOKEN=<token> in "
+                    "the environment (preferred: it does not show in ps) or pass --lease-token <token>",
+                    code="lease_token_required")
+    return token
+
+
+def lease_problem(row: sqlite3.Row, agent: str, token: str, now: str) -> Conflict:
     """Why a fenced write to this item by this agent cannot proceed."""
     item = row["id"]
+    if row["state"] == "cancelled":
+        return Conflict(f"item {item}'s order {row['order_id']} was cancelled; stop working on it (nothing was "
+                        "written)", code="order_cancelled")
     if row["state"] != "leased":
         return IllegalTransition(f"item {item} is '{row['state']}', not leased; check it out first",
                                  code="not_leased")
@@ -124,31 +139,30 @@ def lease_problem(row: sqlite3.Row, agent: str, token: str | None, now: str) -> 
     if row["lease_expires_at"] <= now:
         return LeaseLost(f"lease on item {item} expired at {row['lease_expires_at']}; check out again",
                          code="lease_expired")
-    if token is not None and row["lease_token"] != token:
+    if row["lease_token"] != token:
         return LeaseLost(f"lease token does not match the current lease on item {item} (the item was checked "
                          "out again since, or the token is wrong)",
                          code="stale_lease_token")
     return Conflict(f"item {item} changed concurrently; retry", code="lease_lost")
 
 
-def fence(agent: str, token: str | None, now: str) -> tuple[str, tuple[Any, ...]]:
-    if token is None:
-        return _FENCE, (agent, now)
-    return _FENCE + " AND lease_token = ?", (agent, now, token)
+def fence(agent: str, token: str, now: str) -> tuple[str, tuple[Any, ...]]:
+    return _FENCE, (agent, now, token)
 
 
-def check_lease(s: Session, item_id: str, agent: str, token: str | None) -> sqlite3.Row:
+def check_lease(s: Session, item_id: str, agent: str, token: str) -> sqlite3.Row:
     """Read-only pre-check (no lock) so bad requests fail fast; the fenced write re-checks."""
     row = s.item_row(item_id)
     now = s.now()
     if (row["state"] == "leased" and row["leased_by"] == agent and row["lease_expires_at"] > now
-            and (token is None or row["lease_token"] == token)):
+            and row["lease_token"] == token):
         return row
     raise lease_problem(row, agent, token, now)
 
 
 def heartbeat(s: Session, item_id: str, *, agent: str, ttl: int | None = None,
               token: str | None = None) -> dict[str, Any]:
+    token = require_token(token, "heartbeat")
     ttl = lease_ttl(s, ttl)
     check_lease(s, item_id, agent, token)
     now = s.now()
@@ -167,26 +181,35 @@ def heartbeat(s: Session, item_id: str, *, agent: str, ttl: int | None = None,
                      "heartbeat_every_seconds": s.config.heartbeat_every_seconds}}
 
 
-def release(s: Session, item_id: str, *, agent: str, error: str | None = None,
-            token: str | None = None) -> dict[str, Any]:
+def release(s: Session, item_id: str, *, agent: str, error: str | None = None, token: str | None = None,
+            unavailable: str | None = None, failed_users: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     """Give the lease back. Without an error the attempt does not count and the item is claimable at
     once. With one, the attempt counts: an item that has used its last attempt fails, any other waits
     out an exponential backoff (retry_backoff_seconds · 2^(attempt-1), capped) before it can be
-    claimed again, so a failing item is not hammered in a tight loop."""
+    claimed again, so a failing item is not hammered in a tight loop.
+
+    ``unavailable`` (the source's name) is an outage, not the item's fault: the error is recorded as
+    ``source_unavailable`` but the attempt does not count; the item waits out the first backoff step.
+    ``failed_users`` go to the type's failure ledger in the same transaction (``record_released``)."""
+    token = require_token(token, "release")
     row = check_lease(s, item_id, agent, token)
     now = s.now()
-    # Fenced on the very lease that was read (its token, even when the caller gave none): the attempt
-    # count written below is computed from that read, so a lease taken since (a reclaim by another
-    # process with the same agent id) must not be ended, nor its counted attempt undone.
-    guard, guard_params = fence(agent, row["lease_token"], now)
-    attempts = row["attempts"] if error else max(row["attempts"] - 1, 0)
-    failed = bool(error) and attempts >= row["max_attempts"]
-    record = {"code": "released_with_error", "message": error, "agent": agent} if error else None
+    guard, guard_params = fence(agent, token, now)
+    counted = bool(error) and not unavailable
+    attempts = row["attempts"] if counted else max(row["attempts"] - 1, 0)
+    failed = counted and attempts >= row["max_attempts"]
+    record: dict[str, Any] | None = None
+    if unavailable:
+        record = {"code": "source_unavailable", "message": error, "source": unavailable, "agent": agent}
+    elif error:
+        record = {"code": "released_with_error", "message": error, "agent": agent}
     target = "failed" if failed else "queued"
-    retry_at = _retry_at(s, attempts) if error and not failed else ""
+    retry_at = _retry_at(s, max(attempts, 1)) if record and not failed else ""
     payload: dict[str, Any] = {"attempts": attempts}
-    if error:
+    if record:
         payload.update(error=error, retry_at=retry_at or None)
+    if unavailable:
+        payload.update(reason="source_unavailable", source=unavailable, attempt_counted=False)
     with write_tx(s.conn) as conn:
         moved = move_item(conn, item_id=item_id, order_id=row["order_id"], current="leased", target=target,
                           now=now, actor=Actor("agent", agent), event="failed" if failed else "released",
@@ -196,9 +219,13 @@ def release(s: Session, item_id: str, *, agent: str, error: str | None = None,
                           guard=guard, guard_params=guard_params)
         if not moved:
             raise lease_problem(s.item_row(item_id), agent, token, now)
+        if failed_users:
+            get_type(row["type"]).record_released(conn, {"id": item_id, "order_id": row["order_id"],
+                                                         "input": loads(row["input"]), "attempts": row["attempts"]},
+                                                  failed_users, now)
         order_state = refresh_order(conn, row["order_id"], now=now)
     return {"item": {"id": item_id, "state": target, "attempts": attempts, "max_attempts": row["max_attempts"],
-                     "retry_at": retry_at or None},
+                     "retry_at": retry_at or None, "attempt_counted": counted},
             "order": {"id": row["order_id"], "state": order_state}}
 
 

@@ -15,36 +15,44 @@ from ..errors import IllegalTransition
 from ..jsonio import Encoded, dumps
 
 ORDER_STATES = ("queued", "in_progress", "submitted", "approved", "applied", "completed",
-                "rejected", "failed", "dead_lettered")
+                "rejected", "failed", "dead_lettered", "cancelled")
 ITEM_STATES = ("queued", "leased", "submitted", "accepted", "completed", "rejected", "failed",
-               "dead_lettered")
+               "dead_lettered", "cancelled")
 
 # from-state -> {to-state: event name}. None is "does not exist yet".
+# cancelled: an operator withdrew an order that was not applied (workctl cancel); terminal, like its items.
 ORDER_TRANSITIONS: dict[str | None, dict[str, str]] = {
     None: {"queued": "proposed"},
-    "queued": {"in_progress": "started"},
-    "in_progress": {"submitted": "submitted", "failed": "failed"},
-    "submitted": {"approved": "approved", "rejected": "rejected", "queued": "requeued"},
+    "queued": {"in_progress": "started", "cancelled": "cancelled"},
+    "in_progress": {"submitted": "submitted", "failed": "failed", "cancelled": "cancelled"},
+    "submitted": {"approved": "approved", "rejected": "rejected", "queued": "requeued", "cancelled": "cancelled"},
     "approved": {"applied": "applied"},
     "applied": {"completed": "completed"},
-    "failed": {"in_progress": "retried", "dead_lettered": "dead_lettered"},
-    "dead_lettered": {"in_progress": "retried"},
+    "failed": {"in_progress": "retried", "dead_lettered": "dead_lettered", "cancelled": "cancelled"},
+    "dead_lettered": {"in_progress": "retried", "cancelled": "cancelled"},
     "completed": {},
     "rejected": {},
+    "cancelled": {},
 }
 
 ITEM_TRANSITIONS: dict[str | None, dict[str, str]] = {
     None: {"queued": "planned"},
-    "queued": {"leased": "leased", "failed": "failed"},
+    "queued": {"leased": "leased", "failed": "failed", "cancelled": "cancelled"},
     # leased -> queued is either a release (agent) or a lease expiry (system); callers name the event.
-    "leased": {"queued": "released", "submitted": "submitted", "failed": "failed"},
-    "submitted": {"accepted": "accepted", "queued": "requeued", "rejected": "rejected"},
+    "leased": {"queued": "released", "submitted": "submitted", "failed": "failed", "cancelled": "cancelled"},
+    "submitted": {"accepted": "accepted", "queued": "requeued", "rejected": "rejected", "cancelled": "cancelled"},
     "accepted": {"completed": "completed"},
-    "failed": {"queued": "retried", "dead_lettered": "dead_lettered"},
-    "dead_lettered": {"queued": "retried"},
+    "failed": {"queued": "retried", "dead_lettered": "dead_lettered", "cancelled": "cancelled"},
+    "dead_lettered": {"queued": "retried", "cancelled": "cancelled"},
     "completed": {},
     "rejected": {},
+    "cancelled": {},
 }
+
+# Orders an operator can still withdraw (workctl cancel); and the open orders sync resumes.
+CANCELLABLE_ORDER_STATES = frozenset(state for state, moves in ORDER_TRANSITIONS.items()
+                                     if state and "cancelled" in moves)
+FINISHED_ORDER_STATES = frozenset({"completed", "rejected", "cancelled"})
 
 # An item whose work is done as far as the order's readiness is concerned.
 ITEM_DONE_STATES = frozenset({"submitted", "accepted", "completed"})
@@ -143,7 +151,7 @@ def derived_order_state(current: str, present: frozenset[str] | set[str]) -> str
 
     A submitted order and everything after it is moved only by approve/reject, never derived.
     """
-    if current in ("submitted", "approved", "applied", "completed", "rejected") or not present:
+    if current in ("submitted", "approved", "applied", "completed", "rejected", "cancelled") or not present:
         return current
     if present <= ITEM_DONE_STATES:
         return "submitted"

@@ -14,7 +14,25 @@ from .lifecycle import Actor, append_event, move_item, refresh_order
 from .session import Session
 
 
-def maintain(s: Session) -> dict[str, Any]:
+class _DryRun(Exception):
+    """Raised at the end of a dry run's transaction so that it is rolled back."""
+
+
+def maintain(s: Session, *, dry_run: bool = False) -> dict[str, Any]:
+    """The sweep. ``dry_run`` runs the very same statements and rolls them back, so what it reports is
+    exactly what a real run at this moment would do (webhooks: how many are due, none sent)."""
+    result: dict[str, Any] = {}
+    try:
+        _sweep(s, result, dry_run=dry_run)
+    except _DryRun:
+        from .outbox import due_count
+
+        result["webhooks_due"] = due_count(s.conn, s.now())
+        result["dry_run"] = True
+    return result
+
+
+def _sweep(s: Session, result: dict[str, Any], *, dry_run: bool) -> None:
     config = s.config
     moment = s.clock()
     now = iso(moment)
@@ -33,11 +51,13 @@ def maintain(s: Session) -> dict[str, Any]:
         if config.event_days > 0:
             pruned = conn.execute(
                 "DELETE FROM events WHERE created_at < ? AND order_id IN "
-                "(SELECT id FROM orders WHERE state IN ('completed', 'rejected'))",
+                "(SELECT id FROM orders WHERE state IN ('completed', 'rejected', 'cancelled'))",
                 (iso(moment - timedelta(days=config.event_days)),)).rowcount
         if any((leases["reclaimed"], leases["failed"], dead, purged, pruned)):
             append_event(conn, now=now, actor=Actor.system(), event="maintained", entity="store", order_id=None,
                          payload={**leases, "dead_lettered": len(dead), "keys_purged": purged,
                                   "events_pruned": pruned})
-    return {"leases_reclaimed": leases["reclaimed"], "items_failed": leases["failed"],
-            "items_dead_lettered": len(dead), "idempotency_keys_purged": purged, "events_pruned": pruned}
+        result.update({"leases_reclaimed": leases["reclaimed"], "items_failed": leases["failed"],
+                       "items_dead_lettered": len(dead), "idempotency_keys_purged": purged, "events_pruned": pruned})
+        if dry_run:
+            raise _DryRun

@@ -17,24 +17,39 @@ that commit (``deliver``: right after approve in the library, and again from ``w
 a failed delivery is retried with exponential backoff and never undoes the apply. Every attempt is
 an event on the order (``webhook_delivered`` / ``webhook_failed``).
 
-Each request is a POST of the row's JSON body with ``X-Workctl-Signature: sha256=<hex>`` (HMAC-SHA256
-of the exact body with the secret), ``X-Workctl-Event`` and ``X-Workctl-Delivery`` (the body's
-``id``, stable across retries: receivers dedupe on it, since delivery is at least once). Secrets are
-read from the environment when a request is signed and are never stored, logged or put in errors.
+Each request is a POST of the row's JSON body, signed per **Standard Webhooks**
+(https://www.standardwebhooks.com): ``webhook-id`` (the row's message id, stable across retries:
+receivers dedupe on it, since delivery is at least once), ``webhook-timestamp`` (seconds since the
+epoch, when the attempt is sent: receivers reject replays by it) and ``webhook-signature:
+v1,<base64 HMAC-SHA256 of "{id}.{timestamp}.{body}">``. The secret is read from the environment variable
+the config names when a request is signed, as ``whsec_<base64>`` (the Standard Webhooks form) or raw text,
+and is never stored, logged or put in errors. The body is ``{"type": <event>, "timestamp": …, "data":
+{"order_id": …, …}}``.
+
+Events: ``order.applied`` and ``order.reverted`` (with ``user.updated`` per changed user), written with the
+apply or revert; ``order.failed`` (an order became failed or dead-lettered), ``order.held`` (an
+auto-approve held by an ``[approve]`` rule), ``order.cancelled``, and ``run.failed`` (a ``sync``/``run``
+that exits 7, with its report).
+
+Delivery has one overall **deadline** per attempt (``timeout``: connect, headers and body together, not
+per read); a row is claimed for longer than that (``timeout + 60`` s), so two senders (an approve and a
+``maintain``) never send the same row at once.
 
 Bodies carry the changed user ids and cache tags (``users`` for user.data.sync, plus the webhook's
 ``tags``; ``user.updated`` adds ``user.<id>``), so a cache-purge endpoint is just another webhook.
-httpx is imported only when something is actually sent.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import hmac
 import json
 import os
 import re
 import sqlite3
+import threading
 import time
 from dataclasses import dataclass
 from datetime import timedelta
@@ -48,8 +63,9 @@ from ..store.sql import where
 from ..store.sqlite import write_tx
 from .lifecycle import Actor, append_event
 
-EVENTS = ("order.applied", "order.reverted", "user.updated")
-SIGNATURE_HEADER = "X-Workctl-Signature"
+EVENTS = ("order.applied", "order.reverted", "order.failed", "order.held", "order.cancelled", "run.failed",
+          "user.updated")
+CLAIM_MARGIN_SECONDS = 60  # a claimed row is not due again before its deadline plus this
 _TYPE_TAGS = {"user.data.sync": ("users",)}
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _TAG = re.compile(r"^[A-Za-z0-9_.:-]{1,100}$")
@@ -85,14 +101,36 @@ class Webhook:
                 "secret_env": self.secret_env, "tags": list(self.tags)}
 
 
-def sign(secret: str, body: bytes) -> str:
-    """The signature header's value for a body: ``sha256=<hex HMAC-SHA256>``."""
-    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+def secret_key(secret: str) -> bytes:
+    """The HMAC key of a secret: ``whsec_<base64>`` is decoded (the Standard Webhooks form), anything else
+    is used as raw text."""
+    if secret.startswith("whsec_"):
+        try:
+            return base64.b64decode(secret[len("whsec_"):] + "==", validate=False)
+        except (ValueError, binascii.Error):
+            pass
+    return secret.encode()
 
 
-def verify(secret: str, body: bytes, header: str | None) -> bool:
-    """For receivers: does the signature header match this exact body? (constant-time compare)"""
-    return bool(header) and hmac.compare_digest(sign(secret, body), str(header))
+def sign(secret: str, message_id: str, timestamp: int, body: bytes) -> str:
+    """The ``webhook-signature`` value: ``v1,<base64 HMAC-SHA256 of "{id}.{timestamp}.{body}">``."""
+    signed = f"{message_id}.{timestamp}.".encode() + body
+    return "v1," + base64.b64encode(hmac.new(secret_key(secret), signed, hashlib.sha256).digest()).decode()
+
+
+def verify(secret: str, headers: Mapping[str, str], body: bytes, *, now: float | None = None,
+           tolerance: float = 300) -> bool:
+    """For receivers without a Standard Webhooks library: do these headers sign this exact body, recently?
+    (Any of the space-separated ``v1,`` signatures may match; compared in constant time.)"""
+    lower = {k.lower(): v for k, v in headers.items()}
+    message_id, stamp, signatures = (lower.get("webhook-id"), lower.get("webhook-timestamp"),
+                                     lower.get("webhook-signature"))
+    if not (message_id and stamp and signatures) or not stamp.isdigit():
+        return False
+    if abs((time.time() if now is None else now) - int(stamp)) > tolerance:
+        return False
+    expected = sign(secret, message_id, int(stamp), body)
+    return any(hmac.compare_digest(expected, candidate) for candidate in signatures.split())
 
 
 # -- configuration ------------------------------------------------------------------------------
@@ -147,11 +185,36 @@ def configured(config: Any) -> list[Webhook]:
     return hooks
 
 
-# -- the outbox (inside approve's store transaction) --------------------------------------------
+# -- the outbox (inside the store transaction of what it tells about) ------------------------------
 def _new_id() -> str:
-    import uuid
+    from .ids import new_id
 
-    return str(uuid.uuid4())
+    return "msg_" + new_id().replace("-", "")
+
+
+def _body(event: str, now: str, data: Mapping[str, Any]) -> str:
+    return dumps({"type": event, "timestamp": now, "data": data})
+
+
+def _insert(conn: sqlite3.Connection, rows: list[tuple[str, str, str | None, str, str]], now: str,
+            order_id: str | None, hooks: list[Webhook]) -> None:
+    conn.executemany("INSERT INTO outbox (webhook, event, order_id, payload, created_at, message_id) "
+                     "VALUES (?, ?, ?, ?, ?, ?)", [(*row, _new_id()) for row in rows])
+    append_event(conn, now=now, actor=Actor.system(), event="webhooks_queued", entity="order",
+                 order_id=order_id, payload={"count": len(rows), "webhooks": sorted({r[0] for r in rows})})
+
+
+def notify(conn: sqlite3.Connection, hooks: list[Webhook], event: str, order: Mapping[str, Any] | None,
+           data: Mapping[str, Any], now: str) -> int:
+    """Queue ``event`` for every webhook that asks for it, in the caller's transaction (sent after the
+    commit). ``order`` (id, type) names the order it is about, if any; ``data`` is added to the body's data."""
+    wanted = [h for h in hooks if event in h.events]
+    if not wanted:
+        return 0
+    base: dict[str, Any] = {"order_id": order["id"], "order_type": order.get("type")} if order else {}
+    rows = [(h.name, event, order["id"] if order else None, _body(event, now, {**base, **data}), now) for h in wanted]
+    _insert(conn, rows, now, order["id"] if order else None, hooks)
+    return len(rows)
 
 
 def enqueue(conn: sqlite3.Connection, hooks: list[Webhook], order: Mapping[str, Any],
@@ -173,26 +236,21 @@ def enqueue(conn: sqlite3.Connection, hooks: list[Webhook], order: Mapping[str, 
     stats = diff.get("stats") or {}
     synced = stats.get("synced", (diff.get("after") or {}).get("updated_count"))
     base_tags = _TYPE_TAGS.get(order["type"], ())
-    rows: list[tuple[Any, ...]] = []
+    rows: list[tuple[str, str, str | None, str, str]] = []
     for hook in hooks:
         tags = list(dict.fromkeys([*base_tags, *hook.tags]))
         if order_event in hook.events:
-            body = {"id": _new_id(), "event": order_event, "order_id": order["id"], "type": order["type"],
-                    "source": source, "users_synced": synced, "users_changed": len(changed),
-                    "changed_user_ids": sorted(changed, key=str), "tags": tags,
-                    "summary": diff.get("summary"), "timestamp": now}
-            rows.append((hook.name, order_event, order["id"], dumps(body), now))
+            data = {"order_id": order["id"], "order_type": order["type"], "source": source, "users_synced": synced,
+                    "users_changed": len(changed), "changed_user_ids": sorted(changed, key=str), "tags": tags,
+                    "summary": diff.get("summary")}
+            rows.append((hook.name, order_event, order["id"], _body(order_event, now, data), now))
         if "user.updated" in hook.events:
             for user_id in sorted(changed, key=str):
-                body = {"id": _new_id(), "event": "user.updated", "order_id": order["id"], "type": order["type"],
-                        "source": source, "user_id": user_id, "fields": sorted(changed[user_id]),
-                        "tags": [*tags, f"user.{user_id}"], "timestamp": now}
-                rows.append((hook.name, "user.updated", order["id"], dumps(body), now))
+                data = {"order_id": order["id"], "order_type": order["type"], "source": source, "user_id": user_id,
+                        "fields": sorted(changed[user_id]), "tags": [*tags, f"user.{user_id}"]}
+                rows.append((hook.name, "user.updated", order["id"], _body("user.updated", now, data), now))
     if rows:
-        conn.executemany("INSERT INTO outbox (webhook, event, order_id, payload, created_at) VALUES (?, ?, ?, ?, ?)",
-                         rows)
-        append_event(conn, now=now, actor=Actor.system(), event="webhooks_queued", entity="order",
-                     order_id=order["id"], payload={"count": len(rows), "webhooks": [h.name for h in hooks]})
+        _insert(conn, rows, now, order["id"], hooks)
     return len(rows)
 
 
@@ -208,9 +266,61 @@ def _redact(text: str, hook: Webhook, secret: str | None) -> str:
     return text[:500]
 
 
-def _send(http: Any, hook: Webhook, row: Mapping[str, Any], attempt: int) -> tuple[bool, int | None, str | None]:
-    """One POST; (delivered, HTTP status, error)."""
-    import httpx
+MAX_RESPONSE_BYTES = 64 * 1024  # of a receiver's answer we read at most this much (and ignore it)
+
+
+def _post(url: str, body: bytes, headers: dict[str, str], deadline: float) -> int:
+    """POST within one overall deadline (a ``time.monotonic()`` value): connect, send, the status line and
+    headers, and a bounded read of the body together. A timer shuts the socket down at the deadline, so a
+    receiver that trickles its answer one byte at a time cannot hold the sender past it."""
+    import http.client
+    import socket
+    import ssl
+
+    parts = urlsplit(url)
+    remaining = deadline - time.monotonic()
+    if remaining <= 0:
+        raise TimeoutError("deadline passed before connecting")
+    conn: http.client.HTTPConnection
+    if parts.scheme == "https":
+        conn = http.client.HTTPSConnection(parts.hostname or "", parts.port, timeout=remaining,
+                                           context=ssl.create_default_context())
+    else:
+        conn = http.client.HTTPConnection(parts.hostname or "", parts.port, timeout=remaining)
+    expired = threading.Event()
+
+    def cut() -> None:
+        expired.set()
+        sock = conn.sock
+        if sock is not None:
+            try:
+                socket.socket.shutdown(sock, socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    timer = threading.Timer(max(remaining, 0.0), cut)
+    timer.daemon = True
+    timer.start()
+    try:
+        path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        conn.request("POST", path, body=body, headers=headers)
+        response = conn.getresponse()
+        response.read(MAX_RESPONSE_BYTES)
+        if expired.is_set():
+            raise TimeoutError("deadline passed")
+        return response.status
+    except (OSError, http.client.HTTPException) as exc:
+        if expired.is_set() or time.monotonic() >= deadline:
+            raise TimeoutError("deadline passed") from exc
+        raise
+    finally:
+        timer.cancel()
+        conn.close()
+
+
+def _send(hook: Webhook, row: Mapping[str, Any], attempt: int) -> tuple[bool, int | None, str | None]:
+    """One POST within the webhook's deadline; (delivered, HTTP status, error)."""
+    import http.client
 
     secret = None
     if hook.secret_env:
@@ -218,33 +328,64 @@ def _send(http: Any, hook: Webhook, row: Mapping[str, Any], attempt: int) -> tup
         if not secret:
             return False, None, f"secret_missing: environment variable {hook.secret_env} is not set"
     body = row["payload"].encode()
-    headers = {"Content-Type": "application/json", "User-Agent": "workctl",
-               "X-Workctl-Event": row["event"], "X-Workctl-Delivery": json.loads(row["payload"]).get("id", ""),
-               "X-Workctl-Attempt": str(attempt)}
+    message_id = row.get("message_id") or f"msg_outbox_{row['id']}"
+    stamp = int(time.time())  # the attempt's own time (receivers reject replays by it), not the injected clock
+    headers = {"Content-Type": "application/json", "User-Agent": "workctl", "webhook-id": message_id,
+               "webhook-timestamp": str(stamp), "X-Workctl-Event": row["event"], "X-Workctl-Attempt": str(attempt)}
     if secret:
-        headers[SIGNATURE_HEADER] = sign(secret, body)
+        headers["webhook-signature"] = sign(secret, message_id, stamp, body)
     try:
-        response = http.post(hook.url, content=body, headers=headers, timeout=hook.timeout)
-    except httpx.TimeoutException as exc:
-        return False, None, f"timeout: {type(exc).__name__}"
-    except httpx.HTTPError as exc:
+        status = _post(hook.url, body, headers, time.monotonic() + hook.timeout)
+    except TimeoutError:
+        return False, None, f"timeout: no complete answer within the {hook.timeout:g} s deadline"
+    except (OSError, http.client.HTTPException, ValueError) as exc:
         return False, None, _redact(f"connection: {type(exc).__name__}: {exc}", hook, secret)
-    except Exception as exc:  # noqa: BLE001 — e.g. an URL httpx refuses: a failed attempt, never a crash
-        return False, None, _redact(f"error: {type(exc).__name__}: {exc}", hook, secret)
-    if 200 <= response.status_code < 300:
-        return True, response.status_code, None
-    return False, response.status_code, f"http_{response.status_code}: the webhook answered HTTP {response.status_code}"
+    if 200 <= status < 300:
+        return True, status, None
+    return False, status, f"http_{status}: the webhook answered HTTP {status}"
+
+
+def queue_order_alerts(conn: sqlite3.Connection, hooks: list[Webhook], now: str) -> int:
+    """Queue ``order.failed`` for every order that became failed or dead-lettered since the last look (the
+    transition events after the ``alert_marks`` watermark, which migration m004 sets to the store's newest
+    event: history is not replayed). Runs in the caller's write transaction; returns how many it queued."""
+    if not any("order.failed" in h.events for h in hooks):
+        return 0
+    mark = conn.execute("SELECT last_event_id FROM alert_marks WHERE name = 'order.failed'").fetchone()
+    newest = conn.execute("SELECT coalesce(max(id), 0) FROM events").fetchone()[0]
+    if mark is None:
+        conn.execute("INSERT INTO alert_marks (name, last_event_id) VALUES ('order.failed', ?)", (newest,))
+        return 0
+    found = conn.execute(
+        "SELECT e.id, e.order_id, e.from_state, e.to_state, o.type FROM events e JOIN orders o ON o.id = e.order_id "
+        "WHERE e.id > ? AND e.id <= ? AND e.entity = 'order' AND e.to_state IN ('failed', 'dead_lettered') "
+        "ORDER BY e.id", (mark[0], newest)).fetchall()
+    queued = 0
+    for _, order_id, before, state, order_type in found:
+        queued += notify(conn, hooks, "order.failed", {"id": order_id, "type": order_type},
+                         {"state": state, "state_before": before,
+                          "next": f"workctl retry --order {order_id}  (or: workctl cancel {order_id})"}, now)
+    conn.execute("UPDATE alert_marks SET last_event_id = ? WHERE name = 'order.failed'", (newest,))
+    return queued
+
+
+def due_count(conn: sqlite3.Connection, now: str) -> int:
+    return conn.execute("SELECT count(*) FROM outbox WHERE state = 'pending' AND next_attempt_at <= ?",
+                        (now,)).fetchone()[0]
 
 
 def pending_count(conn: sqlite3.Connection) -> int:
     return conn.execute("SELECT count(*) FROM outbox WHERE state = 'pending'").fetchone()[0]
 
 
-def deliver(s: Any, hooks: list[Webhook], *, order_id: str | None = None,
-            http: Any = None) -> dict[str, int]:
+def deliver(s: Any, hooks: list[Webhook], *, order_id: str | None = None) -> dict[str, Any]:
     """Send every due pending row of the configured webhooks (of one order, or all); never raises for
-    a failed delivery. Returns {"sent", "failed", "pending"} (pending: still waiting, all webhooks)."""
+    a failed delivery. Returns {"sent", "failed", "pending"} (pending: still waiting, all webhooks).
+
+    Ctrl-C stops the sending: the row in flight stays claimed until its deadline has passed and everything
+    unsent waits in the outbox for ``maintain`` (``"interrupted": true`` in the answer)."""
     sent = failed = 0
+    interrupted = False
     by_name = {h.name: h for h in hooks}
     if by_name:
         now = s.now()
@@ -255,40 +396,37 @@ def deliver(s: Any, hooks: list[Webhook], *, order_id: str | None = None,
         names = list(by_name)
         condition += f" AND webhook IN ({', '.join('?' for _ in names)})"
         params.extend(names)
-        due = [dict(zip(("id", "webhook", "event", "order_id", "payload", "attempts", "next_attempt_at"), tuple(r), strict=True))
-               for r in s.conn.execute("SELECT id, webhook, event, order_id, payload, attempts, next_attempt_at "
-                                       f"FROM outbox WHERE {condition} ORDER BY id", params)]
-        if due:
-            own_client = http is None
-            if own_client:
-                import httpx
-
-                http = httpx.Client(follow_redirects=False)
-            try:
-                for row in due:
-                    outcome = _attempt(s, by_name[row["webhook"]], row, http)
-                    sent += outcome == "sent"
-                    failed += outcome == "failed"
-            finally:
-                if own_client:
-                    http.close()
-    return {"sent": sent, "failed": failed, "pending": pending_count(s.conn)}
+        keys = ("id", "webhook", "event", "order_id", "payload", "attempts", "next_attempt_at", "message_id")
+        due = [dict(zip(keys, tuple(r), strict=True))
+               for r in s.conn.execute(f"SELECT {', '.join(keys)} FROM outbox WHERE {condition} ORDER BY id", params)]
+        try:
+            for row in due:
+                outcome = _attempt(s, by_name[row["webhook"]], row)
+                sent += outcome == "sent"
+                failed += outcome == "failed"
+        except KeyboardInterrupt:
+            interrupted = True
+    result: dict[str, Any] = {"sent": sent, "failed": failed, "pending": pending_count(s.conn)}
+    if interrupted:
+        result["interrupted"] = True
+    return result
 
 
-def _attempt(s: Any, hook: Webhook, row: dict[str, Any], http: Any) -> str | None:
+def _attempt(s: Any, hook: Webhook, row: dict[str, Any]) -> str | None:
     """Claim the row, send it once, record the outcome and its event. None when another sender had it."""
     claimed_at = s.now()
     attempt = row["attempts"] + 1
     with write_tx(s.conn) as conn:
-        # The claim: a concurrent sender (another approve, a maintain) finds it not due for a while.
+        # The claim outlasts the attempt's deadline: a concurrent sender (another approve, a maintain)
+        # finds the row not due until well after this attempt has ended, one way or the other.
         claim = conn.execute(
             "UPDATE outbox SET attempts = ?, next_attempt_at = ? WHERE id = ? AND state = 'pending' "
-            "AND next_attempt_at = ?", (attempt, _later(claimed_at, hook.timeout + 60), row["id"],
+            "AND next_attempt_at = ?", (attempt, _later(claimed_at, hook.timeout + CLAIM_MARGIN_SECONDS), row["id"],
                                         row["next_attempt_at"]))
         if claim.rowcount != 1:
             return None
     started = time.monotonic()
-    ok, status, error = _send(http, hook, row, attempt)
+    ok, status, error = _send(hook, row, attempt)
     millis = round((time.monotonic() - started) * 1000, 1)
     now = s.now()
     info: dict[str, Any] = {"outbox_id": row["id"], "webhook": hook.name, "url": hook.display_url,

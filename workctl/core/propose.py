@@ -12,11 +12,24 @@ from ..types import get_type
 from .ids import new_id
 from .idempotency import Guard
 from .lifecycle import Actor, append_event
-from .session import Session
+from .session import Session, order_summary
+
+
+# Orders that are still open work: sync resumes one of these rather than proposing the same scope again.
+OPEN_STATES = ("queued", "in_progress", "submitted", "approved", "applied", "failed", "dead_lettered")
+
+
+def _open_order(conn: Any, scope_key: str) -> Any:
+    return conn.execute(
+        f"SELECT * FROM orders WHERE scope_key = ? AND state IN ({', '.join('?' for _ in OPEN_STATES)}) "
+        "ORDER BY created_at, rowid LIMIT 1", (scope_key, *OPEN_STATES)).fetchone()
 
 
 def propose(s: Session, type_name: str, payload: Any, *, priority: int = 0, actor: Actor,
-            idempotency_key: str | None = None) -> dict[str, Any]:
+            idempotency_key: str | None = None, resume: bool = False) -> dict[str, Any]:
+    """Validate, plan and store an order. With ``resume``, an open order of the same scope (the type's
+    ``scope_key``) is returned instead (``"resumed": true``), looked up under the write lock so that two
+    runs proposing at once end up with one order."""
     order_type = get_type(type_name)
     bounded_int(priority, "priority", PRIORITY_MIN, PRIORITY_MAX)
     guard = Guard.make("propose", idempotency_key, {"type": type_name, "payload": payload, "priority": priority})
@@ -31,6 +44,7 @@ def propose(s: Session, type_name: str, payload: Any, *, priority: int = 0, acto
              for p in order_type.plan(prepared)]
     if not items:
         raise Invalid("the order plans no work items", code="empty_plan")
+    scope_key = order_type.scope_key(prepared)
     now = s.now()
     order_id = new_id()
     response = {
@@ -41,10 +55,13 @@ def propose(s: Session, type_name: str, payload: Any, *, priority: int = 0, acto
     with write_tx(s.conn) as conn:
         if (earlier := guard.replay(conn)) is not None:
             return earlier
+        if resume and scope_key and (open_row := _open_order(conn, scope_key)) is not None:
+            return {"order": order_summary(open_row), "resumed": True}
         conn.execute(
             "INSERT INTO orders (id, type, state, priority, payload, requested_by, item_count, created_at, "
-            "updated_at) VALUES (?, ?, 'queued', ?, ?, ?, ?, ?, ?)",
-            (order_id, type_name, priority, dumps(prepared), f"{actor.type}:{actor.id}", len(items), now, now))
+            "updated_at, scope_key) VALUES (?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?)",
+            (order_id, type_name, priority, dumps(prepared), f"{actor.type}:{actor.id}", len(items), now, now,
+             scope_key))
         append_event(conn, now=now, actor=actor, event="proposed", entity="order", order_id=order_id,
                      to_state="queued", payload={"type": type_name, "priority": priority})
         conn.executemany(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Iterator
 
-from ..errors import Invalid
+from ..errors import Invalid, NotFound
 from ..jsonio import loads
 from ..limits import MAX_LIST_LIMIT, bounded_int
 from ..store.sql import where
@@ -127,3 +127,34 @@ def has_leased(s: Session, agent_prefix: str, *, order_id: str | None = None, it
         sql += " AND item_id = ?"
         params.append(item_id)
     return s.conn.execute(sql + " LIMIT 1", params).fetchone() is not None
+
+
+def troubles(s: Session, *, order_id: str | None = None, type_name: str | None = None,
+             limit: int = 20) -> dict[str, Any]:
+    """What an agent run must not call a success in its scope (one order, one type, or all): orders that are
+    failed or dead-lettered (until an operator retries or cancels them), and items waiting because their
+    source was unavailable at their last attempt."""
+    clause, params = where(id=order_id, type=None if order_id else type_name)
+    extra = f"{clause} AND" if clause else "WHERE"
+    failed = [{"id": r[0], "type": r[1], "state": r[2]} for r in s.conn.execute(
+        f"SELECT id, type, state FROM orders {extra} state IN ('failed', 'dead_lettered') "
+        "ORDER BY created_at LIMIT ?", (*params, limit))]
+    item_clause, item_params = where(order_id=order_id, type=None if order_id else type_name)
+    item_extra = f"{item_clause} AND" if item_clause else "WHERE"
+    waiting = []
+    for oid, items, error in s.conn.execute(
+            f"SELECT order_id, count(*), max(error) FROM items {item_extra} state = 'queued' "
+            "AND error LIKE ? GROUP BY order_id ORDER BY order_id LIMIT ?",
+            (*item_params, '{"code":"source_unavailable"%', limit)):
+        record = loads(error) or {}
+        waiting.append({"order_id": oid, "items": items, "source": record.get("source"),
+                        "error": record.get("message")})
+    return {"failed_orders": failed, "waiting_for_source": waiting}
+
+
+def order_state(s: Session, order_id: str) -> str:
+    """Just the state (the payload of a big order is megabytes: not read here)."""
+    row = s.conn.execute("SELECT state FROM orders WHERE id = ?", (order_id,)).fetchone()
+    if row is None:
+        raise NotFound(f"no order with id '{order_id}'", code="order_not_found")
+    return str(row[0])

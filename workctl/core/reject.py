@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from typing import Any
+from typing import Any, Iterator
 
 from ..errors import IllegalTransition, Invalid
 from ..jsonio import dumps, loads
@@ -32,6 +32,14 @@ def reject(s: Session, order_id: str, *, reason: str, requeue: bool = False, act
     # The marker is looked for under the target's write lock, held until the reject is committed: an
     # approve applying to the target meanwhile either committed first (its marker is seen) or waits
     # and then sees this reject (approve re-checks the order under the same lock).
+    with target_not_applied(s, order_id, "reject"):
+        return _reject_in_store(s, order_id, reason=reason, requeue=requeue, actor=actor, guard=guard)
+
+
+@contextlib.contextmanager
+def target_not_applied(s: Session, order_id: str, action: str) -> Iterator[None]:
+    """Hold a separate target's write lock while ``action`` (reject, cancel) decides a submitted order, and
+    refuse if an approve that did not finish already applied it there (only approve can finish it)."""
     target = s.target()
     with contextlib.ExitStack() as held:
         if not target.same and os.path.exists(target.path):
@@ -39,9 +47,9 @@ def reject(s: Session, order_id: str, *, reason: str, requeue: bool = False, act
             held.enter_context(write_tx(tconn))
             if targets.applied_diff(tconn, order_id) is not None:
                 raise IllegalTransition(
-                    f"cannot reject order {order_id}: its results were already applied to {target.path} "
+                    f"cannot {action} order {order_id}: its results were already applied to {target.path} "
                     "by an approve that did not finish; run approve again to record it", code="already_applied")
-        return _reject_in_store(s, order_id, reason=reason, requeue=requeue, actor=actor, guard=guard)
+        yield
 
 
 def _reject_in_store(s: Session, order_id: str, *, reason: str, requeue: bool, actor: Actor,

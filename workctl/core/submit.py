@@ -9,7 +9,7 @@ from ..jsonio import dumps, loads
 from ..store.sqlite import write_tx
 from ..types import get_type
 from .idempotency import Guard
-from .leases import check_lease, fence, lease_problem
+from .leases import check_lease, fence, lease_problem, require_token
 from .lifecycle import Actor, move_item, refresh_order
 from .session import Session
 
@@ -41,6 +41,7 @@ class LazyPayload(Mapping[str, Any]):
 
 def submit(s: Session, item_id: str, result: Any, *, agent: str, token: str | None = None,
            idempotency_key: str | None = None) -> dict[str, Any]:
+    token = require_token(token, "submit")
     guard = Guard.make(f"submit:{item_id}", idempotency_key, {"result": result, "agent": agent})
     if (earlier := guard.replay(s.conn)) is not None:
         return earlier

@@ -47,6 +47,9 @@ from . import fieldmap
 from .config import SourceConfig, mask_url, mask_urls
 
 RETRY_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
+# Failures that are the source's (or the network's), not the batch's: a batch whose users all failed with
+# one of these is released as source_unavailable without spending an attempt (agents/sync).
+TRANSPORT_CLASSES = frozenset({"connection", "timeout", "server_error"})
 NOT_MODIFIED = object()  # get_json's answer to a 304 (delta sync: the user did not change)
 # Failures of the path to the source, not of the item: the source was down, slow or overloaded for
 # every user alike, and the same batch will most likely succeed once it is back. Spending an item's

@@ -48,7 +48,7 @@ def _pg_sql(sql: str) -> str:
     return cached
 
 
-class Row(tuple):  # type: ignore[type-arg]
+class Row(tuple):
     """A result row: ``row[0]``, ``row["column"]``, ``row.keys()`` — what ``sqlite3.Row`` offers."""
 
     _index: dict[str, int]
@@ -58,7 +58,7 @@ class Row(tuple):  # type: ignore[type-arg]
         row._index = index
         return row
 
-    def __getitem__(self, key: Any) -> Any:  # type: ignore[override]
+    def __getitem__(self, key: Any) -> Any:
         if isinstance(key, str):
             return tuple.__getitem__(self, self._index[key])
         return tuple.__getitem__(self, key)

@@ -176,7 +176,21 @@ def m003_reverts(db: Database) -> None:
     )""")
 
 
-def m004_api_tokens(db: Database) -> None:
+def m004_scopes_and_message_ids(db: Database) -> None:
+    """``sync --source S --users SPEC`` resumes the open order of the same scope: orders get the scope key
+    their type computes at propose (NULL for types without one), indexed with the state, so finding it is
+    one seek instead of parsing every order's payload. Outbox rows get their Standard Webhooks message id
+    (``webhook-id``, stable across retries)."""
+    db.execute("ALTER TABLE orders ADD COLUMN scope_key TEXT")
+    db.execute("CREATE INDEX orders_scope ON orders(scope_key, state) WHERE scope_key IS NOT NULL")
+    db.execute("ALTER TABLE outbox ADD COLUMN message_id TEXT")
+    # How far the order.failed alerts have looked through the events (one row per alert kind). A store
+    # that already has history starts from its newest event: alerts are about failures from now on.
+    db.execute("CREATE TABLE alert_marks (name TEXT PRIMARY KEY, last_event_id INTEGER NOT NULL)")
+    db.execute("INSERT INTO alert_marks (name, last_event_id) SELECT 'order.failed', coalesce(max(id), 0) FROM events")
+
+
+def m005_api_tokens(db: Database) -> None:
     """workctl serve: the bearer tokens of the HTTP API. Only a SHA-256 of each secret is kept; the secret
     itself is shown once, by ``workctl tokens create``."""
     db.execute("""CREATE TABLE api_tokens (
@@ -190,7 +204,8 @@ def m004_api_tokens(db: Database) -> None:
 
 
 # Append only. The names are the contract with databases already in the field.
-MIGRATIONS: list[Callable[[Database], None]] = [m001_initial, m002_sync_records, m003_reverts, m004_api_tokens]
+MIGRATIONS: list[Callable[[Database], None]] = [m001_initial, m002_sync_records, m003_reverts,
+                                                 m004_scopes_and_message_ids, m005_api_tokens]
 MIGRATION_NAMES: tuple[str, ...] = tuple(fn.__name__ for fn in MIGRATIONS)
 
 

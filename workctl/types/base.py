@@ -86,6 +86,16 @@ class OrderType:
         """Inside submit's store transaction, once the result is accepted: keep what must be atomic
         with the submission (the error ledger). ``item`` carries id, order_id, input and attempts."""
 
+    def record_released(self, store: sqlite3.Connection, item: Mapping[str, Any],
+                        failed_users: list[dict[str, Any]], now: str) -> None:
+        """Inside release's store transaction: keep the per-user failures of a batch that was given back
+        (refused at submit, or its source unavailable). ``failed_users``: ``{"user_id", "error"}``."""
+
+    def scope_key(self, payload: Mapping[str, Any]) -> str | None:
+        """What makes two orders "the same work" (``sync --source`` resumes an open order of the same scope
+        instead of proposing a duplicate); None: every order is its own. Computed from the prepared payload."""
+        return None
+
     def record_applied(self, store: sqlite3.Connection, order: Mapping[str, Any],
                        items: list[dict[str, Any]], diff: Mapping[str, Any], now: str) -> None:
         """Inside the store transaction that marks the order completed: keep what must be atomic with

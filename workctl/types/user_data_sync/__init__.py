@@ -115,6 +115,22 @@ class UserDataSync(OrderType):
             ledger.record(store, order_id=item["order_id"], item_id=item["id"], source=item["input"]["source"],
                           failed_users=failed, attempt=item["attempts"], now=now)
 
+    def record_released(self, store: sqlite3.Connection, item: Mapping[str, Any],
+                        failed_users: list[dict[str, Any]], now: str) -> None:
+        # Users of a refused or released batch are in the ledger too (workctl failures shows their class).
+        ledger.record(store, order_id=item["order_id"], item_id=item["id"], source=item["input"]["source"],
+                      failed_users=failed_users, attempt=item["attempts"], now=now)
+
+    def scope_key(self, payload: Mapping[str, Any]) -> str | None:
+        """Source, user set and fields (and a delta order's mode and start): what sync resumes by."""
+        import hashlib
+        import json
+
+        scope = {"source": payload["source"], "user_ids": sorted(payload["user_ids"]),
+                 "fields": sorted(payload["fields"]), "sync_mode": payload.get("sync_mode", "full"),
+                 "since": payload.get("since")}
+        return "user.data.sync:" + hashlib.sha256(json.dumps(scope, sort_keys=True).encode()).hexdigest()
+
     # -- approve -------------------------------------------------------------------------------
     def apply(self, ctx: ApplyContext, order: Mapping[str, Any],
               items: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
