@@ -89,13 +89,16 @@ def time_raw_insert(path: str, ids: list[int], batch: int = 50) -> float:
     conn.execute("INSERT INTO orders (id, type, state, priority, payload, requested_by, item_count, created_at, "
                  "updated_at) VALUES ('o', 'user.data.sync', 'queued', 0, '{}', 'bench', 0, ?, ?)", (now, now))
     started = time.perf_counter()
-    rows = ((str(uuid.uuid4()), "o", seq, "user.data.sync", 0,
+    # The same rows propose writes: the narrow item rows, then each item's input by its number.
+    rows = [(str(uuid.uuid4()), "o", seq, "user.data.sync", 0, 3, now,
              json.dumps({"source": "crm", "user_ids": ids[start:start + batch], "fields": ["email"],
-                         "min_success_ratio": 1.0}, separators=(",", ":")), 3, now, now)
-            for seq, start in enumerate(range(0, len(ids), batch)))
+                         "min_success_ratio": 1.0}, separators=(",", ":")))
+            for seq, start in enumerate(range(0, len(ids), batch))]
     conn.execute("BEGIN IMMEDIATE")
-    conn.executemany("INSERT INTO items (id, order_id, seq, type, state, priority, input, max_attempts, "
-                     "created_at, updated_at) VALUES (?, ?, ?, ?, 'queued', ?, ?, ?, ?, ?)", rows)
+    conn.executemany("INSERT INTO items (id, order_id, seq, type, state, priority, max_attempts, updated_at) "
+                     "VALUES (?, ?, ?, ?, 'queued', ?, ?, ?)", (r[:7] for r in rows))
+    conn.executemany("INSERT INTO item_inputs (n, input) SELECT n, ? FROM items WHERE id = ?",
+                     ((r[7], r[0]) for r in rows))
     conn.execute("COMMIT")
     elapsed = time.perf_counter() - started
     wc.close()

@@ -26,6 +26,7 @@ FORBIDDEN = {
     "config": {"store", "core", "types", "sources", "agents", "api", "commands", "server", "cli", "demo"},
     "jsonio": {"store", "core", "types", "sources", "agents", "api", "commands", "server", "cli", "demo"},
     "strictjson": {"store", "core", "types", "sources", "agents", "api", "commands", "server", "cli", "demo"},
+    "states": {"store", "core", "types", "sources", "agents", "api", "commands", "server", "cli", "demo"},
     "limits": {"store", "core", "types", "sources", "agents", "api", "commands", "server", "cli", "demo"},
 }
 

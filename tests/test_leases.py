@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -15,7 +16,8 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_stat
 
 
 from workctl import Workctl
-from workctl.core import leases
+from workctl.core.session import ITEM_SELECT
+from workctl.store import sqlite_hotpath
 from workctl.clock import ManualClock, after, iso, parse
 from workctl.config import Config
 from workctl.errors import Conflict, ExitCode, IllegalTransition, LeaseLost, NoWork, NotFound, Usage
@@ -46,10 +48,11 @@ def wait_for_retry(wc, clock, released):
 
 
 def item_row(db, item_id):
+    """The item as the engine reads it: its narrow row, its input and its outcome."""
     conn = sqlite3.connect(str(db))
     conn.row_factory = sqlite3.Row
     try:
-        return dict(conn.execute("SELECT * FROM items WHERE id = ?", (item_id,)).fetchone())
+        return dict(conn.execute(ITEM_SELECT + " WHERE i.id = ?", (item_id,)).fetchone())
     finally:
         conn.close()
 
@@ -145,8 +148,10 @@ def test_heartbeat_extends_the_lease(wc, clock, db_path):
     assert beat == {"item": {"id": item["id"], "state": "leased", "lease_expires_at": after(clock(), 600),
                              "heartbeat_every_seconds": 120}}
     row = item_row(db_path, item["id"])
-    assert (row["lease_expires_at"], row["visible_at"], row["last_heartbeat_at"]) == (
-        after(clock(), 600), after(clock(), 600), iso(clock()))
+    assert row["lease_expires_at"] == after(clock(), 600)
+    beat_event = events(db_path, "event = 'heartbeat'")[-1]
+    assert (beat_event["created_at"], json.loads(beat_event["payload"])) == (
+        iso(clock()), {"lease_expires_at": after(clock(), 600)})
     clock.advance(500)  # past the first expiry, inside the extended one
     with pytest.raises(NoWork):
         wc.checkout(agent="b")
@@ -394,9 +399,10 @@ def test_claim_queries_seek_a_claim_index(wc):
     for i in range(20):
         wc.checkout(agent=f"a{i}")  # some live leases among the claimable rows
     now = iso(wc.clock())
-    scopes = {"any": (None, None), "order": (waiting["order"]["id"], None), "type": (None, "user.data.sync")}
-    for scope, (order_id, type_name) in scopes.items():
-        sql, params = leases.claim_query(order_id, type_name, now)
+    statements = {"any": (sqlite_hotpath.CLAIM_ANY, ()), "order": (sqlite_hotpath.CLAIM_ORDER, (waiting["order"]["id"],)),
+                  "type": (sqlite_hotpath.CLAIM_TYPE, ("user.data.sync",))}
+    for scope, (sql, where) in statements.items():
+        params = ("agent", "token", now, now, *where, now)
         plan = [row[3] for row in conn.execute("EXPLAIN QUERY PLAN " + sql, params)]
         assert any(re.search(r"USING (COVERING )?INDEX items_claim", step) for step in plan), (scope, plan)
         assert not any(re.search(r"SCAN items(?! USING)", step) for step in plan), (scope, plan)
@@ -469,11 +475,17 @@ class LeaseMachine(RuleBasedStateMachine):
 
     def _checkout(self, agent, ttl):
         now = self.now()
-        # queued and visible (no retry backoff pending), or leased with the lease expired
-        claimable = sorted((r for r in map(self.row, self.items)
-                            if r["state"] in ("queued", "leased") and r["visible_at"] <= now),
-                           key=lambda r: (-r["priority"], r["n"]))
-        exhausted, expected = [], None
+        rows = list(map(self.row, self.items))
+        # The claim first reclaims expired leases (the earliest RECLAIM_BATCH of them): each goes back to
+        # the queue, or fails if it has no attempt left. Then it takes the first queued and visible item
+        # (no retry backoff pending) in priority-then-age order, failing exhausted ones on the way.
+        expired = sorted((r for r in rows if r["state"] == "leased" and r["lease_expires_at"] <= now),
+                         key=lambda r: (r["lease_expires_at"], r["n"]))[:sqlite_hotpath.RECLAIM_BATCH]
+        failed_expired = [r["id"] for r in expired if r["attempts"] >= r["max_attempts"]]
+        requeued = {r["id"] for r in expired if r["attempts"] < r["max_attempts"]}
+        claimable = sorted((r for r in rows if (r["state"] == "queued" and r["visible_at"] <= now)
+                            or r["id"] in requeued), key=lambda r: (-r["priority"], r["n"]))
+        exhausted, expected = list(failed_expired), None
         for r in claimable:
             if r["attempts"] >= r["max_attempts"]:
                 exhausted.append(r["id"])
@@ -588,7 +600,7 @@ class LeaseMachine(RuleBasedStateMachine):
         for r in map(self.row, self.items):
             assert 0 <= r["attempts"] <= r["max_attempts"], r
             if r["state"] == "leased":
-                assert r["leased_by"] and r["lease_token"] and r["visible_at"] == r["lease_expires_at"], r
+                assert r["leased_by"] and r["lease_token"] and r["lease_expires_at"] and r["visible_at"] == "", r
             else:
                 assert (r["leased_by"], r["lease_token"], r["lease_expires_at"]) == (None, None, None), r
             if r["state"] == "queued":  # claimable now, or (released with an error) after a backoff

@@ -106,15 +106,23 @@ def store(db_path: Path):
     conn = connect(db_path, create=True)
     conn.execute("INSERT INTO orders (id, type, state, payload, requested_by, item_count, created_at, updated_at) "
                   "VALUES ('o1', 'task.batch', 'queued', '{}', 'user:t', 1, 't0', 't0')")
-    conn.execute("INSERT INTO items (id, order_id, seq, type, state, input, max_attempts, created_at, updated_at) "
-                  "VALUES ('i1', 'o1', 0, 'task.batch', 'queued', '{}', 3, 't0', 't0')")
+    conn.execute("INSERT INTO items (id, order_id, seq, type, state, max_attempts, updated_at) "
+                  "VALUES ('i1', 'o1', 0, 'task.batch', 'queued', 3, 't0')")
+    conn.execute("INSERT INTO item_inputs (n, input) SELECT n, '{}' FROM items WHERE id = 'i1'")
+    conn.execute("INSERT INTO order_counts (order_id, state, queued) VALUES ('o1', 'queued', 1)")
     yield conn
     conn.close()
 
 
 def _force(conn: sqlite3.Connection, table: str, row_id: str, state: str) -> None:
-    """Test setup only: put a row into a state without going through the lifecycle."""
+    """Test setup only: put a row into a state without going through the lifecycle (and keep the order's
+    counters true to it: the one item is in ``state``)."""
     conn.execute(f"UPDATE {table} SET state = ? WHERE id = ?", (state, row_id))
+    if table == "items":
+        zero = ", ".join(f"{st} = 0" for st in ITEM_STATES)
+        conn.execute(f"UPDATE order_counts SET {zero}, {state} = 1 WHERE order_id = 'o1'")
+    else:
+        conn.execute("UPDATE order_counts SET state = ? WHERE order_id = ?", (state, row_id))
 
 
 def _row(conn: sqlite3.Connection, table: str, row_id: str) -> tuple:
@@ -260,7 +268,7 @@ def test_every_derived_target_is_reachable_through_the_table():
             for present in itertools.combinations(ITEM_STATES, size):
                 target = derived_order_state(current, frozenset(present))
                 if target != current:
-                    path = lifecycle._path_to(current, target)
+                    path = lifecycle.path_to(current, target)
                     assert path[-1] == target
                     for src, dst in zip([current, *path], path):
                         lifecycle.check("order", src, dst)

@@ -43,6 +43,7 @@ from workctl.clock import ManualClock
 from workctl.config import Config
 from workctl.errors import NoWork, WorkctlError
 from workctl.core.lifecycle import ITEM_STATES, ORDER_STATES, derived_order_state
+from workctl.core.session import ITEM_SELECT
 from workctl.store.target import APPLIED_MARKER as MARKER_TABLE
 from workctl.types import OrderType, get_type
 from helpers import chain_problems, events, lease_violations, make_users
@@ -82,7 +83,8 @@ class LifecycleMachine(RuleBasedStateMachine):
         """Everything a refused operation must leave alone."""
         q = self.conn.execute
         markers = q(f"SELECT * FROM {MARKER_TABLE}").fetchall() if self._has_marker_table() else []
-        return (q("SELECT * FROM orders ORDER BY id").fetchall(), q("SELECT * FROM items ORDER BY n").fetchall(),
+        return (q("SELECT * FROM orders ORDER BY id").fetchall(), q(ITEM_SELECT + " ORDER BY i.n").fetchall(),
+                q("SELECT * FROM order_counts ORDER BY order_id").fetchall(),
                 q("SELECT count(*), max(id) FROM events").fetchone(), q("SELECT * FROM idempotency_keys").fetchall(),
                 self._users(), markers)
 
@@ -307,12 +309,12 @@ class LifecycleMachine(RuleBasedStateMachine):
     # -- invariants --------------------------------------------------------------------------------------
     @invariant()
     def rows_are_legal_and_consistent(self):
-        for r in self.conn.execute("SELECT * FROM items"):
+        for r in self.conn.execute(ITEM_SELECT):
             assert r["state"] in ITEM_STATES, r["state"]
             assert 0 <= r["attempts"] <= r["max_attempts"], dict(r)
             leased = (r["leased_by"], r["lease_token"], r["lease_expires_at"])
             if r["state"] == "leased":
-                assert all(leased) and r["visible_at"] == r["lease_expires_at"], dict(r)
+                assert all(leased) and r["visible_at"] == "", dict(r)
             else:
                 assert leased == (None, None, None), dict(r)
             if r["state"] in ("submitted", "accepted", "completed"):
@@ -325,6 +327,13 @@ class LifecycleMachine(RuleBasedStateMachine):
                 assert present == {state}, (state, present)
             else:
                 assert derived_order_state(state, present) == state, (state, present)
+        # The counters the order states are derived from are exactly the items' states.
+        for row in self.conn.execute("SELECT * FROM order_counts").fetchall():
+            actual = dict(self.conn.execute("SELECT state, count(*) FROM items WHERE order_id = ? GROUP BY state",
+                                            (row["order_id"],)).fetchall())
+            assert {s: row[s] for s in ITEM_STATES if row[s]} == actual, row["order_id"]
+            assert row["state"] == self.conn.execute("SELECT state FROM orders WHERE id = ?",
+                                                     (row["order_id"],)).fetchone()[0]
 
     @invariant()
     def leases_are_never_doubled_and_every_transition_is_logged(self):

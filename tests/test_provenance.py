@@ -109,7 +109,8 @@ def test_policies_and_provenance_columns_through_sync(tmp_path, server):
     prov = query(db, "SELECT user_id, field, old, new, source, order_id, item_id, agent, applied_at, reverted_by "
                      "FROM provenance ORDER BY id")
     assert len(prov) == len(diff["changes"])
-    items = {r[0]: r[1] for r in query(db, "SELECT id, input FROM items WHERE order_id = ?", (order_id,))}
+    items = {r[0]: r[1] for r in query(db, "SELECT i.id, inp.input FROM items i JOIN item_inputs inp ON inp.n = i.n "
+                                           "WHERE i.order_id = ?", (order_id,))}
     item_of = {u: item_id for item_id, text in items.items() for u in json.loads(text)["user_ids"]}
     for user_id, field, old, new, source, prov_order, item_id, agent, applied_at, reverted_by in prov:
         change = next(c for c in diff["changes"] if (c["user_id"], c["field"]) == (user_id, field))

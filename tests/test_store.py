@@ -67,8 +67,8 @@ def test_the_facade_connection_has_the_same_settings(db_path, make_wc):
 def test_foreign_keys_are_enforced(db_path):
     conn = connect(db_path, create=True)
     with pytest.raises(sqlite3.IntegrityError):
-        conn.execute("INSERT INTO items (id, order_id, seq, type, state, input, max_attempts, created_at, updated_at) "
-                     "VALUES ('i', 'no-such-order', 0, 't', 'queued', '{}', 1, 'x', 'x')")
+        conn.execute("INSERT INTO items (id, order_id, seq, type, state, max_attempts, updated_at) "
+                     "VALUES ('i', 'no-such-order', 0, 't', 'queued', 1, 'x')")
     conn.close()
 
 

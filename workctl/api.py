@@ -26,7 +26,7 @@ from .config import Config, default_agent, load_config
 from .core import leases, queries
 from .core.lifecycle import Actor
 from .core.session import Session
-from .core.submit import submit
+from .core.submit import Next, submit
 from .errors import ExitCode, Invalid, WorkctlError
 from .store.sqlite import connect, default_db_path, translate
 
@@ -150,9 +150,14 @@ class Workctl:
 
     @_store_errors
     def submit(self, item_id: str, result: Any, *, agent: str | None = None, lease_token: str | None = None,
-               idempotency_key: str | None = None) -> dict[str, Any]:
+               idempotency_key: str | None = None, next: bool = False, next_order: str | None = None,
+               next_type: str | None = None, ttl: int | None = None) -> dict[str, Any]:
+        """Submit a leased item's result. With ``next`` (or ``next_order``/``next_type``), also lease the next
+        item in the same transaction — one commit per item for an agent working through a queue — and
+        return it as ``"next"`` (None when there is no work)."""
+        then = Next(order_id=next_order, type_name=next_type, ttl=ttl) if next or next_order or next_type else None
         return submit(self.session, item_id, result, agent=agent or default_agent(), token=lease_token,
-                      idempotency_key=idempotency_key)
+                      idempotency_key=idempotency_key, then=then)
 
     @_store_errors
     def approve(self, order_id: str, *, dry_run: bool = False, idempotency_key: str | None = None,

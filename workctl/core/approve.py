@@ -20,7 +20,7 @@ from ..store.sqlite import write_tx
 from ..types import ApplyContext, OrderType, get_type
 from . import outbox
 from .idempotency import Guard
-from .lifecycle import ITEM_DONE_STATES, Actor, append_event, move_item, move_order
+from .lifecycle import ITEM_DONE_STATES, Actor, append_event, item_counts, move_item, move_order
 from .session import Session
 
 def _crash_point(name: str) -> None:
@@ -61,8 +61,7 @@ def _check_unchanged(conn: sqlite3.Connection, order_id: str, seen: int) -> None
 
 def not_ready(order: sqlite3.Row, conn: sqlite3.Connection, action: str) -> IllegalTransition:
     """Why an order is not in a state ``action`` (approve, reject, preview) accepts."""
-    counts = dict(conn.execute("SELECT state, count(*) FROM items WHERE order_id = ? GROUP BY state",
-                               (order["id"],)).fetchall())
+    counts = {state: n for state, n in item_counts(conn, order["id"]).items() if n}
     done = sum(counts.get(st, 0) for st in ITEM_DONE_STATES)
     summary = ", ".join(f"{n} {st}" for st, n in sorted(counts.items()))
     if order["state"] in ("queued", "in_progress", "failed", "dead_lettered"):
@@ -84,8 +83,9 @@ def _read(s: Session, order_id: str) -> tuple[dict[str, Any], list[dict[str, Any
     order = {"id": row["id"], "type": row["type"], "payload": loads(row["payload"])}
     # A submitted item is not touched again before approve, so its updated_at is its submit time.
     items = [{"id": r[0], "state": r[1], "result": loads(r[2]), "submitted_by": r[3], "submitted_at": r[4]}
-             for r in s.conn.execute("SELECT id, state, result, submitted_by, updated_at FROM items "
-                                     "WHERE order_id = ? ORDER BY seq", (order_id,))]
+             for r in s.conn.execute("SELECT i.id, i.state, r.result, r.submitted_by, i.updated_at FROM items i "
+                                     "LEFT JOIN item_results r ON r.n = i.n WHERE i.order_id = ? ORDER BY i.seq",
+                                     (order_id,))]
     return order, items, seen
 
 def approve(s: Session, order_id: str, *, actor: Actor, dry_run: bool = False,

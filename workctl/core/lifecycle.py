@@ -1,61 +1,22 @@
-"""States and the one table of allowed transitions; every state change in workctl goes through here.
-
-``move_item`` / ``move_order`` check the table, update the row guarded by its current state (a
-compare-and-set: 0 rows means someone else moved it first) and append the audit event, all on the
-caller's open write transaction.
+"""Every state change in workctl goes through here (the hot path's fast statements in the stores keep
+the same rules): ``move_item`` / ``move_order`` check the one transition table (``workctl.states``),
+update the row guarded by its current state (a compare-and-set: 0 rows means someone else moved it
+first), keep the order's per-state item counts (``order_counts``) and append the audit event, all on
+the caller's open write transaction. An order's state is derived from those counts (``refresh_order``).
 """
 
 from __future__ import annotations
 
-import sqlite3
 from dataclasses import dataclass
 from typing import Any, Mapping
 
 from ..errors import IllegalTransition
 from ..jsonio import Encoded, dumps
 
-ORDER_STATES = ("queued", "in_progress", "submitted", "approved", "applied", "completed",
-                "rejected", "failed", "dead_lettered", "cancelled")
-ITEM_STATES = ("queued", "leased", "submitted", "accepted", "completed", "rejected", "failed",
-               "dead_lettered", "cancelled")
-
-# from-state -> {to-state: event name}. None is "does not exist yet".
-# cancelled: an operator withdrew an order that was not applied (workctl cancel); terminal, like its items.
-ORDER_TRANSITIONS: dict[str | None, dict[str, str]] = {
-    None: {"queued": "proposed"},
-    "queued": {"in_progress": "started", "cancelled": "cancelled"},
-    "in_progress": {"submitted": "submitted", "failed": "failed", "cancelled": "cancelled"},
-    "submitted": {"approved": "approved", "rejected": "rejected", "queued": "requeued", "cancelled": "cancelled"},
-    "approved": {"applied": "applied"},
-    "applied": {"completed": "completed"},
-    "failed": {"in_progress": "retried", "dead_lettered": "dead_lettered", "cancelled": "cancelled"},
-    "dead_lettered": {"in_progress": "retried", "cancelled": "cancelled"},
-    "completed": {},
-    "rejected": {},
-    "cancelled": {},
-}
-
-ITEM_TRANSITIONS: dict[str | None, dict[str, str]] = {
-    None: {"queued": "planned"},
-    "queued": {"leased": "leased", "failed": "failed", "cancelled": "cancelled"},
-    # leased -> queued is either a release (agent) or a lease expiry (system); callers name the event.
-    "leased": {"queued": "released", "submitted": "submitted", "failed": "failed", "cancelled": "cancelled"},
-    "submitted": {"accepted": "accepted", "queued": "requeued", "rejected": "rejected", "cancelled": "cancelled"},
-    "accepted": {"completed": "completed"},
-    "failed": {"queued": "retried", "dead_lettered": "dead_lettered", "cancelled": "cancelled"},
-    "dead_lettered": {"queued": "retried", "cancelled": "cancelled"},
-    "completed": {},
-    "rejected": {},
-    "cancelled": {},
-}
-
-# Orders an operator can still withdraw (workctl cancel); and the open orders sync resumes.
-CANCELLABLE_ORDER_STATES = frozenset(state for state, moves in ORDER_TRANSITIONS.items()
-                                     if state and "cancelled" in moves)
-FINISHED_ORDER_STATES = frozenset({"completed", "rejected", "cancelled"})
-
-# An item whose work is done as far as the order's readiness is concerned.
-ITEM_DONE_STATES = frozenset({"submitted", "accepted", "completed"})
+# The tables live in workctl.states (pure data, shared with the stores); re-exported for the engine.
+from ..states import (CANCELLABLE_ORDER_STATES, FINISHED_ORDER_STATES, ITEM_DONE_STATES,  # noqa: F401
+                      ITEM_STATES, ITEM_TRANSITIONS, ORDER_STATES, ORDER_TRANSITIONS, derived_order_state,
+                      path_to)
 
 
 @dataclass(frozen=True)
@@ -82,7 +43,7 @@ def check(entity: str, current: str | None, target: str) -> str:
     return allowed[target]
 
 
-def append_event(conn: sqlite3.Connection, *, now: str, actor: Actor, event: str, entity: str,
+def append_event(conn: Any, *, now: str, actor: Actor, event: str, entity: str,
                  order_id: str | None, item_id: str | None = None, from_state: str | None = None,
                  to_state: str | None = None, payload: Any = None) -> None:
     conn.execute(
@@ -93,10 +54,12 @@ def append_event(conn: sqlite3.Connection, *, now: str, actor: Actor, event: str
     )
 
 
-# Columns a transition may set besides state/updated_at; fixed names, never user input.
-_ITEM_COLUMNS = frozenset({"attempts", "leased_by", "lease_token", "lease_expires_at", "visible_at",
-                           "last_heartbeat_at", "result", "error", "submitted_by"})
+# Columns a transition may set besides state/updated_at; fixed names, never user input. An item's input,
+# result and error live in item_inputs / item_results (set_outcome), off the narrow row the claims read.
+_ITEM_COLUMNS = frozenset({"attempts", "leased_by", "lease_token", "lease_expires_at", "visible_at"})
 _ORDER_COLUMNS = frozenset({"diff", "error", "submitted_at", "approved_at", "applied_at", "completed_at"})
+_COUNT_COLUMNS = frozenset(ITEM_STATES)
+_COUNTS_SQL = f"SELECT state, {', '.join(ITEM_STATES)} FROM order_counts WHERE order_id = ?"
 
 
 def _set_clause(sets: Mapping[str, Any], allowed: frozenset[str]) -> tuple[str, list[Any]]:
@@ -107,10 +70,22 @@ def _set_clause(sets: Mapping[str, Any], allowed: frozenset[str]) -> tuple[str, 
     return "".join(f", {name} = ?" for name in names), [sets[name] for name in names]
 
 
-def move_item(conn: sqlite3.Connection, *, item_id: str, order_id: str, current: str, target: str,
+def count(conn: Any, order_id: str, deltas: Mapping[str, int]) -> None:
+    """Move the order's per-state item counts (one UPDATE of its order_counts row, in the caller's
+    transaction). Every item transition keeps them exact: the order's state is derived from them."""
+    moves = {state: n for state, n in deltas.items() if n}
+    if not moves:
+        return
+    if not set(moves) <= _COUNT_COLUMNS:  # a programming error, not user input
+        raise ValueError(f"not an item state: {sorted(set(moves) - _COUNT_COLUMNS)}")
+    clause = ", ".join(f"{state} = {state} + ?" for state in moves)
+    conn.execute(f"UPDATE order_counts SET {clause} WHERE order_id = ?", [*moves.values(), order_id])
+
+
+def move_item(conn: Any, *, item_id: str, order_id: str, current: str, target: str,
               now: str, actor: Actor, event: str | None = None, payload: Any = None,
               sets: Mapping[str, Any] | None = None, guard: str = "", guard_params: tuple[Any, ...] = ()) -> bool:
-    """Move one item ``current -> target`` (compare-and-set on the state) and log the event.
+    """Move one item ``current -> target`` (compare-and-set on the state), count it and log the event.
 
     ``guard`` is an extra fixed SQL condition (e.g. the lease fence); when it does not hold nothing
     is written and False is returned, so the caller can say why.
@@ -125,12 +100,30 @@ def move_item(conn: sqlite3.Connection, *, item_id: str, order_id: str, current:
         if guard:
             return False
         raise IllegalTransition(f"item {item_id} is no longer '{current}'; it was changed concurrently")
+    count(conn, order_id, {current: -1, target: 1})
     append_event(conn, now=now, actor=actor, event=event or default_event, entity="item",
                  order_id=order_id, item_id=item_id, from_state=current, to_state=target, payload=payload)
     return True
 
 
-def move_order(conn: sqlite3.Connection, *, order_id: str, current: str, target: str, now: str,
+_UNSET: Any = object()
+
+
+def set_outcome(conn: Any, item_id: str, *, now: str, result: Any = _UNSET, error: Any = _UNSET,
+                submitted_by: Any = _UNSET) -> None:
+    """Write an item's result, error or submitter (JSON text or None) in item_results, keeping the others."""
+    given = {name: value for name, value in (("result", result), ("error", error), ("submitted_by", submitted_by))
+             if value is not _UNSET}
+    names = sorted(given)
+    updates = ", ".join(f"{name} = excluded.{name}" for name in names)
+    conn.execute(
+        f"INSERT INTO item_results (n, {', '.join(names)}, updated_at) "
+        f"SELECT n, {', '.join('?' for _ in names)}, ? FROM items WHERE id = ? "
+        f"ON CONFLICT (n) DO UPDATE SET {updates}, updated_at = excluded.updated_at",
+        [*(given[name] for name in names), now, item_id])
+
+
+def move_order(conn: Any, *, order_id: str, current: str, target: str, now: str,
                actor: Actor, event: str | None = None, payload: Any = None,
                sets: Mapping[str, Any] | None = None) -> None:
     """Move one order ``current -> target`` (compare-and-set on the state) and log the event."""
@@ -142,67 +135,28 @@ def move_order(conn: sqlite3.Connection, *, order_id: str, current: str, target:
     )
     if cursor.rowcount != 1:
         raise IllegalTransition(f"order {order_id} is no longer '{current}'; it was changed concurrently")
+    conn.execute("UPDATE order_counts SET state = ? WHERE order_id = ?", (target, order_id))
     append_event(conn, now=now, actor=actor, event=event or default_event, entity="order",
                  order_id=order_id, from_state=current, to_state=target, payload=payload)
 
 
-def derived_order_state(current: str, present: frozenset[str] | set[str]) -> str:
-    """The state an order should be in, given which item states its items are in.
-
-    A submitted order and everything after it is moved only by approve/reject, never derived.
-    """
-    if current in ("submitted", "approved", "applied", "completed", "rejected", "cancelled") or not present:
-        return current
-    if present <= ITEM_DONE_STATES:
-        return "submitted"
-    if present & {"queued", "leased"}:
-        if current == "queued" and present <= {"queued"}:
-            return "queued"
-        return "in_progress"
-    if "failed" in present:
-        return "failed"
-    # Nothing failed or in play, but something was dead-lettered: the order is dead-lettered. From
-    # in_progress that is two hops (failed, then dead_lettered), which refresh_order walks and logs.
-    if "dead_lettered" in present:
-        return "dead_lettered"
-    return current
+def item_counts(conn: Any, order_id: str) -> dict[str, int]:
+    """The order's items by state (from its counters: one row read, whatever the order's size)."""
+    row = conn.execute(_COUNTS_SQL, (order_id,)).fetchone()
+    return dict(zip(ITEM_STATES, tuple(row)[1:], strict=True)) if row is not None else {}
 
 
-def _path_to(current: str, target: str) -> list[str]:
-    """Shortest legal path between two order states (derivation may need two hops, e.g. queued→in_progress→submitted)."""
-    frontier: list[list[str]] = [[current]]
-    seen = {current}
-    while frontier:
-        path = frontier.pop(0)
-        for nxt in ORDER_TRANSITIONS.get(path[-1], {}):
-            if nxt == target:
-                return path[1:] + [nxt]
-            if nxt not in seen:
-                seen.add(nxt)
-                frontier.append(path + [nxt])
-    raise IllegalTransition(f"order cannot get from '{current}' to '{target}'")
-
-
-# One statement, one index seek per state on items(order_id, state): independent of the order's size.
-_PRESENT_SQL = "SELECT " + ", ".join(
-    f"EXISTS (SELECT 1 FROM items WHERE order_id = ?1 AND state = '{state}')" for state in ITEM_STATES)
-
-
-def present_item_states(conn: sqlite3.Connection, order_id: str) -> frozenset[str]:
-    flags = conn.execute(_PRESENT_SQL, (order_id,)).fetchone()
-    return frozenset(state for state, flag in zip(ITEM_STATES, flags, strict=True) if flag)
-
-
-def refresh_order(conn: sqlite3.Connection, order_id: str, *, now: str, actor: Actor | None = None) -> str:
-    """Bring the order's state in line with its items (on the caller's transaction); return it."""
-    current = conn.execute("SELECT state FROM orders WHERE id = ?", (order_id,)).fetchone()[0]
-    target = derived_order_state(current, present_item_states(conn, order_id))
+def refresh_order(conn: Any, order_id: str, *, now: str, actor: Actor | None = None) -> str:
+    """Bring the order's state in line with its items' counts (on the caller's transaction); return it."""
+    row = conn.execute(_COUNTS_SQL, (order_id,)).fetchone()
+    current = row[0]
+    target = derived_order_state(current, frozenset(s for s, n in zip(ITEM_STATES, tuple(row)[1:], strict=True) if n))
     if target == current:
-        return current
+        return str(current)
     state = current
-    for step in _path_to(current, target):
+    for step in path_to(current, target):
         extra = {"submitted_at": now} if step == "submitted" else {}
         move_order(conn, order_id=order_id, current=state, target=step, now=now,
                    actor=actor or Actor.system(), sets=extra)
         state = step
-    return state
+    return str(state)

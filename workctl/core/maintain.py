@@ -37,7 +37,7 @@ def _sweep(s: Session, result: dict[str, Any], *, dry_run: bool) -> None:
     moment = s.clock()
     now = iso(moment)
     with write_tx(s.conn) as conn:
-        leases = reclaim_expired(conn, now)
+        leases = reclaim_expired(s, conn, now)
         cutoff = iso(moment - timedelta(seconds=config.dead_letter_after_seconds))
         dead = conn.execute("SELECT id, order_id FROM items WHERE state = 'failed' AND updated_at <= ?",
                             (cutoff,)).fetchall()

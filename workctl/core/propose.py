@@ -22,7 +22,7 @@ OPEN_STATES = ("queued", "in_progress", "submitted", "approved", "applied", "fai
 def _open_order(conn: Any, scope_key: str) -> Any:
     return conn.execute(
         f"SELECT * FROM orders WHERE scope_key = ? AND state IN ({', '.join('?' for _ in OPEN_STATES)}) "
-        "ORDER BY created_at, rowid LIMIT 1", (scope_key, *OPEN_STATES)).fetchone()
+        "ORDER BY created_at, id LIMIT 1", (scope_key, *OPEN_STATES)).fetchone()
 
 
 def propose(s: Session, type_name: str, payload: Any, *, priority: int = 0, actor: Actor,
@@ -59,16 +59,20 @@ def propose(s: Session, type_name: str, payload: Any, *, priority: int = 0, acto
             return {"order": order_summary(open_row), "resumed": True}
         conn.execute(
             "INSERT INTO orders (id, type, state, priority, payload, requested_by, item_count, created_at, "
-            "updated_at, scope_key) VALUES (?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?)",
+            "updated_at, scope_key, source, parent_id) VALUES (?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (order_id, type_name, priority, dumps(prepared), f"{actor.type}:{actor.id}", len(items), now, now,
-             scope_key))
+             scope_key, order_type.source(prepared), order_type.parent(prepared)))
+        conn.execute("INSERT INTO order_counts (order_id, state, queued) VALUES (?, 'queued', ?)",
+                     (order_id, len(items)))
         append_event(conn, now=now, actor=actor, event="proposed", entity="order", order_id=order_id,
                      to_state="queued", payload={"type": type_name, "priority": priority})
         conn.executemany(
-            "INSERT INTO items (id, order_id, seq, type, state, priority, input, max_attempts, created_at, "
-            "updated_at) VALUES (?, ?, ?, ?, 'queued', ?, ?, ?, ?, ?)",
-            ((it["id"], order_id, seq, type_name, priority, dumps(it["input"]), it["max_attempts"], now, now)
-             for seq, it in enumerate(items)))
+            "INSERT INTO items (id, order_id, seq, type, state, priority, max_attempts, updated_at) "
+            "VALUES (?, ?, ?, ?, 'queued', ?, ?, ?)",
+            ((it["id"], order_id, seq, type_name, priority, it["max_attempts"], now) for seq, it in enumerate(items)))
+        # Inputs by the item's number, which the store assigned (one unique-index seek per item).
+        conn.executemany("INSERT INTO item_inputs (n, input) SELECT n, ? FROM items WHERE id = ?",
+                         ((dumps(it["input"]), it["id"]) for it in items))
         # Item creation is logged once per order (not once per item) so that large plans stay bulk.
         append_event(conn, now=now, actor=Actor.system(), event="planned", entity="order", order_id=order_id,
                      payload={"item_count": len(items), "items_state": "queued"})

@@ -9,7 +9,7 @@ from ..jsonio import loads
 from ..limits import MAX_LIST_LIMIT, bounded_int
 from ..store.sql import where
 from .lifecycle import ITEM_DONE_STATES, ITEM_STATES, ORDER_STATES
-from .session import Session, item_summary, order_summary
+from .session import ITEM_SELECT, Session, item_summary, order_summary
 
 
 def status(s: Session, order_id: str | None = None, *, events: int = 10) -> dict[str, Any]:
@@ -18,11 +18,13 @@ def status(s: Session, order_id: str | None = None, *, events: int = 10) -> dict
     conn, now = s.conn, s.now()
     orders = dict.fromkeys(ORDER_STATES, 0)
     orders.update(conn.execute("SELECT state, count(*) FROM orders GROUP BY state").fetchall())
-    items = dict.fromkeys(ITEM_STATES, 0)
-    items.update(conn.execute("SELECT state, count(*) FROM items GROUP BY state").fetchall())
+    # Items per state from the orders' counters: O(orders), whatever the number of items.
+    totals = conn.execute(f"SELECT {', '.join(f'coalesce(sum({st}), 0)' for st in ITEM_STATES)} "
+                          "FROM order_counts").fetchone()
+    items = dict(zip(ITEM_STATES, (int(n) for n in totals), strict=True))
     held, expired = conn.execute(
-        "SELECT coalesce(sum(lease_expires_at > ?1), 0), coalesce(sum(lease_expires_at <= ?1), 0) "
-        "FROM items WHERE state = 'leased'", (now,)).fetchone()
+        "SELECT count(*) FILTER (WHERE lease_expires_at > ?), count(*) FILTER (WHERE lease_expires_at <= ?) "
+        "FROM items WHERE state = 'leased'", (now, now)).fetchone()
     backing_off = conn.execute("SELECT count(*) FROM items WHERE state = 'queued' AND visible_at > ?",
                                (now,)).fetchone()[0]
     return {"orders": orders, "items": items,
@@ -31,8 +33,8 @@ def status(s: Session, order_id: str | None = None, *, events: int = 10) -> dict
 
 def order_status(s: Session, order_id: str, *, events: int = 10) -> dict[str, Any]:
     order = order_summary(s.order_row(order_id))
-    items = [item_summary(r) for r in s.conn.execute(
-        "SELECT * FROM items WHERE order_id = ? ORDER BY seq", (order_id,))]
+    items = [item_summary(r) for r in s.conn.execute(ITEM_SELECT + " WHERE i.order_id = ? ORDER BY i.seq",
+                                                     (order_id,))]
     done = sum(1 for it in items if it["state"] in ITEM_DONE_STATES)
     return {"order": order, "items": items, "progress": {"done": done, "total": len(items)},
             "events": list(reversed(log(s, order_id, limit=events, newest_first=True)))}
@@ -42,7 +44,7 @@ def list_orders(s: Session, *, state: str | None = None, type_name: str | None =
                 limit: int = 100) -> Iterator[dict[str, Any]]:
     bounded_int(limit, "limit", 1, MAX_LIST_LIMIT)
     clause, params = where(state=state or None, type=type_name or None)
-    for row in s.conn.execute(f"SELECT * FROM orders {clause} ORDER BY created_at DESC, rowid DESC LIMIT ?",
+    for row in s.conn.execute(f"SELECT * FROM orders {clause} ORDER BY created_at DESC, id DESC LIMIT ?",
                               [*params, limit]):
         yield order_summary(row)
 
@@ -54,7 +56,7 @@ def show(s: Session, order_id: str) -> dict[str, Any]:
                   "submitted_at": row["submitted_at"], "approved_at": row["approved_at"],
                   "applied_at": row["applied_at"], "completed_at": row["completed_at"]})
     items = []
-    for r in s.conn.execute("SELECT * FROM items WHERE order_id = ? ORDER BY seq", (order_id,)):
+    for r in s.conn.execute(ITEM_SELECT + " WHERE i.order_id = ? ORDER BY i.seq", (order_id,)):
         item = item_summary(r)
         item.update({"input": loads(r["input"]), "result": loads(r["result"])})
         items.append(item)
@@ -93,15 +95,19 @@ def pending_sources(s: Session, type_name: str, order_id: str | None = None) -> 
                           code="wrong_order_type")
         return [loads(row["payload"])["source"]]
     return [r[0] for r in s.conn.execute(
-        "SELECT DISTINCT json_extract(payload, '$.source') FROM orders "
-        "WHERE type = ? AND state IN ('queued', 'in_progress') ORDER BY 1", (type_name,))]
+        "SELECT DISTINCT source FROM orders WHERE type = ? AND source IS NOT NULL "
+        "AND state IN ('queued', 'in_progress') ORDER BY 1", (type_name,))]
 
 
 def pending_items(s: Session, *, order_id: str | None = None, type_name: str | None = None) -> int:
     """Items still to hand out (queued or leased)."""
-    clause, params = where(order_id=order_id, type=None if order_id else type_name)
-    clause = f"{clause} AND" if clause else "WHERE"
-    return s.conn.execute(f"SELECT count(*) FROM items {clause} state IN ('queued', 'leased')", params).fetchone()[0]
+    if order_id:  # from the order's counters: one row
+        counts = s.conn.execute("SELECT queued + leased FROM order_counts WHERE order_id = ?", (order_id,)).fetchone()
+        return int(counts[0]) if counts else 0
+    sql = "SELECT coalesce(sum(c.queued + c.leased), 0) FROM order_counts c"
+    if type_name:
+        sql += " JOIN orders o ON o.id = c.order_id WHERE o.type = ?"
+    return int(s.conn.execute(sql, (type_name,) if type_name else ()).fetchone()[0])
 
 
 def item_log(s: Session, item_id: str, *, limit: int = 100) -> dict[str, Any]:
@@ -139,13 +145,13 @@ def troubles(s: Session, *, order_id: str | None = None, type_name: str | None =
     failed = [{"id": r[0], "type": r[1], "state": r[2]} for r in s.conn.execute(
         f"SELECT id, type, state FROM orders {extra} state IN ('failed', 'dead_lettered') "
         "ORDER BY created_at LIMIT ?", (*params, limit))]
-    item_clause, item_params = where(order_id=order_id, type=None if order_id else type_name)
-    item_extra = f"{item_clause} AND" if item_clause else "WHERE"
+    scope, scope_params = ("i.order_id = ? AND", [order_id]) if order_id else \
+        ("i.type = ? AND", [type_name]) if type_name else ("", [])
     waiting = []
     for oid, items, error in s.conn.execute(
-            f"SELECT order_id, count(*), max(error) FROM items {item_extra} state = 'queued' "
-            "AND error LIKE ? GROUP BY order_id ORDER BY order_id LIMIT ?",
-            (*item_params, '{"code":"source_unavailable"%', limit)):
+            f"SELECT i.order_id, count(*), max(r.error) FROM items i JOIN item_results r ON r.n = i.n "
+            f"WHERE {scope} i.state = 'queued' AND r.error LIKE ? GROUP BY i.order_id ORDER BY i.order_id LIMIT ?",
+            (*scope_params, '{"code":"source_unavailable"%', limit)):
         record = loads(error) or {}
         waiting.append({"order_id": oid, "items": items, "source": record.get("source"),
                         "error": record.get("message")})

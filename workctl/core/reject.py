@@ -12,7 +12,7 @@ from ..store import target as targets
 from ..store.sqlite import write_tx
 from .approve import not_ready
 from .idempotency import Guard
-from .lifecycle import Actor, move_item, move_order
+from .lifecycle import Actor, move_item, move_order, set_outcome
 from .session import Session
 
 
@@ -62,13 +62,14 @@ def _reject_in_store(s: Session, order_id: str, *, reason: str, requeue: bool, a
         current = s.order_row(order_id)
         if current["state"] != "submitted":
             raise not_ready(current, conn, "reject")
-        items = conn.execute("SELECT id, result FROM items WHERE order_id = ? AND state = 'submitted'",
-                             (order_id,)).fetchall()
+        items = conn.execute("SELECT i.id, r.result FROM items i LEFT JOIN item_results r ON r.n = i.n "
+                             "WHERE i.order_id = ? AND i.state = 'submitted'", (order_id,)).fetchall()
         for item_id, result in items:
             # The rejected result stays in the audit trail; a requeued item starts clean.
             move_item(conn, item_id=item_id, order_id=order_id, current="submitted", target=target, now=now,
-                      actor=actor, payload={"reason": reason, "result": loads(result)},
-                      sets={"result": None} if requeue else None)
+                      actor=actor, payload={"reason": reason, "result": loads(result)})
+            if requeue:
+                set_outcome(conn, item_id, now=now, result=None)
         move_order(conn, order_id=order_id, current="submitted", target=target, now=now, actor=actor,
                    payload={"reason": reason, "requeue": requeue}, sets={"error": dumps({"reason": reason})})
         response = {"order": {"id": order_id, "state": target}, "items": {"count": len(items), "state": target},

@@ -7,7 +7,7 @@ from typing import Any
 from ..errors import Conflict, IllegalTransition, Usage
 from ..jsonio import loads
 from ..store.sqlite import write_tx
-from .lifecycle import Actor, move_item, refresh_order
+from .lifecycle import Actor, move_item, refresh_order, set_outcome
 from .session import Session
 
 RETRYABLE = ("failed", "dead_lettered")
@@ -46,7 +46,8 @@ def retry(s: Session, *, item_id: str | None = None, order_id: str | None = None
             move_item(conn, item_id=wanted_id, order_id=parent, current=current["state"], target="queued",
                       now=now, actor=actor,
                       payload={"previous_attempts": current["attempts"], "previous_error": loads(current["error"])},
-                      sets={"attempts": 0, "error": None, "visible_at": ""})
+                      sets={"attempts": 0, "visible_at": ""})
+            set_outcome(conn, wanted_id, now=now, error=None)
             retried.append(wanted_id)
         order_state = refresh_order(conn, parent, now=now, actor=actor)
     return {"retried": retried, "order": {"id": parent, "state": order_state}}

@@ -10,7 +10,16 @@ from ..clock import Clock, iso
 from ..config import Config
 from ..errors import NotFound
 from ..jsonio import loads
+from ..store import sqlite_hotpath
+from ..store.hotpath import HotPath
 from ..store.target import Target
+
+
+# An item as the engine reads it: the narrow row the claims work on, with its input and its outcome.
+ITEM_SELECT = ("SELECT i.n, i.id, i.order_id, i.seq, i.type, i.priority, i.state, i.attempts, i.max_attempts, "
+               "i.visible_at, i.leased_by, i.lease_token, i.lease_expires_at, i.updated_at, inp.input, r.result, "
+               "r.error, r.submitted_by FROM items i JOIN item_inputs inp ON inp.n = i.n "
+               "LEFT JOIN item_results r ON r.n = i.n")
 
 
 @dataclass
@@ -19,6 +28,7 @@ class Session:
     db_path: str
     config: Config
     clock: Clock
+    hot: HotPath = sqlite_hotpath
 
     def now(self) -> str:
         return iso(self.clock())
@@ -34,7 +44,7 @@ class Session:
         return Target(self.conn, self.db_path, self.config.target_db)
 
     def item_row(self, item_id: str) -> sqlite3.Row:
-        row = self.conn.execute("SELECT * FROM items WHERE id = ?", (item_id,)).fetchone()
+        row = self.conn.execute(ITEM_SELECT + " WHERE i.id = ?", (item_id,)).fetchone()
         if row is None:
             raise NotFound(f"no item with id '{item_id}'", code="item_not_found")
         return row

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Mapping
 
+from ..clock import after
 from ..errors import Invalid
 from ..jsonio import dumps, loads
+from ..store.hotpath import Claim
 from ..store.sqlite import write_tx
 from ..types import get_type
 from .idempotency import Guard
-from .leases import check_lease, fence, lease_problem, require_token
-from .lifecycle import Actor, move_item, refresh_order
+from .ids import new_token
+from .leases import check_lease, lease_problem, lease_ttl, leased_item, require_token
 from .session import Session
 
 SHOWN_PROBLEMS = 5
@@ -39,10 +42,24 @@ class LazyPayload(Mapping[str, Any]):
         return len(self._load())
 
 
+@dataclass(frozen=True)
+class Next:
+    """``submit --next``: claim the next item in the same transaction (of one order, one type, or any)."""
+
+    order_id: str | None = None
+    type_name: str | None = None
+    ttl: int | None = None
+
+
 def submit(s: Session, item_id: str, result: Any, *, agent: str, token: str | None = None,
-           idempotency_key: str | None = None) -> dict[str, Any]:
+           idempotency_key: str | None = None, then: Next | None = None) -> dict[str, Any]:
+    """Hand in a leased item's result (checked by its type before any lock) and, with ``then``, take the
+    next item in the same transaction: one commit per item for an agent that works a queue."""
     token = require_token(token, "submit")
-    guard = Guard.make(f"submit:{item_id}", idempotency_key, {"result": result, "agent": agent})
+    request = {"result": result, "agent": agent}
+    if then is not None:
+        request["next"] = {"order_id": then.order_id, "type": then.type_name, "ttl": then.ttl}
+    guard = Guard.make(f"submit:{item_id}", idempotency_key, request)
     if (earlier := guard.replay(s.conn)) is not None:
         return earlier
     row = check_lease(s, item_id, agent, token)
@@ -54,23 +71,32 @@ def submit(s: Session, item_id: str, result: Any, *, agent: str, token: str | No
         more = f" (and {len(problems) - SHOWN_PROBLEMS} more)" if len(problems) > SHOWN_PROBLEMS else ""
         raise Invalid(f"result rejected, the lease is kept so you can fix and resubmit: {listed}{more}",
                       code="result_invalid", details=problems)
+    claim = _claim(s, then, agent)
     now = s.now()
-    guard_sql, guard_params = fence(agent, token, now)
     with write_tx(s.conn) as conn:
         if (earlier := guard.replay(conn)) is not None:
             return earlier
         # Submitting clears the lease: an item awaiting approval is never reclaimed.
-        moved = move_item(conn, item_id=item_id, order_id=row["order_id"], current="leased", target="submitted",
-                          now=now, actor=Actor("agent", agent), payload={"attempt": row["attempts"]},
-                          sets={"result": dumps(result), "submitted_by": agent, "leased_by": None,
-                                "lease_token": None, "lease_expires_at": None, "visible_at": ""},
-                          guard=guard_sql, guard_params=guard_params)
-        if not moved:
+        done, leased = s.hot.submit(conn, item_id=item_id, agent=agent, token=token, result=dumps(result), now=now,
+                                    then=claim)
+        if done is None:
             raise lease_problem(s.item_row(item_id), agent, token, now)
-        order_type.record_submitted(conn, {"id": item_id, "order_id": row["order_id"], "input": item_input,
-                                           "attempts": row["attempts"]}, result, now)
-        order_state = refresh_order(conn, row["order_id"], now=now)
-        response = {"item": {"id": item_id, "state": "submitted"},
-                    "order": {"id": row["order_id"], "state": order_state}}
+        order_type.record_submitted(conn, {"id": item_id, "order_id": done.order_id, "input": item_input,
+                                           "attempts": done.attempts}, result, now)
+        response: dict[str, Any] = {"item": {"id": item_id, "state": "submitted"},
+                                    "order": {"id": done.order_id, "state": done.order_state}}
+        if then is not None:
+            response["next"] = None if leased is None else leased_item(s, leased)
         guard.record(conn, response, now)
     return response
+
+
+def _claim(s: Session, then: Next | None, agent: str) -> Claim | None:
+    if then is None:
+        return None
+    if then.order_id:
+        s.order_row(then.order_id)
+    if then.type_name:
+        get_type(then.type_name)
+    return Claim(agent=agent, token=new_token(), expires=after(s.clock(), lease_ttl(s, then.ttl)),
+                 order_id=then.order_id, type_name=then.type_name)

@@ -203,9 +203,86 @@ def m005_api_tokens(db: Database) -> None:
     )""")
 
 
+def m007_lean_hot_path(db: Database) -> None:
+    """The hot path writes only what some query reads (docs/hotpath-notes.md has the measurements):
+
+    * ``items`` keeps the claim columns only; an item's input goes to ``item_inputs`` (written once, by
+      propose) and its result, error and submitter to ``item_results`` (written at submit/release);
+    * the claim indexes hold queued rows only (a claim deletes one entry, and nothing afterwards);
+      ``items_leased`` finds expired leases, ``items_failed`` the failures maintain dead-letters;
+    * ``order_counts`` keeps each order's items per state (and the order's state) in one narrow row:
+      an order's state is derived from it in one read, instead of a seek per state, and ``status`` is
+      O(orders) instead of O(items);
+    * ``events`` keeps the one index its queries read, ``(order_id, id)``;
+    * ``orders.source`` and ``orders.parent_id`` (what the order reads from, and the order it follows
+      up) are columns, so nothing parses whole payloads to find them.
+
+    ``visible_at`` now means "not before" for queued rows only (a leased row's expiry is
+    ``lease_expires_at``). ``last_heartbeat_at`` is dropped: every heartbeat's event carries it."""
+    states = ("queued", "leased", "submitted", "accepted", "completed", "rejected", "failed", "dead_lettered",
+              "cancelled")
+    statements = [
+        """CREATE TABLE items_new (
+            n INTEGER PRIMARY KEY,
+            id TEXT NOT NULL UNIQUE,
+            order_id TEXT NOT NULL REFERENCES orders(id),
+            seq INTEGER NOT NULL,
+            type TEXT NOT NULL,
+            priority INTEGER NOT NULL DEFAULT 0,
+            state TEXT NOT NULL,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            max_attempts INTEGER NOT NULL,
+            visible_at TEXT NOT NULL DEFAULT '',
+            leased_by TEXT,
+            lease_token TEXT,
+            lease_expires_at TEXT,
+            updated_at TEXT NOT NULL
+        )""",
+        """INSERT INTO items_new (n, id, order_id, seq, type, priority, state, attempts, max_attempts, visible_at,
+                                 leased_by, lease_token, lease_expires_at, updated_at)
+           SELECT n, id, order_id, seq, type, priority, state, attempts, max_attempts,
+                  CASE WHEN state = 'queued' THEN visible_at ELSE '' END,
+                  leased_by, lease_token, lease_expires_at, updated_at
+           FROM items ORDER BY n""",
+        "CREATE TABLE item_inputs (n INTEGER PRIMARY KEY, input TEXT NOT NULL)",
+        "INSERT INTO item_inputs (n, input) SELECT n, input FROM items ORDER BY n",
+        """CREATE TABLE item_results (n INTEGER PRIMARY KEY, result TEXT, error TEXT, submitted_by TEXT,
+                                     updated_at TEXT NOT NULL)""",
+        """INSERT INTO item_results (n, result, error, submitted_by, updated_at)
+           SELECT n, result, error, submitted_by, updated_at FROM items
+           WHERE result IS NOT NULL OR error IS NOT NULL OR submitted_by IS NOT NULL ORDER BY n""",
+        f"""CREATE TABLE order_counts (order_id TEXT PRIMARY KEY, state TEXT NOT NULL,
+            {', '.join(f'{s} INTEGER NOT NULL DEFAULT 0' for s in states)}) WITHOUT ROWID""",
+        f"""INSERT INTO order_counts (order_id, state, {', '.join(states)})
+            SELECT o.id, o.state, {', '.join(f"count(i.n) FILTER (WHERE i.state = '{s}')" for s in states)}
+            FROM orders o LEFT JOIN items i ON i.order_id = o.id GROUP BY o.id""",
+        "DROP TABLE items",
+        "ALTER TABLE items_new RENAME TO items",
+        "CREATE INDEX items_claim ON items(priority DESC, n) WHERE state = 'queued'",
+        "CREATE INDEX items_claim_order ON items(order_id, n) WHERE state = 'queued'",
+        "CREATE INDEX items_claim_type ON items(type, priority DESC, n) WHERE state = 'queued'",
+        "CREATE INDEX items_leased ON items(lease_expires_at) WHERE state = 'leased'",
+        "CREATE INDEX items_failed ON items(updated_at) WHERE state = 'failed'",
+        # Items waiting out a retry backoff (rare): what status and "no work, N waiting" count, in O(waiting).
+        "CREATE INDEX items_backoff ON items(visible_at) WHERE state = 'queued' AND visible_at > ''",
+        "CREATE INDEX items_order_seq ON items(order_id, seq)",
+        "DROP INDEX IF EXISTS events_item",
+        "DROP INDEX IF EXISTS events_created",
+        "ALTER TABLE orders ADD COLUMN source TEXT",
+        "ALTER TABLE orders ADD COLUMN parent_id TEXT",
+        # Only user.data.sync orders carry these today; later orders get them from their type at propose.
+        """UPDATE orders SET source = json_extract(payload, '$.source'),
+                             parent_id = json_extract(payload, '$.retry_of') WHERE type = 'user.data.sync'""",
+        "CREATE INDEX orders_source ON orders(type, source) WHERE source IS NOT NULL",
+        "CREATE INDEX orders_parent ON orders(parent_id) WHERE parent_id IS NOT NULL",
+    ]
+    for statement in statements:
+        db.execute(statement)
+
+
 # Append only. The names are the contract with databases already in the field.
 MIGRATIONS: list[Callable[[Database], None]] = [m001_initial, m002_sync_records, m003_reverts,
-                                                 m004_scopes_and_message_ids, m005_api_tokens]
+                                                 m004_scopes_and_message_ids, m005_api_tokens, m007_lean_hot_path]
 MIGRATION_NAMES: tuple[str, ...] = tuple(fn.__name__ for fn in MIGRATIONS)
 
 

@@ -91,6 +91,15 @@ class OrderType:
         """Inside release's store transaction: keep the per-user failures of a batch that was given back
         (refused at submit, or its source unavailable). ``failed_users``: ``{"user_id", "error"}``."""
 
+    def source(self, payload: Mapping[str, Any]) -> str | None:
+        """The external system the order reads from (kept as a column, so finding the sources of open
+        orders reads no payload); None for types without one."""
+        return None
+
+    def parent(self, payload: Mapping[str, Any]) -> str | None:
+        """The order this one follows up (e.g. a retry of another's failed users); None for most."""
+        return None
+
     def scope_key(self, payload: Mapping[str, Any]) -> str | None:
         """What makes two orders "the same work" (``sync --source`` resumes an open order of the same scope
         instead of proposing a duplicate); None: every order is its own. Computed from the prepared payload."""

@@ -121,6 +121,13 @@ class UserDataSync(OrderType):
         ledger.record(store, order_id=item["order_id"], item_id=item["id"], source=item["input"]["source"],
                       failed_users=failed_users, attempt=item["attempts"], now=now)
 
+    def source(self, payload: Mapping[str, Any]) -> str | None:
+        return str(payload["source"])
+
+    def parent(self, payload: Mapping[str, Any]) -> str | None:
+        retry_of = payload.get("retry_of")
+        return None if retry_of is None else str(retry_of)
+
     def scope_key(self, payload: Mapping[str, Any]) -> str | None:
         """Source, user set and fields (and a delta order's mode and start): what sync resumes by."""
         import hashlib

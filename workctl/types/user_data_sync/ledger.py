@@ -74,8 +74,8 @@ def _synced_by(s: Session, order_ids: list[str]) -> set[int]:
     """Users that the current results of these orders' items report as synced (or unchanged)."""
     done: set[int] = set()
     for order_id in order_ids:
-        for (result,) in s.conn.execute("SELECT result FROM items WHERE order_id = ? AND result IS NOT NULL",
-                                        (order_id,)):
+        for (result,) in s.conn.execute("SELECT r.result FROM items i JOIN item_results r ON r.n = i.n "
+                                        "WHERE i.order_id = ? AND r.result IS NOT NULL", (order_id,)):
             parsed = loads(result) or {}
             done.update(e["user_id"] for e in parsed.get("synced_users", []) if isinstance(e, dict))
             done.update(e["user_id"] for e in parsed.get("unchanged_users", []) if isinstance(e, dict))
@@ -89,8 +89,7 @@ def still_failed(s: Session, order_id: str) -> list[int]:
     if not ledger:
         return []
     retries = [r[0] for r in s.conn.execute(
-        "SELECT id FROM orders WHERE type = ? AND state != 'rejected' AND json_extract(payload, '$.retry_of') = ?",
-        (SYNC_TYPE, order_id))]
+        "SELECT id FROM orders WHERE parent_id = ? AND type = ? AND state != 'rejected'", (order_id, SYNC_TYPE))]
     synced = _synced_by(s, [order_id, *retries])
     return [u for u in dict.fromkeys(ledger) if u not in synced]
 

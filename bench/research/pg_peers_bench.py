@@ -9,7 +9,7 @@ interleaved, with duplicate and lost counts.
 Contenders (--contenders):
   raw              psycopg, UPDATE … WHERE id = (SELECT … FOR UPDATE SKIP LOCKED LIMIT 1) RETURNING, then a
                    fenced ack; each its own autocommit transaction (peers-pg.md's baseline: 1.00)
-  lean             the recommended lean schema (bench/hotpath_proto.py, pg-f): submit --next as one plpgsql
+  lean             the recommended lean schema (bench/research/hotpath_proto.py, pg-f): submit --next as one plpgsql
                    function call, one round trip and one transaction per cycle, every invariant of
                    docs/hotpath-notes.md kept
   lean-2tx         the same, checkout and submit as two calls, two transactions (pg-f2)
@@ -45,7 +45,7 @@ import traceback
 from typing import Any, Callable
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))                   # hotpath_proto
-sys.path.insert(1, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repo: workctl
+sys.path.insert(1, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))  # the repo
 
 Setup = Callable[[int], None]
 Run = Callable[[], list]
@@ -87,7 +87,7 @@ def _lean(key: str) -> Callable[[str], tuple[Setup, Worker]]:
 
 
 def _drain(w) -> list:
-    """The claim/ack protocol of bench/hotpath_proto.py workers: claim() -> (handle, payload) | None."""
+    """The claim/ack protocol of bench/research/hotpath_proto.py workers: claim() -> (handle, payload) | None."""
     done, empty = [], 0
     while True:
         got = w.claim()
