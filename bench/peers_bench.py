@@ -61,6 +61,27 @@ class WorkctlAdapter:
         self.wc.close()
 
 
+class WorkctlNextAdapter(WorkctlAdapter):
+    """The library API with ``submit --next``: each submit leases the next item in the same transaction
+    (one commit per item), the way ``sync``, ``run --exec`` and shell agents work a queue."""
+
+    name = "workctl (library API, submit --next)"
+
+    def __init__(self, path: str, role: str):
+        super().__init__(path, role)
+        self.pending: dict | None = None
+
+    def claim(self):
+        if self.pending is not None:
+            item, self.pending = self.pending, None
+            return (item["id"], item["lease_token"]), item["input"]["task"]
+        return super().claim()
+
+    def ack(self, handle) -> None:
+        done = self.wc.submit(handle[0], {"ok": True}, agent=self.agent, lease_token=handle[1], next=True)
+        self.pending = done["next"]
+
+
 RAW_SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
   id INTEGER PRIMARY KEY, payload TEXT NOT NULL, state INTEGER NOT NULL DEFAULT 0,
@@ -195,7 +216,7 @@ class PersistQueueAdapter:
         self.q.close()
 
 
-ADAPTERS = {"workctl": WorkctlAdapter, "raw": RawAdapter, "huey": HueyAdapter, "litequeue": LiteQueueAdapter,
+ADAPTERS = {"workctl": WorkctlAdapter, "workctl-next": WorkctlNextAdapter, "raw": RawAdapter, "huey": HueyAdapter, "litequeue": LiteQueueAdapter,
             "persist-queue": PersistQueueAdapter}
 
 
