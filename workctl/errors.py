@@ -82,6 +82,9 @@ ERROR_CODES: dict[str, tuple[ExitCode, str]] = {
     "field_not_allowed": (ExitCode.INVALID, "a field is not a column the sync may write"),
     "no_users_table": (ExitCode.INVALID, "the target database has no users table"),
     "target_missing": (ExitCode.INVALID, "the configured target database does not exist"),
+    "target_unsupported": (ExitCode.INVALID, "the target's users is a view, or has no unique id column"),
+    "apply_refused": (ExitCode.INVALID, "the target refused the apply (a constraint or trigger); nothing was "
+                      "applied and the order is still submitted"),
     "wrong_order_type": (ExitCode.INVALID, "the order is of another type than the command handles"),
     "invalid_users": (ExitCode.INVALID, "--users selects no valid user ids"),
     "reason_required": (ExitCode.INVALID, "a rejection needs a reason"),
