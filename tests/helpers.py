@@ -210,6 +210,38 @@ def result_for_users(user_ids: list[int], **overrides: Any) -> dict[str, Any]:
     return result
 
 
+def propose_sync(db: Path | str, payload: dict[str, Any], *pre: str, env: dict[str, str] | None = None) -> str:
+    """Propose a user.data.sync order through the CLI (``pre``: global options such as --config); its id."""
+    ran = run(db, *pre, "propose", "user.data.sync", "--payload", json.dumps(payload), "--json", env=env)
+    assert ran.exit_code == 0, ran.stderr
+    return ran.json["order"]["id"]
+
+
+def work_order(db: Path | str, order_id: str, data: dict[int, dict[str, Any]], *pre: str,
+               env: dict[str, str] | None = None, agent: str = "agent", extra: dict[str, Any] | None = None,
+               entry_extra: dict[int, dict[str, Any]] | None = None) -> list[Ran]:
+    """The agent commands by hand: check out every item of the order and submit a result built from
+    ``data`` (a user without data is a failed user); ``extra`` adds top-level keys (``fetched_at``),
+    ``entry_extra[user]`` keys of that user's entry (``updated_at``). Returns the submits' results."""
+    submitted = []
+    while True:
+        leased = run(db, *pre, "checkout", order_id, "--agent", agent, "--json", env=env)
+        if leased.exit_code == 3:
+            return submitted
+        assert leased.exit_code == 0, leased.stderr
+        item = leased.json["item"]
+        ids = item["input"]["user_ids"]
+        result = {"success": True, **(extra or {}),
+                  "synced_users": [{"user_id": u, "data": data[u], "verified": True, **(entry_extra or {}).get(u, {})}
+                                   for u in ids if u in data],
+                  "failed_users": [{"user_id": u, "error": "not_found: no such user"} for u in ids if u not in data]}
+        ran = run(db, *pre, "submit", item["id"], "--agent", agent, "--lease-token", item["lease_token"],
+                  "--result", json.dumps(result), "--json", env=env)
+        submitted.append(ran)
+        if ran.exit_code != 0:
+            return submitted
+
+
 # -- the event trail -------------------------------------------------------------------------------
 def lease_violations(events: list[dict[str, Any]]) -> list[str]:
     """Double leases in an event trail.

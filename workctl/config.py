@@ -15,9 +15,12 @@ Lookup: ``--config PATH`` / ``WORKCTL_CONFIG``, else ``./workctl.toml`` if prese
 
     [target]
     db = "app.db"               # where the users table lives (default: the store's own file)
+    allow_fields = ["email"]    # when set, the only columns a sync may write
+    max_value_chars = 65536     # the longest string a sync may write
 
     [types."user.data.sync"]
-    deny_fields = ["ssn", "salary"]   # added to the built-in deny-list (password, token, secret, admin, role, …)
+    deny_fields = ["ssn", "salary"]   # added to the built-in deny-list (credentials, keys, tokens, roles, …)
+    lookback_seconds = 0              # delta sync: start every window this much earlier
 
     [approve]                   # the guards of sync --approve / run --approve (a held order stays submitted)
     max_changed_users = 500     # more users changed than this: held
@@ -52,7 +55,7 @@ KNOWN_KEYS: dict[str, frozenset[str] | None] = {
     "lease": frozenset({"ttl_seconds", "heartbeat_every_seconds", "retry_backoff_seconds",
                         "retry_backoff_cap_seconds"}),
     "retention": frozenset({"idempotency_days", "event_days", "dead_letter_after_seconds"}),
-    "target": frozenset({"db"}),
+    "target": frozenset({"db", "allow_fields", "max_value_chars"}),  # the last two: read by user.data.sync
     "approve": frozenset({"max_changed_users", "max_changed_ratio", "never_auto_fields"}),
     "types": None,      # one table per order type, read by the type
     "sources": None,    # one table per source, checked by workctl.sources.config

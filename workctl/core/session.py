@@ -39,6 +39,12 @@ class Session:
             raise NotFound(f"no order with id '{order_id}'", code="order_not_found")
         return row
 
+    def type_settings(self, name: str) -> dict[str, Any]:
+        """What an order type is given of the config: its ``[types."<name>"]`` table, plus the
+        ``[target]`` table as ``target_config`` (``allow_fields``, ``max_value_chars``)."""
+        target = self.config.raw.get("target") if isinstance(self.config.raw, dict) else None
+        return {**self.config.type_settings(name), "target_config": dict(target) if isinstance(target, dict) else {}}
+
     def target(self) -> Target:
         """The database holding the users table (the store's own, or ``[target] db``)."""
         return Target(self.conn, self.db_path, self.config.target_db)

@@ -4,6 +4,10 @@ A type is stateless; everything it needs arrives as arguments. The engine guaran
 calls: ``validate_payload`` → ``prepare`` (at propose, before any lock) → ``plan``; ``validate_submission``
 (at submit, before the lock); ``can_approve`` (at approve, before the lock) → ``apply`` (inside approve's
 transaction) → ``after_apply`` (after commit).
+
+Values from outside are checked for what the store can hold (``storable``): at propose by
+``validate_payload`` and, unless a type overrides it without calling it, at submit by
+``validate_submission``.
 """
 
 from __future__ import annotations
@@ -13,8 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable, Iterator, Mapping
 
 from ..errors import Invalid
-
-Problem = dict[str, str]  # {"path": "synced_users.3.verified", "message": "…"}
+from .storable import Problem, integer_problems, storable_problems
 
 
 @dataclass(frozen=True)
@@ -48,8 +51,10 @@ class OrderType:
         schema = reduced_schema(self.schema, payload) or self.schema
         validator = validator_cls(schema, format_checker=validator_cls.FORMAT_CHECKER)
         errors = sorted(validator.iter_errors(payload), key=lambda e: [str(p) for p in e.absolute_path])
-        if errors:
-            details = [{"path": _json_path(err.absolute_path), "message": err.message} for err in errors]
+        details = [{"path": _json_path(err.absolute_path), "message": err.message} for err in errors]
+        # What jsonschema lets through: 1.0 where an integer belongs, NaN, 2**64, lone surrogates.
+        details += integer_problems(self.schema, payload) + storable_problems(payload)
+        if details:
             summary = "; ".join(f"{d['path']}: {d['message']}" for d in details[:5])
             more = f" (and {len(details) - 5} more)" if len(details) > 5 else ""
             raise Invalid(f"payload does not match the {self.name} schema: {summary}{more}",
@@ -69,7 +74,7 @@ class OrderType:
         parsed only when first read (prefer what the item's input carries)."""
         if not isinstance(result, dict):
             return [{"path": "$", "message": "result must be a JSON object"}]
-        return []
+        return storable_problems(result)
 
     def can_approve(self, payload: dict[str, Any], results: list[Any]) -> list[Problem]:
         return []

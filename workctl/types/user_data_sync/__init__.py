@@ -13,10 +13,12 @@ import sqlite3
 from typing import Any, Iterable, Iterator, Mapping
 
 from ...errors import Invalid
+from ...store.target import user_columns
 from ..base import ApplyContext, OrderType, PlannedItem, Problem
+from ..storable import DEFAULT_MAX_CHARS, storable_problems
 from . import apply as applying
 from . import delta, fieldmap, ledger, provenance, validate
-from .fields import IDENTIFIER, allowed_columns, deny_list
+from .fields import IDENTIFIER, FieldRules, allowed_columns, refusal_message
 
 SOURCES = ("crm", "analytics", "billing")
 # What each source returns when the order names no fields (intersected with the allowed columns).
@@ -63,16 +65,20 @@ class UserDataSync(OrderType):
     # -- propose -------------------------------------------------------------------------------
     def prepare(self, payload: dict[str, Any], settings: Mapping[str, Any]) -> dict[str, Any]:
         target: sqlite3.Connection = settings["target"]
-        allowed = allowed_columns(target, deny_list(settings))
+        rules = FieldRules.from_settings(settings)
+        allowed = allowed_columns(target, rules)  # also refuses a users view, or one without a unique id
+        max_chars = max_value_chars(settings)
+        problems = storable_problems(payload, max_chars=max_chars)
+        if problems:
+            raise Invalid("payload holds values that cannot be stored: " + "; ".join(
+                f"{p['path']}: {p['message']}" for p in problems[:3]), code="payload_invalid", details=problems)
         prepared = dict(payload)
         fieldmap.check(payload.get("field_map"), allowed)
         delta.prepare(payload, prepared, settings.get("store"))
         if "fields" in payload:
-            problems = [
-                {"path": f"fields.{i}",
-                 "message": f"'{name}' is not a column the sync may write (allowed: {', '.join(allowed)})"}
-                for i, name in enumerate(payload["fields"]) if name not in allowed
-            ]
+            existing = user_columns(target)
+            problems = [{"path": f"fields.{i}", "message": refusal_message(name, rules, existing, allowed)}
+                        for i, name in enumerate(payload["fields"]) if name not in allowed]
             if problems:
                 raise Invalid("fields not allowed: " + "; ".join(p["message"] for p in problems[:3]),
                               code="field_not_allowed", details=problems)
@@ -91,6 +97,8 @@ class UserDataSync(OrderType):
         prepared.setdefault("batch_size", 50)
         prepared.setdefault("max_attempts", 3)
         prepared.setdefault("min_success_ratio", 1.0)
+        if max_chars != DEFAULT_MAX_CHARS:
+            prepared["max_value_chars"] = max_chars  # items carry it: submit checks against it
         return prepared
 
     def plan(self, payload: dict[str, Any]) -> Iterator[PlannedItem]:
@@ -149,9 +157,20 @@ class UserDataSync(OrderType):
         delta.advance(store, order, now)  # a delta order's cursor moves only with this commit
 
 
+def max_value_chars(settings: Mapping[str, Any]) -> int:
+    """``[target] max_value_chars``: the longest string a sync may write (default 65,536 characters)."""
+    value = (settings.get("target_config") or {}).get("max_value_chars", DEFAULT_MAX_CHARS)
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 1_000_000_000:
+        raise Invalid("config: [target] max_value_chars must be an integer from 1 to 1000000000",
+                      code="config_invalid")
+    return value
+
+
 def _item_extras(payload: Mapping[str, Any]) -> dict[str, Any]:
-    """What an item carries besides the batch: the order's field_map and its delta settings."""
+    """What an item carries besides the batch: the order's field_map, its delta settings and string bound."""
     extras = delta.item_extras(payload)
     if payload.get("field_map"):
         extras["field_map"] = payload["field_map"]
+    if "max_value_chars" in payload:
+        extras["max_value_chars"] = payload["max_value_chars"]
     return extras

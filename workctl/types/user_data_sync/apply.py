@@ -15,7 +15,7 @@ from ...jsonio import dumps
 from ...store.target import quote
 from ..base import ApplyContext
 from . import provenance
-from .fields import allowed_columns, deny_list
+from .fields import FieldRules, allowed_columns
 
 
 def _incoming(items: list[Mapping[str, Any]]) -> tuple[dict[int, dict[str, Any]], list[dict[str, Any]]]:
@@ -33,7 +33,7 @@ def _incoming(items: list[Mapping[str, Any]]) -> tuple[dict[int, dict[str, Any]]
 def apply(ctx: ApplyContext, order: Mapping[str, Any], items_in: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
     payload = order["payload"]
     conn = ctx.target
-    allowed = set(allowed_columns(conn, deny_list(ctx.settings)))
+    allowed = set(allowed_columns(conn, FieldRules.from_settings(ctx.settings)))
     fields = [f for f in payload["fields"] if f in allowed]
     lost = sorted(set(payload["fields"]) - allowed)
     if lost:

@@ -28,7 +28,7 @@ from ...jsonio import dumps, loads
 from ...store import target as targets
 from ...store.sqlite import write_tx
 from ...store.target import quote, user_columns
-from .fields import AT_SUFFIX, FROM_SUFFIX, allowed_columns, deny_list
+from .fields import AT_SUFFIX, FROM_SUFFIX, FieldRules, allowed_columns
 from .provenance import REVERT_SOURCE
 
 SYNC_TYPE = "user.data.sync"
@@ -121,7 +121,7 @@ def revert(s: Session, order_id: str, *, actor: Actor, dry_run: bool = False) ->
     earlier = _already(s.conn, order_id)
     if earlier:
         raise earlier
-    settings = s.config.type_settings(SYNC_TYPE)
+    settings = FieldRules.from_settings(s.type_settings(SYNC_TYPE))
     changes = recorded_changes(s.conn, row)
     now = s.now()
     revert_id = new_id()
@@ -131,7 +131,7 @@ def revert(s: Session, order_id: str, *, actor: Actor, dry_run: bool = False) ->
         with target as tconn:
             tconn.execute("BEGIN")
             try:
-                allowed = set(allowed_columns(tconn, deny_list(settings)))
+                allowed = set(allowed_columns(tconn, settings))
                 outcome = _restore(tconn, order_id, revert_id, changes, allowed, now, dry_run=True)
             finally:
                 tconn.execute("ROLLBACK")
@@ -139,14 +139,14 @@ def revert(s: Session, order_id: str, *, actor: Actor, dry_run: bool = False) ->
 
     if not target.same:
         with target as tconn, write_tx(tconn):
-            allowed = set(allowed_columns(tconn, deny_list(settings)))
+            allowed = set(allowed_columns(tconn, settings))
             outcome = _restore(tconn, order_id, revert_id, changes, allowed, now, dry_run=False)
     with write_tx(s.conn) as conn:
         earlier = _already(conn, order_id)
         if earlier:
             raise earlier
         if target.same:
-            allowed = set(allowed_columns(conn, deny_list(settings)))
+            allowed = set(allowed_columns(conn, settings))
             outcome = _restore(conn, order_id, revert_id, changes, allowed, now, dry_run=False)
         _record(conn, order_id, outcome, actor, now)
         _notify(conn, s, row, outcome, now)

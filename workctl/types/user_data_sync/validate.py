@@ -1,9 +1,14 @@
 """Checking an agent's result for one batch (at submit, before any lock; no jsonschema on this hot path).
 
 ``problems(item_input, result, payload)`` runs named checks in order and returns every problem found,
-each with its JSON path. A well-formed synced entry is accepted by one expression that builds no
-message (the common case, once per user of every batch); anything else goes through the detailed
-checks that say exactly what is wrong.
+each with its JSON path. First, everything in the result must be storable (``types.storable``: integers
+within 64 bits, finite numbers, valid text no longer than the order's ``max_value_chars``, default
+65,536). A well-formed synced entry is then accepted by one expression that builds no message (the
+common case, once per user of every batch); anything else goes through the detailed checks that say
+exactly what is wrong.
+
+A synced entry may carry the source's own time for the record, ``updated_at`` (ISO-8601): the conflict
+policies prefer it to the result's ``fetched_at`` (``provenance``).
 """
 
 from __future__ import annotations
@@ -13,11 +18,13 @@ from datetime import datetime
 from typing import Any, Mapping
 
 from ..base import Problem
+from ..storable import DEFAULT_MAX_CHARS, storable_problems
 from . import delta, provenance
 
-MAX_VALUE_CHARS = 65_536
+MAX_VALUE_CHARS = DEFAULT_MAX_CHARS
 RESULT_KEYS = ("success", "synced_users", "failed_users", "errors", "fetched_at", "unchanged_users")
 ENTRY_KEYS = frozenset({"user_id", "data", "verified"})
+ENTRY_KEYS_TIMED = frozenset({"user_id", "data", "verified", "updated_at"})
 _PLAIN_SCALARS = frozenset({str, int, float, bool, type(None)})
 SHOWN_MISSING = 10
 
@@ -36,6 +43,7 @@ class Check:
 
     batch: list[int]
     fields: frozenset[str]
+    max_chars: int = MAX_VALUE_CHARS
     problems: list[Problem] = field(default_factory=list)
     seen: dict[int, str] = field(default_factory=dict)  # user id -> path where it was accounted for
     succeeded: int = 0
@@ -64,7 +72,9 @@ class Check:
 def problems(item_input: Mapping[str, Any], result: Any, payload: Mapping[str, Any]) -> list[Problem]:
     if not isinstance(result, dict):
         return [{"path": "$", "message": "result must be a JSON object"}]
-    check = Check(batch=item_input["user_ids"], fields=frozenset(item_input["fields"]))
+    check = Check(batch=item_input["user_ids"], fields=frozenset(item_input["fields"]),
+                  max_chars=int(item_input.get("max_value_chars", MAX_VALUE_CHARS)))
+    check.problems.extend(storable_problems(result, max_chars=check.max_chars))
     check_shape(check, result)
     synced: list[Any] = result["synced_users"] if isinstance(result.get("synced_users"), list) else []
     failed: list[Any] = result["failed_users"] if isinstance(result.get("failed_users"), list) else []
@@ -97,13 +107,13 @@ def check_shape(check: Check, result: dict[str, Any]) -> None:
 
 
 def _well_formed(check: Check, entry: Any) -> bool:
-    """The fast path: a plain, verified entry of a batch user not seen yet, with requested scalar fields."""
+    """The fast path: a plain, verified entry of a batch user not seen yet, with requested scalar fields
+    (whether each is storable was checked on the whole result first)."""
     return (type(entry) is dict and entry.keys() == ENTRY_KEYS and entry["verified"] is True
             and type(user_id := entry["user_id"]) is int and user_id in check.batch_set
             and user_id not in check.seen
             and type(data := entry["data"]) is dict and data.keys() <= check.fields
-            and all(type(v) in _PLAIN_SCALARS and (type(v) is not str or len(v) <= MAX_VALUE_CHARS)
-                    for v in data.values()))
+            and all(type(v) in _PLAIN_SCALARS for v in data.values()))
 
 
 def check_synced_entry(check: Check, i: int, entry: Any) -> None:
@@ -116,8 +126,11 @@ def check_synced_entry(check: Check, i: int, entry: Any) -> None:
         check.bad(path, "must be an object {user_id, data, verified}")
         return
     for key in entry:
-        if key not in ENTRY_KEYS:
-            check.bad(f"{path}.{key}", "unknown key (allowed: user_id, data, verified)")
+        if key not in ENTRY_KEYS_TIMED:
+            check.bad(f"{path}.{key}", "unknown key (allowed: user_id, data, verified, updated_at)")
+    if "updated_at" in entry and not (isinstance(entry["updated_at"], str)
+                                      and isinstance(provenance.parse_time(entry["updated_at"]), datetime)):
+        check.bad(f"{path}.updated_at", "must be an ISO-8601 date-time string (the source's time of the record)")
     counted = check.account(path, entry.get("user_id"))
     if entry.get("verified") is not True:
         check.bad(f"{path}.verified", "every synced user must be verified (verified: true)")
@@ -131,14 +144,12 @@ def check_synced_entry(check: Check, i: int, entry: Any) -> None:
 
 
 def check_data(check: Check, path: str, data: dict[str, Any]) -> None:
-    """Every value of a synced user's data: a requested field, a plain scalar, of bounded length."""
+    """Every value of a synced user's data: a requested field and a plain scalar (storable: checked first)."""
     for name, value in data.items():
         if name not in check.fields:
             check.bad(f"{path}.data.{name}", f"'{name}' was not requested (fields: {', '.join(sorted(check.fields))})")
         elif not _is_scalar(value):
             check.bad(f"{path}.data.{name}", "must be a string, number, boolean or null")
-        elif isinstance(value, str) and len(value) > MAX_VALUE_CHARS:
-            check.bad(f"{path}.data.{name}", f"longer than {MAX_VALUE_CHARS} characters")
 
 
 def check_failed_entry(check: Check, i: int, entry: Any) -> None:
