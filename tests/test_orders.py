@@ -304,9 +304,12 @@ def test_approve_is_one_transaction(wc, db_path):
                  "BEGIN SELECT RAISE(ABORT, 'user 120 refused by trigger'); END")
     conn.commit()
     before, users_before = table_snapshot(db_path), read_users(db_path)
-    with pytest.raises(StoreError) as info:
+    with pytest.raises(Invalid) as info:
         wc.approve(order_id)
-    assert info.value.exit_code == 8 and "user 120 refused by trigger" in info.value.message
+    # The target's refusal is the order's problem (exit 5, apply_refused), not the store's (it was exit 8).
+    assert (info.value.exit_code, info.value.code) == (5, "apply_refused")
+    assert "user 120 refused by trigger" in info.value.message
+    assert [(d["user_id"], d["constraint"]) for d in info.value.details] == [(120, "user 120 refused by trigger")]
     assert read_users(db_path) == users_before  # users 1..119 were not left half-applied
     assert table_snapshot(db_path) == before
     assert MARKER_TABLE not in table_names(db_path)
@@ -595,12 +598,16 @@ def test_approve_into_a_separate_target_database(split, db_path, app_db):
 
 
 def test_same_file_approve_leaves_a_marker_in_the_store(wc, db_path):
+    """The marker commits with orders.diff in the same transaction, so it names that copy instead of
+    holding a second one (a 1M-user diff is ~250 MB); a separate target keeps the diff itself."""
     order_id = propose_users(wc)["order"]["id"]
     work_all(wc, order_id)
     diff = wc.approve(order_id)["diff"]
     import json
 
-    assert [(r[0], json.loads(r[1])) for r in marker_rows(db_path)] == [(order_id, diff)]
+    assert wc.show(order_id)["order"]["diff"] == diff
+
+    assert [(r[0], json.loads(r[1])) for r in marker_rows(db_path)] == [(order_id, {"stored_in": "orders.diff"})]
 
 
 def test_apply_is_exactly_once_when_the_store_commit_does_not_happen(split, db_path, app_db):
@@ -638,7 +645,7 @@ def test_marker_written_by_a_previous_apply_prevents_a_second_one(split, db_path
     from workctl.core.approve import _apply_once
     from workctl.store.target import connect_target
     from workctl.store.sqlite import write_tx
-    from workctl.types import get_type
+    from workctl.types import ApplyContext, get_type
 
     order_id = propose_users(split)["order"]["id"]
     work_all(split, order_id)
@@ -647,7 +654,8 @@ def test_marker_written_by_a_previous_apply_prevents_a_second_one(split, db_path
     items = [{"id": it["id"], "state": it["state"], "result": it["result"]} for it in shown["items"]]
     target = connect_target(str(app_db))
     with write_tx(target):
-        first_diff, _ = _apply_once(target, get_type("user.data.sync"), {}, order, items, "2026-01-01T00:00:00.000000Z")
+        ctx = ApplyContext(target=target, now="2026-01-01T00:00:00.000000Z")
+        first_diff, _ = _apply_once(target, get_type("user.data.sync"), ctx, order, items)
     target.execute("UPDATE users SET phone = 'edited-by-hand' WHERE id = 99")
     target.close()
 

@@ -131,19 +131,24 @@ def test_policies_and_provenance_columns_through_sync(tmp_path, server):
                                  "policies": {"phone": "fill_empty"}}), "--json", env=env)
     assert bad_policy.exit_code == 5 and bad_policy.json["error"]["details"][0]["path"] == "policies.phone"
 
-    # skip_if_newer reads <field>_updated_at once it exists: a local edit stamped after the next fetch wins.
+    # skip_if_newer reads <field>_updated_at once it exists: a local edit stamped after the next fetch wins,
+    # one stamped between the last apply and the fetch loses, and one whose stamp was not moved past
+    # workctl's own write (a stale stamp: the edit's time is unknown) is kept.
     execute(db, "UPDATE users SET phone = 'local-6', phone_updated_from = 'app', "
                 "phone_updated_at = '2026-03-05T00:00:00Z' WHERE id = 6")
-    execute(db, "UPDATE users SET phone = 'local-1', phone_updated_at = '2026-02-20T00:00:00Z' WHERE id = 1")
+    execute(db, "UPDATE users SET phone = 'local-1', phone_updated_at = '2026-03-01T12:00:00Z' WHERE id = 1")
+    execute(db, "UPDATE users SET phone = 'local-5' WHERE id = 5")
     env2 = {**env, "WORKCTL_NOW": "2026-03-02T00:00:00Z"}
     second = propose(db, {**payload, "policies": {"phone": "skip_if_newer"}}, env2)
     assert run(db, "sync", second, "--agent", "sync-2", "--approve", env=env2).exit_code == 0
     rows = users(db, "phone", "phone_updated_from", "phone_updated_at")
     assert rows[6] == ("local-6", "app", "2026-03-05T00:00:00Z")
+    assert rows[5] == ("local-5", "crm", NOW_STORED)
+    # The stamp is the source time of the value (the fetch), not the approve time.
     assert rows[1] == (crm(1, "phone"), "crm", "2026-03-02T00:00:00.000000Z")
     assert events(db, second, "schema_changed") == []           # the columns exist now
     second_diff = json.loads(query(db, "SELECT diff FROM orders WHERE id = ?", (second,))[0][0])
-    assert second_diff["skipped_by_policy"] == {"skip_if_newer": 1}
+    assert second_diff["skipped_by_policy"] == {"skip_if_newer": 2}
 
 
 # -- 6. preview ---------------------------------------------------------------------------------------
@@ -222,7 +227,8 @@ def test_revert_restores_only_untouched_values_in_a_separate_target(tmp_path):
     revert_id = done.json["revert_id"]
     assert done.json["stats"] == {"recorded": 10, "restored": 9, "skipped": 1}
     assert done.json["skipped"] == [{"user_id": 2, "field": "email", "order_wrote": "new2@x", "restore": "old2",
-                                     "current": "mine", "reason": "changed_since"}]
+                                     "current": "mine", "reason": "changed_since",
+                                     "changed_by": {"kind": "outside_workctl"}}]
     assert users(app, "email", "company") == {1: ("old1", None), 2: ("mine", None), 3: ("old3", None),
                                               4: ("old4", None), 5: ("old5", None)}
 
@@ -307,8 +313,12 @@ def test_why_tells_the_history_of_a_users_fields(tmp_path, server):
         {"value": crm(1, "email"), "old": "alice@corp.example", "set_at": "2026-03-03T00:00:00.000000Z",
          "order_id": second, "source": "revert", "agent": "user:alice", "kind": "revert", "reverted_by": None},
     ]
-    assert why.json["fields"] == {"email": {"current": crm(1, "email"), "last_recorded": crm(1, "email"),
-                                            "changes": 3, "changed_outside": False}}
+    # The revert's row carries the source time of the value it put back (the first sync's fetch).
+    assert [e["source_at"] for e in why.json["history"]] == [NOW_STORED, "2026-03-02T00:00:00.000000Z", NOW_STORED]
+    assert why.json["fields"] == {"email": {
+        "current": crm(1, "email"), "last_recorded": crm(1, "email"), "changes": 3, "changed_outside": False,
+        "last_writer": {"kind": "revert", "order_id": second, "source": "revert", "agent": "user:alice",
+                        "at": "2026-03-03T00:00:00.000000Z", "source_at": NOW_STORED}}}
     assert users(db, "email")[1] == (crm(1, "email"),)
 
     everything = run(db, "why", "1", "--json").json

@@ -122,8 +122,12 @@ def test_the_orders_field_map_wins_over_the_sources_and_bad_targets_are_refused(
     rows = query(db, "SELECT id, name, email, work_email, employer FROM users ORDER BY id")
     assert rows == [(u, sample_user("crm", u)["name"], f"keep{u}@local", sample_user("crm", u)["email"],
                      sample_user("crm", u)["company"]) for u in range(1, 6)]
-    applied = events(db, order_id, "applied")[0]["payload"]["diff"]
+    applied = run(db, "show", order_id, "--json").json["order"]["diff"]
     assert {c["field"] for c in applied["changes"]} == {"name", "work_email", "employer"}
+    # The applied event names the diff (stored once, in orders.diff) instead of carrying a copy.
+    assert events(db, order_id, "applied")[0]["payload"]["diff"] == {
+        "summary": applied["summary"], "stats": applied["stats"], "changes": len(applied["changes"]),
+        "stored_in": "orders.diff"}
     assert [e["event"] for e in events(db, order_id, "completed") if e["entity"] == "order"] == ["completed"]
 
 

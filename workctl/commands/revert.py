@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -39,8 +39,18 @@ def revert(
                      [(c["user_id"], c["field"], render.compact(show(c["field"], c["order_wrote"]), 40),
                        render.compact(show(c["field"], c["restore"]), 40)) for c in result["restored"]])
     if result["skipped"]:
-        render.table("skipped", ["user", "field", "order wrote", "now", "reason"],
+        render.table("skipped (never overwritten)", ["user", "field", "order wrote", "now", "reason", "changed by"],
                      [(c["user_id"], c["field"], render.compact(show(c["field"], c["order_wrote"]), 40),
-                       render.compact(show(c["field"], c["current"]), 40), c["reason"]) for c in result["skipped"]])
+                       render.compact(show(c["field"], c["current"]), 40), c["reason"], _by(c.get("changed_by")))
+                      for c in result["skipped"]])
     if dry_run:
         render.line(f"Dry run: nothing changed; run without --dry-run to revert order {order_id}")
+
+
+def _by(writer: dict[str, Any] | None) -> str:
+    """Who wrote a field after the order: a later order (its source and id) or an edit outside workctl."""
+    if not writer:
+        return ""
+    if writer.get("kind") == "outside_workctl":
+        return "an edit outside workctl"
+    return f"order {str(writer.get('order_id'))[:8]} ({writer.get('source')}, {writer.get('at')})"

@@ -33,10 +33,15 @@ def why(
     for name, summary in result["fields"].items():
         rows = []
         for e in (e for e in result["history"] if e["field"] == name):
-            rows.append((e["set_at"][:19].replace("T", " "), render.compact(show(name, e["value"]), 30),
-                         render.compact(show(name, e["old"]), 30), e["source"], e["agent"] or "",
-                         e["order_id"][:8], "reverted" if e["reverted_by"] else ""))
+            note = "reverted" if e["reverted_by"] else ""
+            rows.append((_time(e["set_at"]), render.compact(show(name, e["value"]), 30),
+                         render.compact(show(name, e["old"]), 30), e["source"], _time(e.get("source_at")),
+                         e["agent"] or "", e["order_id"][:8], note))
         render.line(f"user {user_id} · {name}: now {render.compact(show(name, summary['current']), 40)}")
-        render.table(None, ["set at (UTC)", "value", "was", "source", "agent", "order", ""], rows)
+        render.table(None, ["set at (UTC)", "value", "was", "source", "source time", "agent", "order", ""], rows)
         if summary["changed_outside"]:
             render.line(f"  {name} was changed outside workctl after its last recorded value")
+
+
+def _time(text: str | None) -> str:
+    return (text or "")[:19].replace("T", " ")

@@ -280,9 +280,44 @@ def m007_lean_hot_path(db: Database) -> None:
         db.execute(statement)
 
 
+def m008_source_times_and_staged_provenance(db: Database) -> None:
+    """What approve writes is right: provenance keeps each value's source time (``source_at``: the
+    conflict policies compare source times, not apply times), and a large approve writes its provenance
+    rows before it takes the write lock, in small transactions, under an *attempt* id
+    (``provenance.attempt``); they count only once ``provenance_attempts`` marks the attempt committed,
+    which the apply's own transaction does (one row, whatever the order's size). Rows written inside
+    their transaction have no attempt.
+
+    Existing provenance rows get the source time their item recorded: its result's ``fetched_at``, else
+    when it was submitted (``item_results.updated_at``, written at submit)."""
+    statements = [
+        "ALTER TABLE provenance ADD COLUMN source_at TEXT",
+        # One parse per item, not per provenance row.
+        """CREATE TEMP TABLE m008_item_times AS
+           SELECT i.id AS item_id, coalesce(json_extract(r.result, '$.fetched_at'), r.updated_at) AS at
+           FROM items i JOIN item_results r ON r.n = i.n
+           WHERE i.id IN (SELECT DISTINCT item_id FROM provenance WHERE item_id IS NOT NULL)""",
+        """UPDATE provenance SET source_at = (SELECT at FROM m008_item_times t WHERE t.item_id = provenance.item_id)
+           WHERE item_id IS NOT NULL""",
+        "DROP TABLE m008_item_times",
+        "ALTER TABLE provenance ADD COLUMN attempt TEXT",
+        "CREATE INDEX provenance_attempt ON provenance(attempt, user_id) WHERE attempt IS NOT NULL",
+        """CREATE TABLE provenance_attempts (
+            attempt TEXT PRIMARY KEY,
+            order_id TEXT NOT NULL,
+            created_at TEXT NOT NULL,
+            committed_at TEXT,
+            abandoned_at TEXT
+        )""",
+    ]
+    for statement in statements:
+        db.execute(statement)
+
+
 # Append only. The names are the contract with databases already in the field.
 MIGRATIONS: list[Callable[[Database], None]] = [m001_initial, m002_sync_records, m003_reverts,
-                                                 m004_scopes_and_message_ids, m005_api_tokens, m007_lean_hot_path]
+                                                 m004_scopes_and_message_ids, m005_api_tokens, m007_lean_hot_path,
+                                                 m008_source_times_and_staged_provenance]
 MIGRATION_NAMES: tuple[str, ...] = tuple(fn.__name__ for fn in MIGRATIONS)
 
 

@@ -2,8 +2,12 @@
 
 A type is stateless; everything it needs arrives as arguments. The engine guarantees the order of
 calls: ``validate_payload`` → ``prepare`` (at propose, before any lock) → ``plan``; ``validate_submission``
-(at submit, before the lock); ``can_approve`` (at approve, before the lock) → ``apply`` (inside approve's
-transaction) → ``after_apply`` (after commit).
+(at submit, before the lock); ``can_approve`` → ``prepare_apply`` (at approve, before the lock: read,
+parse and diff) → ``stage_applied`` (before the lock, in small transactions of its own) → ``apply``
+(inside approve's write transaction, given what ``prepare_apply`` returned in ``ctx.prepared``:
+re-check and write) → ``record_applied`` (same transaction) → ``after_apply`` (after commit); or, when
+the approve does not commit, ``unstage_applied``. A dry run (``approve --dry-run``, ``workctl diff``) calls ``prepare_apply`` and then
+``apply`` with ``ctx.dry_run`` set, outside any write transaction when the type prepared.
 
 Values from outside are checked for what the store can hold (``storable``): at propose by
 ``validate_payload`` and, unless a type overrides it without calling it, at submit by
@@ -20,6 +24,17 @@ from ..errors import Invalid
 from .storable import Problem, integer_problems, storable_problems
 
 
+class PreparedDiff(dict[str, Any]):
+    """A diff as ``apply`` may return it: with its JSON text already ``encoded`` before the lock (approve
+    then stores that text instead of encoding a large diff while it holds the write lock), and with the
+    type's own ``private`` state for its ``record_applied`` (which receives this same object)."""
+
+    def __init__(self, diff: Mapping[str, Any], *, encoded: str | None = None, private: Any = None):
+        super().__init__(diff)
+        self.encoded = encoded
+        self.private = private
+
+
 @dataclass(frozen=True)
 class PlannedItem:
     input: dict[str, Any]
@@ -28,12 +43,15 @@ class PlannedItem:
 
 @dataclass
 class ApplyContext:
-    """What ``apply`` may touch: the target database connection (inside an open transaction)."""
+    """What ``prepare_apply`` and ``apply`` may touch: the target database connection (for ``apply``
+    inside an open write transaction) and, read-only, the store's (provenance lives there)."""
 
     target: sqlite3.Connection
     settings: Mapping[str, Any] = field(default_factory=dict)
     dry_run: bool = False
     now: str | None = None  # the approve's clock (ISO-8601 UTC); None in a dry run or a plugin's own call
+    store: sqlite3.Connection | None = None
+    prepared: Any = None  # what prepare_apply returned (None: apply prepares itself)
 
 
 class OrderType:
@@ -79,9 +97,26 @@ class OrderType:
     def can_approve(self, payload: dict[str, Any], results: list[Any]) -> list[Problem]:
         return []
 
+    def prepare_apply(self, ctx: ApplyContext, order: Mapping[str, Any], items: list[dict[str, Any]]) -> Any:
+        """Before approve takes the write lock: read what the apply needs and compute the diff (the slow
+        part of a large order), returning anything ``apply`` finds in ``ctx.prepared``. ``ctx.target``
+        is inside a read transaction here. The default prepares nothing (None)."""
+        return None
+
+    def stage_applied(self, ctx: ApplyContext, order: Mapping[str, Any], items: list[dict[str, Any]]) -> None:
+        """After ``prepare_apply``, before the lock, outside any transaction: write, in small transactions of
+        its own, what ``record_applied`` will then only have to commit — rows that must not count until
+        the apply commits (``user.data.sync``: a large order's provenance). ``ctx.prepared`` is what
+        ``prepare_apply`` returned; keep what was staged there. The default stages nothing."""
+
+    def unstage_applied(self, ctx: ApplyContext) -> None:
+        """The approve will not commit (refused, the order moved, interrupted): remove what
+        ``stage_applied`` wrote. Best effort: what a killed process leaves must not count anyway."""
+
     def apply(self, ctx: ApplyContext, order: Mapping[str, Any],
               items: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
-        """Apply the submitted results (or, with ``ctx.dry_run``, only compute); return the diff."""
+        """Apply the submitted results (or, with ``ctx.dry_run``, only compute); return the diff. With
+        ``ctx.prepared`` set, check inside the transaction that nothing it relied on moved, and write."""
         count = sum(1 for _ in items)
         return {"before": {"applied_items": 0}, "after": {"applied_items": count},
                 "summary": f"Accepted {count} items", "changes": []}

@@ -1,10 +1,11 @@
 """``user.data.sync``: the seed's order type — sync fields of local users from crm, analytics or billing.
 
-Propose checks every requested field against the target database's ``users`` table (``fields``: an
-existing column, not ``id``, not on the deny-list), so nothing user-supplied ever reaches SQL text except
-as a checked, quoted identifier. The rest lives in modules of its own: ``validate`` (a batch result, at
-submit), ``apply`` (the write, at approve), ``provenance`` (conflict policies and the change history),
-``revert``, ``delta`` (cursors), ``ledger`` (failed users), ``fieldmap`` and ``masking``.
+Propose checks that the target's ``users`` is a table with a unique ``id`` and every requested field
+against it (``fields``: an existing column the sync may write, see ``fields``), so nothing
+user-supplied ever reaches SQL text except as a checked, quoted identifier. The rest lives in modules
+of its own: ``validate`` (a batch result, at submit), ``apply`` (prepare before approve's lock, write
+inside it), ``provenance`` (conflict policies on source times, the change history), ``revert``,
+``delta`` (cursors), ``ledger`` (failed users), ``fieldmap`` and ``masking``.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import Any, Iterable, Iterator, Mapping
 
 from ...errors import Invalid
 from ...store.target import user_columns
-from ..base import ApplyContext, OrderType, PlannedItem, Problem
+from ..base import ApplyContext, OrderType, PlannedItem, PreparedDiff, Problem
 from ..storable import DEFAULT_MAX_CHARS, storable_problems
 from . import apply as applying
 from . import delta, fieldmap, ledger, provenance, validate
@@ -147,13 +148,24 @@ class UserDataSync(OrderType):
         return "user.data.sync:" + hashlib.sha256(json.dumps(scope, sort_keys=True).encode()).hexdigest()
 
     # -- approve -------------------------------------------------------------------------------
+    def prepare_apply(self, ctx: ApplyContext, order: Mapping[str, Any], items: list[dict[str, Any]]) -> Any:
+        return applying.prepare(ctx, order, items)
+
+    def stage_applied(self, ctx: ApplyContext, order: Mapping[str, Any], items: list[dict[str, Any]]) -> None:
+        applying.stage(ctx, order)
+
+    def unstage_applied(self, ctx: ApplyContext) -> None:
+        applying.unstage(ctx)
+
     def apply(self, ctx: ApplyContext, order: Mapping[str, Any],
               items: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
         return applying.apply(ctx, order, items)
 
     def record_applied(self, store: sqlite3.Connection, order: Mapping[str, Any],
                        items: list[dict[str, Any]], diff: Mapping[str, Any], now: str) -> None:
-        provenance.record_applied(store, order, items, diff, now)  # one row per applied change
+        prep = diff.private if isinstance(diff, PreparedDiff) else None
+        staged, moved = (prep.staged, prep.moved) if isinstance(prep, applying.Prepared) else (None, [])
+        provenance.record_applied(store, order, items, diff, now, staged, moved)  # one row per applied change
         delta.advance(store, order, now)  # a delta order's cursor moves only with this commit
 
 

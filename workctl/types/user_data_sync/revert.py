@@ -1,14 +1,22 @@
 """``workctl revert ORDER_ID``: put back the values an applied ``user.data.sync`` order overwrote.
 
 The recorded changes are the order's ``provenance`` rows (or, for an order applied before provenance
-was kept, the changes of its stored diff). Each one is restored with one guarded statement,
-``UPDATE users SET f = <old> WHERE id = ? AND f IS <new>``, so a value that changed since the order
-wrote it is never overwritten: it is reported as skipped (``changed_since``, ``user_missing``,
-``column_missing`` or ``field_not_allowed``). All of it runs in one transaction on the target database,
-which also records the revert in its own marker table ``_workctl_reverted`` (like approve's
-``_workctl_applied``). The store then records, in one transaction: a ``reverts`` row (its primary key
-makes a second revert impossible), ``reverted_by`` on the restored provenance rows, one provenance row
-per restored field with source ``revert``, and a ``reverted`` event on the order.
+was kept, the changes of its stored diff). A field is restored only where **this order is still its
+last writer**: no later order wrote the field and still stands (a later order that was itself
+reverted has given the field back), and the column still holds what this order wrote (compared as
+the column stores it). Otherwise it is skipped, and the revert says why, per field: ``changed_since``
+with ``changed_by`` (the later order that wrote the field, or ``outside_workctl`` for an edit workctl
+did not make), ``user_missing``, ``column_missing`` or ``field_not_allowed``. So reverting A after B
+and C wrote the same field never clobbers C, even when C wrote A's value again; C's own revert still
+works, and after it B's, and then A's.
+
+Each restore is one guarded statement (``… WHERE id = ? AND f IS <what the order wrote>``), all in one
+transaction on the target database, which also records the revert in its marker table
+``_workctl_reverted`` (like approve's ``_workctl_applied``). The store then records, in one
+transaction: a ``reverts`` row (its primary key makes a second revert impossible), ``reverted_by`` on
+the restored provenance rows, one provenance row per restored field with source ``revert`` and, as its
+source time, the source time of the value it put back (the revert's own time for a value that came
+from outside workctl), and a ``reverted`` event on the order.
 
 With a separate target file the target commits first; a crash before the store commit is healed by
 running revert again: it finds the target's marker, reuses that outcome and only records it.
@@ -27,7 +35,7 @@ from ...errors import Conflict, IllegalTransition, Invalid
 from ...jsonio import dumps, loads
 from ...store import target as targets
 from ...store.sqlite import write_tx
-from ...store.target import quote, user_columns
+from ...store.target import StoredForm, same
 from .fields import AT_SUFFIX, FROM_SUFFIX, FieldRules, allowed_columns
 from .provenance import REVERT_SOURCE
 
@@ -36,58 +44,71 @@ SKIPPED_IN_EVENT = 100
 
 
 def recorded_changes(conn: sqlite3.Connection, order_row: sqlite3.Row) -> list[dict[str, Any]]:
-    """The changes the order applied and nobody reverted yet: provenance rows, else the stored diff."""
-    changes = [{"provenance_id": r[0], "user_id": r[1], "field": r[2], "old": loads(r[3]), "new": loads(r[4])}
-               for r in conn.execute(
-                   "SELECT id, user_id, field, old, new FROM provenance WHERE order_id = ? AND source IS NOT ? "
-                   "ORDER BY id", (order_row["id"], REVERT_SOURCE))]
+    """The changes the order applied, each with the field's last writer and the source time of the value
+    it overwrote: provenance rows, else (an order applied before provenance was kept) the stored diff."""
+    changes = []
+    for row in conn.execute(
+            "SELECT p.id, p.user_id, p.field, p.old, p.new, q.order_id, q.source, q.applied_at, "
+            "(SELECT r.source_at FROM provenance r WHERE r.user_id = p.user_id AND r.field = p.field "
+            " AND r.id < p.id ORDER BY r.id DESC LIMIT 1), "
+            "(SELECT r.new FROM provenance r WHERE r.user_id = p.user_id AND r.field = p.field "
+            " AND r.id < p.id ORDER BY r.id DESC LIMIT 1) "
+            # the latest later write of the field that still stands (a reverted one, or a revert, does not)
+            "FROM provenance p LEFT JOIN provenance q ON q.id = (SELECT max(m.id) FROM provenance m "
+            " WHERE m.user_id = p.user_id AND m.field = p.field AND m.id > p.id AND m.source IS NOT ? "
+            " AND m.reverted_by IS NULL) "
+            "WHERE p.order_id = ? AND p.source IS NOT ? ORDER BY p.id", (REVERT_SOURCE, order_row["id"], REVERT_SOURCE)):
+        pid, user_id, name, old, new, later_order, later_source, later_at, prev_at, prev_new = row
+        old_value = loads(old)
+        changes.append({
+            "provenance_id": pid, "user_id": user_id, "field": name, "old": old_value, "new": loads(new),
+            "last_writer": None if later_order is None else {
+                "kind": "sync", "order_id": later_order, "source": later_source, "at": later_at},
+            # the value the order overwrote came from an earlier workctl write: its source time
+            "restore_source_at": prev_at if prev_new is not None and loads(prev_new) == old_value else None})
     if changes:
         return changes
     diff = loads(order_row["diff"]) or {}
-    return [{"provenance_id": None, "user_id": c["user_id"], "field": c["field"], "old": c["old"], "new": c["new"]}
-            for c in diff.get("changes") or []]
+    return [{"provenance_id": None, "user_id": c["user_id"], "field": c["field"], "old": c["old"], "new": c["new"],
+             "last_writer": None, "restore_source_at": None} for c in diff.get("changes") or []]
 
 
 def _restore(conn: sqlite3.Connection, order_id: str, revert_id: str, changes: list[dict[str, Any]],
              allowed: set[str], now: str, *, dry_run: bool) -> dict[str, Any]:
-    """Inside an open transaction on the target: restore what still holds the order's value."""
+    """Inside an open transaction on the target: restore what this order is still the last writer of."""
     done = targets.reverted_outcome(conn, order_id)
     if done is not None:
         return loads(done)
-    columns = {c.lower() for c in user_columns(conn)}  # SQLite names are case-insensitive
+    cols = targets.columns(conn)
     restored: list[dict[str, Any]] = []
     skipped: list[dict[str, Any]] = []
-    for change in changes:
-        name, user_id = change["field"], change["user_id"]
-        reason = None
-        if name.lower() not in columns:
-            reason = "column_missing"
-        elif name not in allowed:
-            reason = "field_not_allowed"
-        if reason:
-            skipped.append({**_public(change), "current": None, "reason": reason})
-            continue
-        column = quote(name)
-        if dry_run:
-            row = conn.execute(f"SELECT {column} IS ?, {column} FROM users WHERE id = ?",
-                               (change["new"], user_id)).fetchone()
-            still = row is not None and bool(row[0])
-        else:
-            stamps, values = "", []
-            for suffix, value in ((FROM_SUFFIX, REVERT_SOURCE), (AT_SUFFIX, now)):
-                if (name + suffix).lower() in columns:
-                    stamps += f", {quote(name + suffix)} = ?"
-                    values.append(value)
-            cursor = conn.execute(f"UPDATE users SET {column} = ?{stamps} WHERE id = ? AND {column} IS ?",
-                                  (change["old"], *values, user_id, change["new"]))
-            still = cursor.rowcount == 1
-            row = None if still else conn.execute(f"SELECT 1, {column} FROM users WHERE id = ?",
-                                                  (user_id,)).fetchone()
-        if still:
-            restored.append({**_public(change), "provenance_id": change["provenance_id"]})
-        else:
-            skipped.append({**_public(change), "current": None if row is None else row[1],
-                            "reason": "user_missing" if row is None else "changed_since"})
+    with StoredForm.of(conn, cols) as form:
+        for change in changes:
+            name = change["field"]
+            reason = ("column_missing" if name.lower() not in cols else
+                      "field_not_allowed" if name not in allowed else None)
+            if reason:
+                skipped.append({**_public(change), "current": None, "reason": reason})
+                continue
+            stored_id = form.normalise("id", change["user_id"])
+            exists, current = targets.read_field(conn, name, stored_id)
+            if not exists:
+                skipped.append({**_public(change), "current": None, "reason": "user_missing"})
+                continue
+            wrote = form.normalise(name, change["new"])
+            later = change["last_writer"] or (None if same(current, wrote) else {"kind": "outside_workctl"})
+            if later is None and not dry_run:
+                at = change["restore_source_at"] or now
+                stamps = [(c, v) for c, v in ((name + FROM_SUFFIX, REVERT_SOURCE), (name + AT_SUFFIX, at))
+                          if c.lower() in cols]
+                if not targets.restore_field(conn, name, stored_id, change["old"], current, stamps):
+                    later = {"kind": "outside_workctl"}
+            if later is None:
+                restored.append({**_public(change), "provenance_id": change["provenance_id"],
+                                 "source_at": change["restore_source_at"] or now})
+            else:
+                skipped.append({**_public(change), "current": current, "reason": "changed_since",
+                                "changed_by": later})
     outcome = {"revert_id": revert_id, "reverted_at": now, "restored": restored, "skipped": skipped}
     if not dry_run:
         targets.mark_reverted(conn, order_id, revert_id, now, dumps(outcome))
@@ -109,6 +130,10 @@ def _already(conn: sqlite3.Connection, order_id: str) -> Conflict | None:
                     details=[{"revert_id": row[0], "actor": row[1], "reverted_at": row[2]}])
 
 
+def _allowed(conn: sqlite3.Connection, rules: FieldRules) -> set[str]:
+    return set(allowed_columns(conn, rules))
+
+
 def revert(s: Session, order_id: str, *, actor: Actor, dry_run: bool = False) -> dict[str, Any]:
     row = s.order_row(order_id)
     if row["type"] != SYNC_TYPE:
@@ -121,8 +146,7 @@ def revert(s: Session, order_id: str, *, actor: Actor, dry_run: bool = False) ->
     earlier = _already(s.conn, order_id)
     if earlier:
         raise earlier
-    settings = FieldRules.from_settings(s.type_settings(SYNC_TYPE))
-    changes = recorded_changes(s.conn, row)
+    rules = FieldRules.from_settings(s.type_settings(SYNC_TYPE))
     now = s.now()
     revert_id = new_id()
     target = s.target()
@@ -131,23 +155,24 @@ def revert(s: Session, order_id: str, *, actor: Actor, dry_run: bool = False) ->
         with target as tconn:
             tconn.execute("BEGIN")
             try:
-                allowed = set(allowed_columns(tconn, settings))
-                outcome = _restore(tconn, order_id, revert_id, changes, allowed, now, dry_run=True)
+                changes = recorded_changes(s.conn, row)
+                outcome = _restore(tconn, order_id, revert_id, changes, _allowed(tconn, rules), now, dry_run=True)
             finally:
                 tconn.execute("ROLLBACK")
         return _response(order_id, outcome, len(changes), dry_run=True)
 
     if not target.same:
+        # The last writers are read under the target's write lock, which approve's target commit takes too.
         with target as tconn, write_tx(tconn):
-            allowed = set(allowed_columns(tconn, settings))
-            outcome = _restore(tconn, order_id, revert_id, changes, allowed, now, dry_run=False)
+            changes = recorded_changes(s.conn, row)
+            outcome = _restore(tconn, order_id, revert_id, changes, _allowed(tconn, rules), now, dry_run=False)
     with write_tx(s.conn) as conn:
         earlier = _already(conn, order_id)
         if earlier:
             raise earlier
         if target.same:
-            allowed = set(allowed_columns(conn, settings))
-            outcome = _restore(conn, order_id, revert_id, changes, allowed, now, dry_run=False)
+            changes = recorded_changes(conn, row)
+            outcome = _restore(conn, order_id, revert_id, changes, _allowed(conn, rules), now, dry_run=False)
         _record(conn, order_id, outcome, actor, now)
         _notify(conn, s, row, outcome, now)
     return _response(order_id, outcome, len(changes), dry_run=False)
@@ -176,10 +201,10 @@ def _record(conn: sqlite3.Connection, order_id: str, outcome: dict[str, Any], ac
     conn.executemany("UPDATE provenance SET reverted_by = ? WHERE id = ? AND reverted_by IS NULL",
                      [(revert_id, c["provenance_id"]) for c in restored if c["provenance_id"] is not None])
     conn.executemany(
-        "INSERT INTO provenance (user_id, field, old, new, source, order_id, item_id, agent, applied_at) "
-        "VALUES (?, ?, ?, ?, ?, ?, NULL, ?, ?)",
+        "INSERT INTO provenance (user_id, field, old, new, source, order_id, item_id, agent, applied_at, source_at) "
+        "VALUES (?, ?, ?, ?, ?, ?, NULL, ?, ?, ?)",
         [(c["user_id"], c["field"], dumps(c["order_wrote"]), dumps(c["restore"]), REVERT_SOURCE, order_id, who,
-          now) for c in restored])
+          now, c.get("source_at") or now) for c in restored])
     append_event(conn, now=now, actor=actor, event="reverted", entity="order", order_id=order_id,
                  payload={"revert_id": revert_id, "restored": len(restored), "skipped": len(skipped),
                           "skipped_changes": [{k: c[k] for k in ("user_id", "field", "reason")}
@@ -187,7 +212,7 @@ def _record(conn: sqlite3.Connection, order_id: str, outcome: dict[str, Any], ac
 
 
 def _response(order_id: str, outcome: dict[str, Any], recorded: int, *, dry_run: bool) -> dict[str, Any]:
-    restored = [{k: v for k, v in c.items() if k != "provenance_id"} for c in outcome["restored"]]
+    restored = [{k: v for k, v in c.items() if k not in ("provenance_id", "source_at")} for c in outcome["restored"]]
     return {"order": {"id": order_id, "state": "completed"}, "revert_id": None if dry_run else outcome["revert_id"],
             "dry_run": dry_run,
             "stats": {"recorded": recorded, "restored": len(restored), "skipped": len(outcome["skipped"])},
