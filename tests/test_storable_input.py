@@ -76,7 +76,9 @@ def test_submit_refuses_what_the_target_cannot_store(leased, result, path, words
     ('{"source": "crm", "user_ids": [1, 2], "fields": ["email"], "max_attempts": 3.0}', "max_attempts"),
     ('{"source": "crm", "user_ids": [1, 2], "fields": ["email"], "min_success_ratio": NaN}', "min_success_ratio"),
     ('{"source": "crm", "user_ids": [1, 9223372036854775808], "fields": ["email"]}', "user_ids.1"),
-], ids=["float-id", "float-batch-size", "float-attempts", "NaN-ratio", "2**63-id"])
+    ('{"source": "crm", "user_ids": [1, 2], "fields": ["email"], "sync_mode": "delta", '
+     '"lookback_seconds": 60.0}', "lookback_seconds"),
+], ids=["float-id", "float-batch-size", "float-attempts", "NaN-ratio", "2**63-id", "float-lookback"])
 def test_propose_refuses_floats_for_integers_and_unstorable_numbers(tmp_path, payload, path):
     db = tmp_path / "w.db"
     sql(db, "CREATE TABLE users (id INTEGER PRIMARY KEY, email TEXT)")

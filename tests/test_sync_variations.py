@@ -28,6 +28,16 @@ def events(db: Path, order_id: str, *names: str) -> list[dict[str, Any]]:
             for e, ent, p in rows if not names or e in names]
 
 
+def watermarks(db: Path) -> dict[tuple[str, str, int], str]:
+    """{(source, fields, user): synced_through} of the delta watermarks, times as ISO text."""
+    from workctl.types.user_data_sync.delta import from_micros
+    from workctl.clock import iso
+
+    return {(src, fields, user): iso(from_micros(through)) for src, fields, user, through in query(
+        db, "SELECT s.source, s.fields, w.user_id, w.synced_through FROM sync_watermarks w "
+            "JOIN sync_scopes s ON s.id = w.scope_id ORDER BY s.source, s.fields, w.user_id")}
+
+
 def propose(db: Path, payload: dict[str, Any], *args: str, env: dict[str, str] | None = None):
     return run(db, *args, "propose", "user.data.sync", "--payload", json.dumps(payload), "--json", env=env)
 
@@ -151,8 +161,9 @@ def test_delta_sync_fetches_only_changed_users_and_moves_the_cursor_only_on_appl
         assert first.exit_code == 0, first.stderr
         assert first.json["users"]["synced"] == 20 and "updated_since" not in server.log.entries[-1]["path"]
         first_id = first.json["orders"][0]
-        assert query(db, "SELECT source, cursor, order_id FROM sync_cursors") == [("crm", feb1, first_id)]
-        assert events(db, first_id, "cursor_advanced")[0]["payload"] == {"source": "crm", "from": None, "to": feb1}
+        assert watermarks(db) == {("crm", '["email"]', u): feb1 for u in range(1, 21)}
+        assert events(db, first_id, "watermarks_advanced")[0]["payload"] == {
+            "source": "crm", "fields": ["email"], "to": feb1, "users": 20, "not_covered": 0}
 
         stale_changed, stale_unchanged = changed[0], unchanged[0]
         conn = sqlite3.connect(db)
@@ -164,7 +175,7 @@ def test_delta_sync_fetches_only_changed_users_and_moves_the_cursor_only_on_appl
         pending = delta("2026-02-10T00:00:00Z")
         assert pending.exit_code == 0, pending.stderr
         assert run(db, "reject", pending.json["orders"][0], "--reason", "not now").exit_code == 0
-        assert query(db, "SELECT cursor FROM sync_cursors") == [(feb1,)]
+        assert set(watermarks(db).values()) == {feb1}
 
         second = delta("2026-02-20T00:00:00Z", "--approve")
         assert second.exit_code == 0, second.stderr
@@ -179,12 +190,13 @@ def test_delta_sync_fetches_only_changed_users_and_moves_the_cursor_only_on_appl
         bad = propose(db, {"source": "crm", "user_ids": [1], "since": "2026-01-01T00:00:00Z"})
         assert bad.exit_code == 5 and bad.json["error"]["details"][0]["path"] == "since"
         assert propose(db, {"source": "crm", "user_ids": [1], "sync_mode": "delta", "since": "yesterday"}).exit_code == 5
-    assert query(db, "SELECT cursor, order_id FROM sync_cursors") == [("2026-02-20T00:00:00.000000Z", second_id)]
+    assert watermarks(db) == {("crm", '["email"]', u): "2026-02-20T00:00:00.000000Z" for u in range(1, 21)}
     # The changed user was fetched and repaired; the unchanged one was not fetched, so it stays stale.
     assert query(db, "SELECT email FROM users WHERE id = ?", (stale_changed,)) == [(f"user{stale_changed}@example.com",)]
     assert query(db, "SELECT email FROM users WHERE id = ?", (stale_unchanged,)) == [("stale",)]
-    advanced = events(db, second_id, "cursor_advanced")[0]["payload"]
-    assert advanced == {"source": "crm", "from": feb1, "to": "2026-02-20T00:00:00.000000Z"}
+    advanced = events(db, second_id, "watermarks_advanced")[0]["payload"]
+    assert advanced == {"source": "crm", "fields": ["email"], "to": "2026-02-20T00:00:00.000000Z", "users": 20,
+                        "not_covered": 0}
 
 
 def test_a_delta_item_without_since_cannot_claim_unchanged_users(tmp_path):
@@ -384,13 +396,13 @@ def test_kill_in_the_middle_of_apply_moves_no_cursor_and_applies_nothing(tmp_pat
         before = query(db, "SELECT * FROM users ORDER BY id")
         crashed = run_process(db, "approve", order_id, env={**env, "WORKCTL_TEST_CRASH_AT": "before_store_commit"})
         assert crashed.exit_code == -signal.SIGKILL, crashed.stderr
-        assert query(db, "SELECT count(*) FROM sync_cursors") == [(0,)]
+        assert query(db, "SELECT count(*) FROM sync_watermarks") == [(0,)]
         assert query(db, "SELECT * FROM users ORDER BY id") == before
         assert run(db, "show", order_id, "--json").json["order"]["state"] == "submitted"
-        assert events(db, order_id, "cursor_advanced", "applied") == []
+        assert events(db, order_id, "watermarks_advanced", "applied") == []
         healed = run(db, "approve", order_id, "--json", env=env)
         assert healed.exit_code == 0, healed.stderr
-    assert query(db, "SELECT cursor, order_id FROM sync_cursors") == [("2026-02-01T00:00:00.000000Z", order_id)]
+    assert watermarks(db) == {("crm", '["email"]', u): "2026-02-01T00:00:00.000000Z" for u in range(1, 5)}
     assert query(db, "SELECT email FROM users WHERE id = 4") == [("user4@example.com",)]
 
 
@@ -411,7 +423,7 @@ def test_per_user_delta_fetches_get_304_for_unchanged_users_and_keep_the_order_m
     assert outcomes[1].data["name"] == sample_user("crm", 6)["name"]  # not the source map's company
 
 
-def test_a_delta_order_with_a_since_after_the_cursor_does_not_move_it(tmp_path, monkeypatch):
+def test_a_delta_order_with_an_explicit_since_moves_no_watermark(tmp_path, monkeypatch):
     db = tmp_path / "w.db"
     make_users(db, 3)
     with SampleServer() as server:
@@ -421,9 +433,9 @@ def test_a_delta_order_with_a_since_after_the_cursor_does_not_move_it(tmp_path, 
         later = run(db, "sync", "--source", "crm", "--since", "2026-02-15T00:00:00Z", "--approve", "--json",
                     env={"WORKCTL_NOW": "2026-03-01T00:00:00Z"})
         assert later.exit_code == 0, later.stderr
-    kept = events(db, later.json["orders"][0], "cursor_kept", "cursor_advanced")
-    assert [e["event"] for e in kept] == ["cursor_kept"] and "later than the cursor" in kept[0]["payload"]["kept"]
-    assert query(db, "SELECT cursor FROM sync_cursors") == [("2026-02-01T00:00:00.000000Z",)]
+    kept = events(db, later.json["orders"][0], "watermarks_kept", "watermarks_advanced")
+    assert [e["event"] for e in kept] == ["watermarks_kept"] and "ad-hoc window" in kept[0]["payload"]["kept"]
+    assert set(watermarks(db).values()) == {"2026-02-01T00:00:00.000000Z"}
 
 
 def test_a_webhook_that_keeps_failing_gives_up_after_max_attempts(tmp_path, monkeypatch):

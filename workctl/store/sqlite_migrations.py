@@ -314,10 +314,35 @@ def m008_source_times_and_staged_provenance(db: Database) -> None:
         db.execute(statement)
 
 
+def m009_delta_watermarks(db: Database) -> None:
+    """Delta sync keeps a watermark per user and scope (a source and a set of fields) instead of one
+    cursor per source, which skipped the users a delta over a subset left out. The old per-source cursors
+    are dropped, not converted: they may be the skipping kind, so the first delta of each source after
+    the upgrade is a full baseline."""
+    statements = [
+        """CREATE TABLE sync_scopes (
+            id INTEGER PRIMARY KEY,
+            source TEXT NOT NULL,
+            fields TEXT NOT NULL,
+            UNIQUE (source, fields)
+        )""",
+        # synced_through: microseconds since 1970 UTC (8 bytes, not 27 of text: one row per user and scope).
+        """CREATE TABLE sync_watermarks (
+            scope_id INTEGER NOT NULL,
+            user_id INTEGER NOT NULL,
+            synced_through INTEGER NOT NULL,
+            PRIMARY KEY (scope_id, user_id)
+        ) WITHOUT ROWID""",
+        "DROP TABLE sync_cursors",
+    ]
+    for statement in statements:
+        db.execute(statement)
+
+
 # Append only. The names are the contract with databases already in the field.
 MIGRATIONS: list[Callable[[Database], None]] = [m001_initial, m002_sync_records, m003_reverts,
                                                  m004_scopes_and_message_ids, m005_api_tokens, m007_lean_hot_path,
-                                                 m008_source_times_and_staged_provenance]
+                                                 m008_source_times_and_staged_provenance, m009_delta_watermarks]
 MIGRATION_NAMES: tuple[str, ...] = tuple(fn.__name__ for fn in MIGRATIONS)
 
 

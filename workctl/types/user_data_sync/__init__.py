@@ -5,7 +5,7 @@ against it (``fields``: an existing column the sync may write, see ``fields``), 
 user-supplied ever reaches SQL text except as a checked, quoted identifier. The rest lives in modules
 of its own: ``validate`` (a batch result, at submit), ``apply`` (prepare before approve's lock, write
 inside it), ``provenance`` (conflict policies on source times, the change history), ``revert``,
-``delta`` (cursors), ``ledger`` (failed users), ``fieldmap`` and ``masking``.
+``delta`` (per-user watermarks), ``ledger`` (failed users), ``fieldmap`` and ``masking``.
 """
 
 from __future__ import annotations
@@ -54,6 +54,7 @@ class UserDataSync(OrderType):
             # Variation 5: fetch only users changed since the cursor or `since` (delta).
             "sync_mode": {"type": "string", "enum": list(delta.MODES), "default": "full"},
             "since": {"type": "string", "format": "date-time"},
+            "lookback_seconds": {"type": "integer", "minimum": 0, "maximum": delta.MAX_LOOKBACK_SECONDS},
             # Variation 1: the order whose failed users this one retries (ledger).
             "retry_of": {"type": "string", "minLength": 1, "maxLength": 100},
             # Variation 3: per-field conflict policy (default overwrite) and opt-in provenance columns.
@@ -75,7 +76,6 @@ class UserDataSync(OrderType):
                 f"{p['path']}: {p['message']}" for p in problems[:3]), code="payload_invalid", details=problems)
         prepared = dict(payload)
         fieldmap.check(payload.get("field_map"), allowed)
-        delta.prepare(payload, prepared, settings.get("store"))
         if "fields" in payload:
             existing = user_columns(target)
             problems = [{"path": f"fields.{i}", "message": refusal_message(name, rules, existing, allowed)}
@@ -100,15 +100,15 @@ class UserDataSync(OrderType):
         prepared.setdefault("min_success_ratio", 1.0)
         if max_chars != DEFAULT_MAX_CHARS:
             prepared["max_value_chars"] = max_chars  # items carry it: submit checks against it
+        delta.prepare(payload, prepared, settings.get("store"), settings)
         return prepared
 
     def plan(self, payload: dict[str, Any]) -> Iterator[PlannedItem]:
-        ids, size = payload["user_ids"], payload["batch_size"]
-        for start in range(0, len(ids), size):
+        for ids, extras in delta.batches(payload):
             yield PlannedItem(
-                input={"source": payload["source"], "user_ids": ids[start:start + size],
+                input={"source": payload["source"], "user_ids": ids,
                        "fields": payload["fields"], "min_success_ratio": payload["min_success_ratio"],
-                       **_item_extras(payload)},
+                       **_item_extras(payload), **extras},
                 max_attempts=payload["max_attempts"],
             )
 
@@ -166,7 +166,7 @@ class UserDataSync(OrderType):
         prep = diff.private if isinstance(diff, PreparedDiff) else None
         staged, moved = (prep.staged, prep.moved) if isinstance(prep, applying.Prepared) else (None, [])
         provenance.record_applied(store, order, items, diff, now, staged, moved)  # one row per applied change
-        delta.advance(store, order, now)  # a delta order's cursor moves only with this commit
+        delta.advance(store, order, items, diff, now)  # watermarks move only with this commit
 
 
 def max_value_chars(settings: Mapping[str, Any]) -> int:
@@ -179,8 +179,8 @@ def max_value_chars(settings: Mapping[str, Any]) -> int:
 
 
 def _item_extras(payload: Mapping[str, Any]) -> dict[str, Any]:
-    """What an item carries besides the batch: the order's field_map, its delta settings and string bound."""
-    extras = delta.item_extras(payload)
+    """What an item carries besides the batch: the order's field_map and string bound."""
+    extras: dict[str, Any] = {}
     if payload.get("field_map"):
         extras["field_map"] = payload["field_map"]
     if "max_value_chars" in payload:
