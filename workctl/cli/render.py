@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import TYPE_CHECKING, Any, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -89,6 +89,21 @@ def failure_exit_code(exc: BaseException, *, as_json: bool) -> int:
                        "for a traceback)", code="internal_error")
     error(bug, as_json=as_json)
     return int(ExitCode.ERROR)
+
+
+def after_commit(show: Callable[[], None], what: str) -> None:
+    """Print the result of an operation that has committed (``what`` says which). Nothing that goes wrong
+    while printing — a renderer's bug, a closed stdout, Ctrl-C — may turn that success into a failure:
+    it is a warning on stderr, and the command still exits 0."""
+    import os
+
+    try:
+        show()
+    except BrokenPipeError:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (Exception, KeyboardInterrupt) as exc:  # noqa: BLE001 — committed: report, do not fail
+        warn(f"{what}; printing the result failed ({type(exc).__name__}: {exc}); --json shows it")
 
 
 def compact(value: Any, width: int = 60) -> str:

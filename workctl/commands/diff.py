@@ -26,13 +26,18 @@ def diff(
     if json_:
         render.print_json(result)
         return
-    order, changes = result["order"], result["diff"].get("changes") or []
-    users = len({c["user_id"] for c in changes})
-    stats = result["diff"].get("stats") or {}
+    order, diff = result["order"], result["diff"]
+    changes = (diff.get("changes") or []) if isinstance(diff, dict) else []
     verb = "changed" if result["applied"] else "would change"
-    render.line(f"order {order['id']} ({order['type']}, {order['state']}): {verb} {_n(len(changes), 'field')} "
-                f"of {_n(users, 'user')}; {_n(stats.get('unchanged', 0), 'user')} unchanged")
-    render_diff(result["diff"], dry_run=not result["applied"], mask=masker, limit=limit)
+    users = {c["user_id"] for c in changes if isinstance(c, dict) and "user_id" in c}
+    if users and len(users) <= len(changes):
+        stats = diff.get("stats") if isinstance(diff.get("stats"), dict) else {}
+        what = (f"{_n(len(changes), 'field')} of {_n(len(users), 'user')}; "
+                f"{_n(stats.get('unchanged', 0), 'user')} unchanged")
+    else:  # another order type's diff: its changes, whatever they are
+        what = _n(len(changes), "change")
+    render.line(f"order {order['id']} ({order['type']}, {order['state']}): {verb} {what}")
+    render_diff(diff, dry_run=not result["applied"], mask=masker, limit=limit)
     if masker and masker.fields:
         render.line(f"masked: {', '.join(sorted(masker.fields))} (sensitive_fields; --json shows the values)")
 
