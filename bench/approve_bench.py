@@ -14,6 +14,11 @@ run and per variant, so every timed operation starts from the same bytes:
   `UPDATE users SET email=?, phone=?, company=? WHERE id=?` of the N rows, `COMMIT`.
 
 The figure is baseline time / approve time (higher is better; 1.0 would be "as fast as the raw write").
+
+Lock time (issue 12): one more approve, timed from inside: how long it holds the store's write lock
+(``BEGIN IMMEDIATE`` to ``COMMIT``, every write transaction of the approve), how long its preparation
+before the lock takes, and the longest wait of a second process-like connection that takes the write
+lock in a loop meanwhile (what a concurrent ``checkout`` waits).
 """
 
 from __future__ import annotations
@@ -23,7 +28,10 @@ import os
 import shutil
 import sqlite3
 import tempfile
+import threading
 import time
+from contextlib import contextmanager
+from typing import Any, Iterator
 
 from _common import median, out_path, table, verdict, write
 
@@ -88,9 +96,11 @@ def breakdown(path: str, order: str) -> dict[str, float]:
     from workctl.types.user_data_sync import UserDataSync
 
     spent: dict[str, float] = {}
+    originals: list[tuple[object, str, object]] = []
 
     def timer(owner: object, name: str, label: str) -> None:
         original = getattr(owner, name)
+        originals.append((owner, name, original))
 
         def timed(*args: object, **kwargs: object) -> object:
             started = time.perf_counter()
@@ -101,19 +111,75 @@ def breakdown(path: str, order: str) -> dict[str, float]:
 
         setattr(owner, name, timed)
 
-    timer(UserDataSync, "apply", "apply: read users, diff, executemany UPDATE")
-    timer(orders, "_apply_once", "apply + marker row (the diff encoded once)")
-    timer(orders, "_finish", "order/item transitions + events (reusing that JSON)")
-    timer(UserDataSync, "record_applied", "record_applied: provenance rows, cursor")
-    elapsed, response = time_approve(path, order)
-    spent["apply + marker row (the diff encoded once)"] -= spent.get("apply: read users, diff, executemany UPDATE", 0.0)
-    spent["rest: read items and results, checks, COMMIT"] = elapsed - sum(spent.values())
+    timer(orders, "_prepare", "prepare (no lock): read users + provenance, parse, normalise, diff, encode")
+    timer(UserDataSync, "stage_applied", "stage (no long lock): provenance rows, 5,000 per transaction")
+    timer(orders, "_commit", "the write transaction, all of it (the lock)")
+    timer(UserDataSync, "apply", "  in it: the guarded executemany UPDATE of the users")
+    timer(orders, "_finish", "  in it: order/item transitions + events, orders.diff")
+    timer(UserDataSync, "record_applied", "  in it: record_applied (commit the staged provenance)")
+    try:
+        elapsed, response = time_approve(path, order)
+    finally:
+        for owner, name, original in originals:
+            setattr(owner, name, original)
+    inside = sum(t for name, t in spent.items() if name.startswith("  in it"))
+    spent["  in it: the rest (checks, marker, COMMIT)"] = spent["the write transaction, all of it (the lock)"] - inside
+    spent["the rest: read items and results, checks"] = elapsed - sum(
+        t for name, t in spent.items() if not name.startswith("  in it"))
     started = time.perf_counter()
     text = jsonio.dumps(response["diff"])
-    spent[f"(encoding the diff once: {len(text) / 1e6:.1f} MB of JSON; approve does it once)"] = (
+    spent[f"(encoding the diff once: {len(text) / 1e6:.1f} MB of JSON; prepare does it, outside the lock)"] = (
         time.perf_counter() - started)
     spent["total approve"] = elapsed
     return spent
+
+
+def lock_time(path: str, order: str) -> dict[str, float]:
+    """Approve once while another connection takes the write lock in a loop: approve's lock hold, its
+    preparation before the lock, and the longest wait of the other connection."""
+    from workctl.core import approve as approving
+
+    held: list[float] = []
+    prepared: list[float] = []
+    original_tx, original_prepare = approving.write_tx, approving._prepare
+
+    @contextmanager
+    def timed_tx(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+        with original_tx(conn) as inside:
+            started = time.perf_counter()  # BEGIN IMMEDIATE has returned: the lock is ours
+            yield inside
+        held.append(time.perf_counter() - started)  # the with's exit ran COMMIT
+
+    def timed_prepare(*args: Any) -> Any:
+        started = time.perf_counter()
+        try:
+            return original_prepare(*args)
+        finally:
+            prepared.append(time.perf_counter() - started)
+
+    stop, waits = threading.Event(), [0.0]
+
+    def contender() -> None:
+        conn = sqlite3.connect(path, isolation_level=None, timeout=120)
+        while not stop.is_set():
+            started = time.perf_counter()
+            conn.execute("BEGIN IMMEDIATE")
+            waits.append(time.perf_counter() - started)
+            conn.execute("COMMIT")
+            time.sleep(0.002)
+        conn.close()
+
+    approving.write_tx, approving._prepare = timed_tx, timed_prepare  # type: ignore[assignment]
+    thread = threading.Thread(target=contender, daemon=True)
+    try:
+        thread.start()
+        elapsed, _ = time_approve(path, order)
+    finally:
+        stop.set()
+        thread.join()
+        approving.write_tx, approving._prepare = original_tx, original_prepare  # type: ignore[assignment]
+    return {"approve_s": elapsed, "prepare_s": sum(prepared), "lock_held_s": sum(held),
+            "lock_held_max_s": max(held), "other_writer_max_wait_s": max(waits)}
 
 
 def time_raw(path: str, users: int) -> float:
@@ -151,6 +217,7 @@ def main(argv: list[str] | None = None) -> dict:
             if name.startswith(("raw", "approve")):
                 os.remove(os.path.join(scratch, name))
     phases = breakdown(copy(template, os.path.join(scratch, "breakdown.db")), order)
+    lock = lock_time(copy(template, os.path.join(scratch, "lock.db")), order)
     shutil.rmtree(scratch, ignore_errors=True)
     a, r = median(approve_s), median(raw_s)
     ratio = r / a
@@ -162,9 +229,13 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"baseline / approve: {verdict(ratio, TARGET, True)}")
     print("\nwhere approve's time goes (one more run, with timers around its phases):")
     table(["phase", "s", "share"], [[name, t, f"{t / phases['total approve']:.0%}"] for name, t in phases.items()])
+    print("\nthe write lock (one more approve, with another connection taking the lock in a loop):")
+    per = 100_000 / args.users
+    table(["", "s", "per 100k users"], [[name, t, t * per] for name, t in lock.items()])
     result = {"users": args.users, "fields": FIELDS, "runs": args.runs, "approve_s": approve_s, "raw_s": raw_s,
               "median_approve_s": a, "median_raw_s": r, "ratio": ratio, "target": f">= {TARGET}",
-              "met": ratio >= TARGET, "diff_stats": stats, "changes": changes, "breakdown_s": phases}
+              "met": ratio >= TARGET, "diff_stats": stats, "changes": changes, "breakdown_s": phases,
+              "lock_s": lock}
     write(out_path("approve", args.out), "P3", result)
     return result
 

@@ -248,7 +248,8 @@ class Workctl:
 
     @_store_errors
     def cursors(self) -> list[dict[str, Any]]:
-        """The delta-sync cursor of each source (moved only by the apply of a delta order)."""
+        """The delta-sync watermarks, per scope (source and fields): how many users have one, the oldest and
+        the newest (moved only by the apply of a delta order)."""
         from .types.user_data_sync.delta import cursors
         return cursors(self.session.conn)
 
