@@ -104,6 +104,7 @@ def test_check_names_the_allowed_targets_in_its_message():
 def store(db_path: Path):
     """A migrated store with one order and one item, inserted directly; returns the connection."""
     conn = connect(db_path, create=True)
+    conn.row_factory = None  # plain tuples, for comparisons
     conn.execute("INSERT INTO orders (id, type, state, payload, requested_by, item_count, created_at, updated_at) "
                   "VALUES ('o1', 'task.batch', 'queued', '{}', 'user:t', 1, 't0', 't0')")
     conn.execute("INSERT INTO items (id, order_id, seq, type, state, max_attempts, updated_at) "

@@ -74,6 +74,7 @@ def test_foreign_keys_are_enforced(db_path):
 
 def test_migrations_are_recorded(db_path):
     conn = connect(db_path, create=True)
+    conn.row_factory = None
     recorded = conn.execute("SELECT migration_set, name FROM _sqlite_migrations ORDER BY id").fetchall()
     assert recorded == [(MIGRATION_SET, name) for name in MIGRATION_NAMES]
     assert MIGRATION_NAMES[0] == "m001_initial"

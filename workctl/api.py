@@ -28,7 +28,7 @@ from .core.lifecycle import Actor
 from .core.session import Session
 from .core.submit import Next, submit
 from .errors import ExitCode, Invalid, WorkctlError
-from .store.sqlite import connect, default_db_path, translate
+from .store import default_location, is_url, open_store
 
 __all__ = ["Workctl", "default_agent"]
 
@@ -40,11 +40,20 @@ def _store_errors(method: F) -> F:
     def wrapper(self: Workctl, *args: Any, **kwargs: Any) -> Any:
         try:
             return method(self, *args, **kwargs)
-        except sqlite3.Error as exc:
-            raise translate(exc, self.db_path) from exc
+        except WorkctlError:
+            raise
         except UnicodeEncodeError as exc:  # a lone surrogate in some text: SQLite cannot store it
             raise Invalid(f"text holds a character that is not valid Unicode ({exc.reason} at position {exc.start}); "
                           "pass UTF-8 text", code="invalid_text") from None
+        except Exception as exc:  # the store's driver errors, as StoreError (exit 8) saying what happened
+            conn = self._session.conn if self._session is not None else None
+            if conn is not None and isinstance(exc, conn.driver_errors):
+                raise conn.translate(exc) from exc
+            if isinstance(exc, sqlite3.Error):  # a second SQLite file (the target) failed
+                from .store.sqlite import translate
+
+                raise translate(exc, self.db_path) from exc
+            raise
     return wrapper  # type: ignore[return-value]
 
 
@@ -56,7 +65,7 @@ class Workctl:
 
     def __init__(self, db: str | os.PathLike[str] | None = None, *, config: Config | None = None,
                  clock: Clock | None = None, user: str | None = None, create: bool = False):
-        self.db_path = str(db or default_db_path())
+        self.db_path = str(db or default_location())
         self.config = config if config is not None else load_config()
         self.clock = clock or clock_from_env()
         self.user = user or os.environ.get("USER") or "operator"
@@ -70,9 +79,8 @@ class Workctl:
 
     def _open(self, *, create: bool) -> Session:
         if self._session is None:
-            conn = connect(self.db_path, create=create)
-            conn.row_factory = sqlite3.Row
-            self._session = Session(conn, self.db_path, self.config, self.clock)
+            conn = open_store(self.db_path, create=create)
+            self._session = Session(conn, self.db_path, self.config, self.clock, hot=conn.hot)
         return self._session
 
     def peer(self) -> Workctl:
@@ -83,12 +91,11 @@ class Workctl:
     @_store_errors
     def init(self) -> dict[str, Any]:
         """Create (or migrate) the store; say where it is and whether it was new."""
-        from .store.sqlite import absolute, describe_store
+        from .store import describe
 
-        existed = os.path.exists(os.path.realpath(self.db_path))
-        self._open(create=True)
-        return {"store": {**describe_store(self.session.conn), "path": absolute(self.db_path),
-                          "created": not existed}}
+        existed = is_url(self.db_path) or os.path.exists(os.path.realpath(self.db_path))
+        conn = self._open(create=True).conn
+        return {"store": {**conn.describe(), "path": describe(self.db_path), "created": not existed}}
 
     def close(self) -> None:
         if self._session is not None:
@@ -304,7 +311,7 @@ class Workctl:
     def _queue_alerts(self, hooks: list[Any]) -> int:
         """Queue order.failed for orders that failed or were dead-lettered since the last look."""
         from .core import outbox
-        from .store.sqlite import write_tx
+        from .store import write_tx
 
         if not any("order.failed" in h.events for h in hooks):
             return 0
@@ -395,7 +402,7 @@ class Workctl:
         """Alerts at the end of an agent run: run.failed for a run that exits 7 (with its report), and the
         order.failed alerts of orders that failed meanwhile; deliveries never change the verdict."""
         from .core import outbox
-        from .store.sqlite import write_tx
+        from .store import write_tx
 
         hooks = outbox.configured(self.config)
         if not hooks:

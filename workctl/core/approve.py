@@ -17,20 +17,20 @@ nothing is applied and the order stays ``submitted``. Nothing after the commit (
 from __future__ import annotations
 
 import os
-import sqlite3
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator
 
 from ..errors import Conflict, IllegalTransition, Invalid
 from ..jsonio import Encoded, dumps, loads
 from ..store import target as targets
-from ..store.sqlite import write_tx
+from ..store import write_tx
 from ..types import ApplyContext, OrderType, get_type
 from ..types.base import PreparedDiff
 from . import outbox
 from .idempotency import Guard
 from .lifecycle import ITEM_DONE_STATES, Actor, append_event, item_counts, move_item, move_order
 from .session import Session
+from ..store.base import Connection, Row
 
 def _crash_point(name: str) -> None:
     """Test hook for crash tests: WORKCTL_TEST_CRASH_AT=<name> kills the process right here (kill -9).
@@ -41,7 +41,7 @@ def _crash_point(name: str) -> None:
     if os.environ.get("WORKCTL_TEST_CRASH_AT") == name:
         os.kill(os.getpid(), 9)
 
-def _apply_once(conn: sqlite3.Connection, order_type: OrderType, ctx: ApplyContext, order: dict[str, Any],
+def _apply_once(conn: Connection, order_type: OrderType, ctx: ApplyContext, order: dict[str, Any],
                 items: list[dict[str, Any]]) -> tuple[dict[str, Any], Encoded]:
     """Inside an open write transaction on the target: apply unless the marker says it was done.
     Returns the diff and its JSON text (encoded once, stored wherever the diff is kept)."""
@@ -59,11 +59,11 @@ def _apply_once(conn: sqlite3.Connection, order_type: OrderType, ctx: ApplyConte
 
 STORED_IN_ORDERS = '{"stored_in":"orders.diff"}'
 
-def watermark(conn: sqlite3.Connection, order_id: str) -> int:
+def watermark(conn: Connection, order_id: str) -> int:
     """The order's newest event id: every transition of the order or its items appends one (one seek)."""
     return conn.execute("SELECT coalesce(max(id), 0) FROM events WHERE order_id = ?", (order_id,)).fetchone()[0]
 
-def _check_unchanged(conn: sqlite3.Connection, order_id: str, seen: int) -> None:
+def _check_unchanged(conn: Connection, order_id: str, seen: int) -> None:
     """Approve applies the results it read; refuse if the order moved since (state or newer events)."""
     current = conn.execute("SELECT * FROM orders WHERE id = ?", (order_id,)).fetchone()
     if current["state"] != "submitted":
@@ -73,7 +73,7 @@ def _check_unchanged(conn: sqlite3.Connection, order_id: str, seen: int) -> None
                        "requeued and resubmitted); nothing was applied: review it and approve again",
                        code="order_changed")
 
-def not_ready(order: sqlite3.Row, conn: sqlite3.Connection, action: str) -> IllegalTransition:
+def not_ready(order: Row, conn: Connection, action: str) -> IllegalTransition:
     """Why an order is not in a state ``action`` (approve, reject, preview) accepts."""
     counts = {state: n for state, n in item_counts(conn, order["id"]).items() if n}
     done = sum(counts.get(st, 0) for st in ITEM_DONE_STATES)
@@ -154,8 +154,7 @@ def _commit(s: Session, order_type: OrderType, settings: dict[str, Any], order: 
                 _check_unchanged(s.conn, order_id, seen)
                 applied = _apply_once(tconn, order_type, _context(tconn, s, settings, now, prepared), order, items)
         _crash_point("after_target_commit")
-    s.conn.execute("PRAGMA synchronous = FULL")  # the apply commit is the one that must survive power loss
-    try:
+    with s.conn.durable():  # the apply's commit is the one that must survive power loss
         with _refusals(s.conn), write_tx(s.conn) as conn:
             if (earlier := guard.replay(conn)) is not None:
                 return earlier
@@ -168,13 +167,11 @@ def _commit(s: Session, order_type: OrderType, settings: dict[str, Any], order: 
             response = {"order": {"id": order_id, "state": "completed"}, "diff": diff}
             guard.record(conn, response, now)
             _crash_point("before_store_commit")
-    finally:
-        s.conn.execute("PRAGMA synchronous = NORMAL")
     _crash_point("after_store_commit")
     _after_apply(s, order_type, order, diff)
     return response
 
-def _context(conn: sqlite3.Connection, s: Session, settings: dict[str, Any], now: str | None,
+def _context(conn: Connection, s: Session, settings: dict[str, Any], now: str | None,
              prepared: Any, *, dry_run: bool = False) -> ApplyContext:
     return ApplyContext(target=conn, settings=settings, now=now, store=s.conn, prepared=prepared, dry_run=dry_run)
 
@@ -189,13 +186,13 @@ def _prepare(s: Session, order_type: OrderType, settings: dict[str, Any], order:
             tconn.execute("ROLLBACK")
 
 @contextmanager
-def _refusals(conn: sqlite3.Connection) -> Iterator[None]:
+def _refusals(conn: Connection) -> Iterator[None]:
     """A COMMIT the target refused (a deferred foreign key of users): ``apply_refused`` naming the rows,
     found while the failed transaction is still open, then rolled back. Statement-level refusals are
     named by the type's apply; anything else is left to the store's error translation."""
     try:
         yield
-    except sqlite3.IntegrityError as exc:
+    except targets.integrity_errors(conn) as exc:
         found: list[targets.Refusal] = []
         if conn.in_transaction:
             try:
@@ -232,7 +229,7 @@ def _after_apply(s: Session, order_type: OrderType, order: dict[str, Any], diff:
         except (Exception, KeyboardInterrupt):  # noqa: BLE001 — a locked store must not turn success into failure
             pass
 
-def _finish(conn: sqlite3.Connection, order_id: str, items: list[dict[str, Any]], diff: dict[str, Any],
+def _finish(conn: Connection, order_id: str, items: list[dict[str, Any]], diff: dict[str, Any],
             diff_json: Encoded, actor: Actor, now: str) -> None:
     move_order(conn, order_id=order_id, current="submitted", target="approved", now=now, actor=actor,
                sets={"approved_at": now})

@@ -9,7 +9,7 @@ from typing import Any, Mapping
 from ..config import ApproveRules
 from ..errors import Conflict
 from ..jsonio import loads
-from ..store.sqlite import write_tx
+from ..store import write_tx
 from . import outbox
 from .lifecycle import Actor, append_event
 from .session import Session

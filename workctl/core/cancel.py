@@ -8,7 +8,7 @@ from typing import Any
 
 from ..errors import Conflict
 from ..jsonio import dumps
-from ..store.sqlite import write_tx
+from ..store import write_tx
 from . import outbox
 from .lifecycle import CANCELLABLE_ORDER_STATES, Actor, move_item, move_order
 from .reject import target_not_applied

@@ -21,11 +21,11 @@ meanwhile), and ``record`` of the response in that transaction::
 from __future__ import annotations
 
 import json
-import sqlite3
 from dataclasses import dataclass
 from typing import Any
 
 from ..errors import Conflict
+from ..store.base import Connection
 
 
 @dataclass(frozen=True)
@@ -43,7 +43,7 @@ class Key:
                    hashlib.sha256(canonical.encode()).hexdigest())
 
 
-def lookup(conn: sqlite3.Connection, key: Key) -> Any | None:
+def lookup(conn: Connection, key: Key) -> Any | None:
     """The stored response for this key, None if unused; raise Conflict if used for another request."""
     row = conn.execute("SELECT fingerprint, response FROM idempotency_keys WHERE scope = ? AND key_hash = ?",
                        (key.scope, key.key_hash)).fetchone()
@@ -58,7 +58,7 @@ def lookup(conn: sqlite3.Connection, key: Key) -> Any | None:
     return json.loads(row[1])
 
 
-def store(conn: sqlite3.Connection, key: Key, response: Any, now: str) -> None:
+def store(conn: Connection, key: Key, response: Any, now: str) -> None:
     conn.execute(
         "INSERT INTO idempotency_keys (scope, key_hash, fingerprint, response, exit_code, created_at) "
         "VALUES (?, ?, ?, ?, 0, ?)",
@@ -67,7 +67,7 @@ def store(conn: sqlite3.Connection, key: Key, response: Any, now: str) -> None:
     )
 
 
-def purge(conn: sqlite3.Connection, older_than: str) -> int:
+def purge(conn: Connection, older_than: str) -> int:
     return conn.execute("DELETE FROM idempotency_keys WHERE created_at < ?", (older_than,)).rowcount
 
 
@@ -81,10 +81,10 @@ class Guard:
     def make(cls, scope: str, key: str | None, request: Any) -> Guard:
         return cls(Key.make(scope, key, request) if key else None)
 
-    def replay(self, conn: sqlite3.Connection) -> Any | None:
+    def replay(self, conn: Connection) -> Any | None:
         """The response stored for this key and request; None when there is none (or no key)."""
         return lookup(conn, self.key) if self.key else None
 
-    def record(self, conn: sqlite3.Connection, response: Any, now: str) -> None:
+    def record(self, conn: Connection, response: Any, now: str) -> None:
         if self.key:
             store(conn, self.key, response, now)

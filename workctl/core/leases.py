@@ -17,7 +17,7 @@ from ..jsonio import loads
 from ..limits import MAX_TTL_SECONDS, bounded_int
 from ..store.hotpath import Claim, Leased, Released
 from ..store.sql import where
-from ..store.sqlite import write_tx
+from ..store import write_tx
 from ..types import get_type
 from .ids import new_token
 from .session import Session

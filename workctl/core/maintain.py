@@ -7,7 +7,7 @@ from datetime import timedelta
 from typing import Any
 
 from ..clock import iso
-from ..store.sqlite import write_tx
+from ..store import write_tx
 from . import idempotency
 from .leases import reclaim_expired
 from .lifecycle import Actor, append_event, move_item, refresh_order

@@ -48,7 +48,6 @@ import hmac
 import json
 import os
 import re
-import sqlite3
 import threading
 import time
 from dataclasses import dataclass
@@ -60,8 +59,9 @@ from ..clock import iso, parse as parse_iso
 from ..errors import Invalid
 from ..jsonio import dumps
 from ..store.sql import where
-from ..store.sqlite import write_tx
+from ..store import write_tx
 from .lifecycle import Actor, append_event
+from ..store.base import Connection
 
 EVENTS = ("order.applied", "order.reverted", "order.failed", "order.held", "order.cancelled", "run.failed",
           "user.updated")
@@ -196,7 +196,7 @@ def _body(event: str, now: str, data: Mapping[str, Any]) -> str:
     return dumps({"type": event, "timestamp": now, "data": data})
 
 
-def _insert(conn: sqlite3.Connection, rows: list[tuple[str, str, str | None, str, str]], now: str,
+def _insert(conn: Connection, rows: list[tuple[str, str, str | None, str, str]], now: str,
             order_id: str | None, hooks: list[Webhook]) -> None:
     conn.executemany("INSERT INTO outbox (webhook, event, order_id, payload, created_at, message_id) "
                      "VALUES (?, ?, ?, ?, ?, ?)", [(*row, _new_id()) for row in rows])
@@ -204,7 +204,7 @@ def _insert(conn: sqlite3.Connection, rows: list[tuple[str, str, str | None, str
                  order_id=order_id, payload={"count": len(rows), "webhooks": sorted({r[0] for r in rows})})
 
 
-def notify(conn: sqlite3.Connection, hooks: list[Webhook], event: str, order: Mapping[str, Any] | None,
+def notify(conn: Connection, hooks: list[Webhook], event: str, order: Mapping[str, Any] | None,
            data: Mapping[str, Any], now: str) -> int:
     """Queue ``event`` for every webhook that asks for it, in the caller's transaction (sent after the
     commit). ``order`` (id, type) names the order it is about, if any; ``data`` is added to the body's data."""
@@ -217,7 +217,7 @@ def notify(conn: sqlite3.Connection, hooks: list[Webhook], event: str, order: Ma
     return len(rows)
 
 
-def enqueue(conn: sqlite3.Connection, hooks: list[Webhook], order: Mapping[str, Any],
+def enqueue(conn: Connection, hooks: list[Webhook], order: Mapping[str, Any],
             diff: Mapping[str, Any], now: str, *, order_event: str = "order.applied") -> int:
     """Write the outbox rows of an applied (or reverted) order; returns how many (0 without webhooks).
 
@@ -345,7 +345,7 @@ def _send(hook: Webhook, row: Mapping[str, Any], attempt: int) -> tuple[bool, in
     return False, status, f"http_{status}: the webhook answered HTTP {status}"
 
 
-def queue_order_alerts(conn: sqlite3.Connection, hooks: list[Webhook], now: str) -> int:
+def queue_order_alerts(conn: Connection, hooks: list[Webhook], now: str) -> int:
     """Queue ``order.failed`` for every order that became failed or dead-lettered since the last look (the
     transition events after the ``alert_marks`` watermark, which migration m004 sets to the store's newest
     event: history is not replayed). Runs in the caller's write transaction; returns how many it queued."""
@@ -369,12 +369,12 @@ def queue_order_alerts(conn: sqlite3.Connection, hooks: list[Webhook], now: str)
     return queued
 
 
-def due_count(conn: sqlite3.Connection, now: str) -> int:
+def due_count(conn: Connection, now: str) -> int:
     return conn.execute("SELECT count(*) FROM outbox WHERE state = 'pending' AND next_attempt_at <= ?",
                         (now,)).fetchone()[0]
 
 
-def pending_count(conn: sqlite3.Connection) -> int:
+def pending_count(conn: Connection) -> int:
     return conn.execute("SELECT count(*) FROM outbox WHERE state = 'pending'").fetchone()[0]
 
 

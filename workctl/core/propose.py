@@ -7,7 +7,7 @@ from typing import Any
 from ..errors import Invalid
 from ..jsonio import dumps
 from ..limits import PRIORITY_MAX, PRIORITY_MIN, bounded_int
-from ..store.sqlite import write_tx
+from ..store import write_tx
 from ..types import get_type
 from .ids import new_id
 from .idempotency import Guard

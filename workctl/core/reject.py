@@ -9,7 +9,7 @@ from typing import Any, Iterator
 from ..errors import IllegalTransition, Invalid
 from ..jsonio import dumps, loads
 from ..store import target as targets
-from ..store.sqlite import write_tx
+from ..store import write_tx
 from .approve import not_ready
 from .idempotency import Guard
 from .lifecycle import Actor, move_item, move_order, set_outcome

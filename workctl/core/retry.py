@@ -6,7 +6,7 @@ from typing import Any
 
 from ..errors import Conflict, IllegalTransition, Usage
 from ..jsonio import loads
-from ..store.sqlite import write_tx
+from ..store import write_tx
 from .lifecycle import Actor, move_item, refresh_order, set_outcome
 from .session import Session
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sqlite3
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,6 +12,7 @@ from ..jsonio import loads
 from ..store import sqlite_hotpath
 from ..store.hotpath import HotPath
 from ..store.target import Target
+from ..store.base import Connection, Row
 
 
 # An item as the engine reads it: the narrow row the claims work on, with its input and its outcome.
@@ -24,16 +24,16 @@ ITEM_SELECT = ("SELECT i.n, i.id, i.order_id, i.seq, i.type, i.priority, i.state
 
 @dataclass
 class Session:
-    conn: sqlite3.Connection
+    conn: Connection
     db_path: str
     config: Config
     clock: Clock
-    hot: HotPath = sqlite_hotpath
+    hot: HotPath = sqlite_hotpath  # the store's own (conn.hot); SQLite's by default, for sessions built by hand
 
     def now(self) -> str:
         return iso(self.clock())
 
-    def order_row(self, order_id: str) -> sqlite3.Row:
+    def order_row(self, order_id: str) -> Row:
         row = self.conn.execute("SELECT * FROM orders WHERE id = ?", (order_id,)).fetchone()
         if row is None:
             raise NotFound(f"no order with id '{order_id}'", code="order_not_found")
@@ -49,21 +49,21 @@ class Session:
         """The database holding the users table (the store's own, or ``[target] db``)."""
         return Target(self.conn, self.db_path, self.config.target_db)
 
-    def item_row(self, item_id: str) -> sqlite3.Row:
+    def item_row(self, item_id: str) -> Row:
         row = self.conn.execute(ITEM_SELECT + " WHERE i.id = ?", (item_id,)).fetchone()
         if row is None:
             raise NotFound(f"no item with id '{item_id}'", code="item_not_found")
         return row
 
 
-def order_summary(row: sqlite3.Row) -> dict[str, Any]:
+def order_summary(row: Row) -> dict[str, Any]:
     return {"id": row["id"], "type": row["type"], "state": row["state"], "priority": row["priority"],
             "payload": loads(row["payload"]), "item_count": row["item_count"],
             "requested_by": row["requested_by"], "created_at": row["created_at"],
             "updated_at": row["updated_at"]}
 
 
-def item_summary(row: sqlite3.Row) -> dict[str, Any]:
+def item_summary(row: Row) -> dict[str, Any]:
     return {"id": row["id"], "order_id": row["order_id"], "seq": row["seq"], "type": row["type"],
             "state": row["state"], "attempts": row["attempts"], "max_attempts": row["max_attempts"],
             "leased_by": row["leased_by"], "lease_expires_at": row["lease_expires_at"],

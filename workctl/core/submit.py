@@ -9,7 +9,7 @@ from ..clock import after
 from ..errors import Invalid
 from ..jsonio import dumps, loads
 from ..store.hotpath import Claim
-from ..store.sqlite import write_tx
+from ..store import write_tx
 from ..types import get_type
 from .idempotency import Guard
 from .ids import new_token

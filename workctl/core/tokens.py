@@ -19,7 +19,7 @@ from typing import Any
 
 from ..clock import iso, parse
 from ..errors import Conflict, Invalid, NotFound, Unauthorized
-from ..store.sqlite import write_tx
+from ..store import write_tx
 from .session import Session
 
 SCOPES = ("agent", "operator")

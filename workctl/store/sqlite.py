@@ -13,9 +13,9 @@ import os
 import sqlite3
 import threading
 import time
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterable, Iterator
 
 from ..errors import StoreError
 from .sqlite_migrations import MIGRATION_NAMES, MIGRATION_SET
@@ -30,9 +30,50 @@ _WRITE_LOCKS_GUARD = threading.Lock()
 
 
 class Connection(sqlite3.Connection):
+    """A store connection (the interface ``store/base.py`` describes): SQL with ``?`` placeholders,
+    ``transaction()`` for writes, ``durable()`` for the commit that must survive power loss, and the
+    backend's hot path and error translation."""
+
     write_lock: threading.Lock | None = None
     store_path: str | None = None
     identity: tuple[int, int] | None = None  # (st_dev, st_ino) of the file when it was opened
+    dialect = "sqlite"
+    driver_errors: tuple[type[Exception], ...] = (sqlite3.Error,)
+
+    @property
+    def hot(self) -> Any:
+        from . import sqlite_hotpath
+
+        return sqlite_hotpath
+
+    @property
+    def location(self) -> str:
+        return self.store_path or "?"
+
+    def transaction(self) -> AbstractContextManager[sqlite3.Connection]:
+        return write_tx(self)
+
+    @contextmanager
+    def durable(self) -> Iterator[None]:
+        """The commit inside is synced to disk (synchronous FULL), not only to the WAL."""
+        self.execute("PRAGMA synchronous = FULL")
+        try:
+            yield
+        finally:
+            self.execute("PRAGMA synchronous = NORMAL")
+
+    def translate(self, exc: Exception) -> StoreError:
+        assert isinstance(exc, sqlite3.Error)
+        return translate(exc, self.location)
+
+    def describe(self) -> dict[str, object]:
+        return describe_store(self)
+
+    def in_list(self, values: Iterable[Any]) -> tuple[str, Any]:
+        """``IN (…)`` over a list of values as one parameter (a JSON array, expanded by json_each)."""
+        from ..jsonio import dumps
+
+        return "IN (SELECT value FROM json_each(?))", dumps(list(values))
 
 
 def _write_lock(path: Path) -> threading.Lock:
@@ -179,6 +220,7 @@ def connect(path: str | os.PathLike[str], *, create: bool,
         # this open stays missing instead of coming back empty, with the umask's mode).
         conn = sqlite3.connect(f"{real.as_uri()}?mode=rw", uri=True, timeout=busy_timeout_ms / 1000,
                                isolation_level=None, check_same_thread=False, factory=Connection)
+        conn.row_factory = sqlite3.Row
         conn.write_lock = _write_lock(db_path)
         # The name as given (stat follows a symlink): a link re-pointed at another file counts as replaced.
         conn.store_path = absolute(db_path)

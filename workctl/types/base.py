@@ -16,12 +16,12 @@ Values from outside are checked for what the store can hold (``storable``): at p
 
 from __future__ import annotations
 
-import sqlite3
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Iterator, Mapping
 
 from ..errors import Invalid
 from .storable import Problem, integer_problems, storable_problems
+from ..store.base import Connection
 
 
 class PreparedDiff(dict[str, Any]):
@@ -46,11 +46,11 @@ class ApplyContext:
     """What ``prepare_apply`` and ``apply`` may touch: the target database connection (for ``apply``
     inside an open write transaction) and, read-only, the store's (provenance lives there)."""
 
-    target: sqlite3.Connection
+    target: Connection
     settings: Mapping[str, Any] = field(default_factory=dict)
     dry_run: bool = False
     now: str | None = None  # the approve's clock (ISO-8601 UTC); None in a dry run or a plugin's own call
-    store: sqlite3.Connection | None = None
+    store: Connection | None = None
     prepared: Any = None  # what prepare_apply returned (None: apply prepares itself)
 
 
@@ -121,12 +121,12 @@ class OrderType:
         return {"before": {"applied_items": 0}, "after": {"applied_items": count},
                 "summary": f"Accepted {count} items", "changes": []}
 
-    def record_submitted(self, store: sqlite3.Connection, item: Mapping[str, Any], result: Any,
+    def record_submitted(self, store: Connection, item: Mapping[str, Any], result: Any,
                          now: str) -> None:
         """Inside submit's store transaction, once the result is accepted: keep what must be atomic
         with the submission (the error ledger). ``item`` carries id, order_id, input and attempts."""
 
-    def record_released(self, store: sqlite3.Connection, item: Mapping[str, Any],
+    def record_released(self, store: Connection, item: Mapping[str, Any],
                         failed_users: list[dict[str, Any]], now: str) -> None:
         """Inside release's store transaction: keep the per-user failures of a batch that was given back
         (refused at submit, or its source unavailable). ``failed_users``: ``{"user_id", "error"}``."""
@@ -145,7 +145,7 @@ class OrderType:
         instead of proposing a duplicate); None: every order is its own. Computed from the prepared payload."""
         return None
 
-    def record_applied(self, store: sqlite3.Connection, order: Mapping[str, Any],
+    def record_applied(self, store: Connection, order: Mapping[str, Any],
                        items: list[dict[str, Any]], diff: Mapping[str, Any], now: str) -> None:
         """Inside the store transaction that marks the order completed: keep what must be atomic with
         the apply (provenance, cursors, outbox rows). ``items`` carry id, result and submitted_by."""

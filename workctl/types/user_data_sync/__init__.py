@@ -10,7 +10,6 @@ inside it), ``provenance`` (conflict policies on source times, the change histor
 
 from __future__ import annotations
 
-import sqlite3
 from typing import Any, Iterable, Iterator, Mapping
 
 from ...errors import Invalid
@@ -20,6 +19,7 @@ from ..storable import DEFAULT_MAX_CHARS, storable_problems
 from . import apply as applying
 from . import delta, fieldmap, ledger, provenance, validate
 from .fields import IDENTIFIER, FieldRules, allowed_columns, refusal_message
+from ...store.base import Connection
 
 SOURCES = ("crm", "analytics", "billing")
 # What each source returns when the order names no fields (intersected with the allowed columns).
@@ -66,7 +66,7 @@ class UserDataSync(OrderType):
 
     # -- propose -------------------------------------------------------------------------------
     def prepare(self, payload: dict[str, Any], settings: Mapping[str, Any]) -> dict[str, Any]:
-        target: sqlite3.Connection = settings["target"]
+        target: Connection = settings["target"]
         rules = FieldRules.from_settings(settings)
         allowed = allowed_columns(target, rules)  # also refuses a users view, or one without a unique id
         max_chars = max_value_chars(settings)
@@ -117,14 +117,14 @@ class UserDataSync(OrderType):
                             payload: Mapping[str, Any]) -> list[Problem]:
         return validate.problems(item_input, result, payload)
 
-    def record_submitted(self, store: sqlite3.Connection, item: Mapping[str, Any], result: Any,
+    def record_submitted(self, store: Connection, item: Mapping[str, Any], result: Any,
                          now: str) -> None:
         failed = result.get("failed_users") if isinstance(result, dict) else None
         if failed:  # the error ledger (ledger), atomic with the submission
             ledger.record(store, order_id=item["order_id"], item_id=item["id"], source=item["input"]["source"],
                           failed_users=failed, attempt=item["attempts"], now=now)
 
-    def record_released(self, store: sqlite3.Connection, item: Mapping[str, Any],
+    def record_released(self, store: Connection, item: Mapping[str, Any],
                         failed_users: list[dict[str, Any]], now: str) -> None:
         # Users of a refused or released batch are in the ledger too (workctl failures shows their class).
         ledger.record(store, order_id=item["order_id"], item_id=item["id"], source=item["input"]["source"],
@@ -161,7 +161,7 @@ class UserDataSync(OrderType):
               items: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
         return applying.apply(ctx, order, items)
 
-    def record_applied(self, store: sqlite3.Connection, order: Mapping[str, Any],
+    def record_applied(self, store: Connection, order: Mapping[str, Any],
                        items: list[dict[str, Any]], diff: Mapping[str, Any], now: str) -> None:
         prep = diff.private if isinstance(diff, PreparedDiff) else None
         staged, moved = (prep.staged, prep.moved) if isinstance(prep, applying.Prepared) else (None, [])

@@ -19,7 +19,6 @@ just after the apply: it is not written.
 
 from __future__ import annotations
 
-import sqlite3
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
@@ -111,7 +110,7 @@ def prepare(ctx: ApplyContext, order: Mapping[str, Any], items_in: Iterable[Mapp
     fields = _fields(conn, payload, rules)
     items = list(items_in)
     cols = targets.columns(conn)
-    form = StoredForm.of(conn, cols)
+    form = targets.stored_form(conn, cols)
     incoming, failed = _incoming(items, form, fields)
     plan = provenance.FieldPlan.build((c.name for c in cols.values()), payload, fields, form)
     id_form = form.normaliser("id")
@@ -161,9 +160,7 @@ def _changed_fields(prep: Prepared) -> set[str]:
 
 
 def _refuse_unstorable(prep: Prepared) -> None:
-    """Values the column would refuse on its own (NOT NULL, a STRICT table's type): before any lock."""
-    if not prep.form.strict and not any(prep.form.cols[f.lower()].not_null for f in prep.fields):
-        return
+    """Values the column would refuse on its own (NOT NULL, the column's type): before any lock."""
     refusals = []
     for user_id, out in prep.outcome.items():
         for name, (_, new) in (out or {}).items():
@@ -216,13 +213,13 @@ def write(ctx: ApplyContext, prep: Prepared) -> dict[str, Any]:
             guarded = ([*r, *prep.rows[u]] for u, r in rows)
             written += targets.update_users_if_unchanged(conn, columns, prep.names, guarded)
         clean = written == expected_rows and not rewritten
-    except sqlite3.IntegrityError:
+    except targets.integrity_errors(conn):
         clean = False
     if clean:
-        conn.execute("RELEASE workctl_apply")
+        conn.execute("RELEASE SAVEPOINT workctl_apply")
         return prep.diff
-    conn.execute("ROLLBACK TO workctl_apply")
-    conn.execute("RELEASE workctl_apply")
+    conn.execute("ROLLBACK TO SAVEPOINT workctl_apply")
+    conn.execute("RELEASE SAVEPOINT workctl_apply")
     _recheck(ctx, prep, rewritten)
     prep.plan.ensure_columns(conn, _changed_fields(prep), dry_run=False)
     user_of = {sid: u for u, sid in prep.stored_id.items()}

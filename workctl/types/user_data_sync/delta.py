@@ -37,7 +37,6 @@ default ``updated_since``). A user the source reports as not changed goes into t
 
 from __future__ import annotations
 
-import sqlite3
 from datetime import datetime, timedelta, timezone
 from typing import Any, Iterator, Mapping
 
@@ -45,6 +44,7 @@ from ...clock import iso
 from ...core.lifecycle import Actor, append_event
 from ...errors import Invalid
 from ...jsonio import dumps, loads
+from ...store.base import Connection
 
 MODES = ("full", "delta")
 MAX_LOOKBACK_SECONDS = 30 * 24 * 3600
@@ -86,7 +86,7 @@ def _lookback(payload: Mapping[str, Any], settings: Mapping[str, Any]) -> int:
     return value
 
 
-def prepare(payload: Mapping[str, Any], prepared: dict[str, Any], store: sqlite3.Connection | None,
+def prepare(payload: Mapping[str, Any], prepared: dict[str, Any], store: Connection | None,
             settings: Mapping[str, Any] | None = None) -> None:
     """Check ``sync_mode``/``since``/``lookback_seconds``; for a delta order without ``since``, find
     each user's watermark and store the batches' windows as ``delta_since`` runs (see ``runs``)."""
@@ -154,27 +154,27 @@ def fetch_since(item_input: Mapping[str, Any]) -> str | None:
 
 
 # -- the store: scopes and watermarks ---------------------------------------------------------------------
-def _covering_scopes(store: sqlite3.Connection, source: str, fields: Any) -> list[int]:
+def _covering_scopes(store: Connection, source: str, fields: Any) -> list[int]:
     """Scopes of ``source`` whose fields include all of ``fields``."""
     wanted = set(loads(scope_key(fields)))
     return [scope_id for scope_id, text in store.execute("SELECT id, fields FROM sync_scopes WHERE source = ?",
                                                           (source,)) if wanted <= set(loads(text))]
 
 
-def watermarks(store: sqlite3.Connection, source: str, fields: Any, user_ids: list[int]) -> dict[int, int]:
+def watermarks(store: Connection, source: str, fields: Any, user_ids: list[int]) -> dict[int, int]:
     """Each user's watermark for these fields (microseconds): the latest among the covering scopes."""
     marks: dict[int, int] = {}
-    ids = dumps(user_ids)
+    members, ids = store.in_list(user_ids)
     for scope_id in _covering_scopes(store, source, fields):
         for user_id, through in store.execute(
-                "SELECT user_id, synced_through FROM sync_watermarks WHERE scope_id = ? "
-                "AND user_id IN (SELECT value FROM json_each(?))", (scope_id, ids)):
+                f"SELECT user_id, synced_through FROM sync_watermarks WHERE scope_id = ? AND user_id {members}",
+                (scope_id, ids)):
             if through > marks.get(user_id, -1):
                 marks[user_id] = through
     return marks
 
 
-def _scope_id(store: sqlite3.Connection, source: str, fields: Any) -> int:
+def _scope_id(store: Connection, source: str, fields: Any) -> int:
     key = scope_key(fields)
     store.execute("INSERT INTO sync_scopes (source, fields) VALUES (?, ?) ON CONFLICT (source, fields) DO NOTHING",
                   (source, key))
@@ -196,7 +196,7 @@ def covered_users(order: Mapping[str, Any], items: list[dict[str, Any]], diff: M
     return list(covered)
 
 
-def advance(conn: sqlite3.Connection, order: Mapping[str, Any], items: list[dict[str, Any]],
+def advance(conn: Connection, order: Mapping[str, Any], items: list[dict[str, Any]],
             diff: Mapping[str, Any], now: str) -> dict[str, Any] | None:
     """Inside the store transaction that applies ``order``: move the covered users' watermarks."""
     payload = order["payload"]
@@ -224,7 +224,7 @@ def advance(conn: sqlite3.Connection, order: Mapping[str, Any], items: list[dict
     return outcome
 
 
-def cursors(conn: sqlite3.Connection) -> list[dict[str, Any]]:
+def cursors(conn: Connection) -> list[dict[str, Any]]:
     """Each delta scope (source and fields) with how many users have a watermark and the range of them."""
     found = []
     for scope_id, source, fields in conn.execute("SELECT id, source, fields FROM sync_scopes ORDER BY source, id"):
@@ -237,7 +237,7 @@ def cursors(conn: sqlite3.Connection) -> list[dict[str, Any]]:
     return found
 
 
-def user_watermarks(conn: sqlite3.Connection, user_id: int) -> list[dict[str, Any]]:
+def user_watermarks(conn: Connection, user_id: int) -> list[dict[str, Any]]:
     """One user's watermarks, per scope (for ``workctl why`` and tests)."""
     return [{"source": source, "fields": loads(fields), "synced_through": iso(from_micros(through))}
             for source, fields, through in conn.execute(

@@ -52,12 +52,12 @@ operator one line of ``allow_fields``; a false allowance lets a source write a p
 from __future__ import annotations
 
 import re
-import sqlite3
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping
 
 from ...errors import Invalid
 from ...store.target import check_users_table
+from ...store.base import Connection
 
 IDENTIFIER = r"^[A-Za-z_][A-Za-z0-9_]{0,63}$"
 # Provenance columns (workctl.types.user_data_sync.provenance): bookkeeping, never a syncable field.
@@ -176,7 +176,7 @@ class FieldRules:
         return None if reason is None else f"on the default deny-list: {reason}"
 
 
-def allowed_columns(conn: sqlite3.Connection, rules: FieldRules | None = None) -> list[str]:
+def allowed_columns(conn: Connection, rules: FieldRules | None = None) -> list[str]:
     """Columns of ``users`` that a sync may write (after checking ``users`` is a table with a unique id)."""
     rules = rules or FieldRules()
     return [c.name for c in check_users_table(conn).values() if rules.why_not(c.name) is None]

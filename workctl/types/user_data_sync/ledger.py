@@ -16,7 +16,6 @@ since (by the original order after a requeue, or by an earlier retry of it).
 from __future__ import annotations
 
 import re
-import sqlite3
 from typing import Any, Iterable, Mapping
 
 from ...core.session import Session
@@ -24,6 +23,7 @@ from ...errors import Conflict, Invalid
 from ...jsonio import loads
 from ...limits import MAX_LIST_LIMIT, bounded_int
 from ...store.sql import where
+from ...store.base import Connection, Row
 
 _CLASS = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
 SYNC_TYPE = "user.data.sync"
@@ -37,7 +37,7 @@ def error_class(message: str) -> str:
     return prefix if sep and _CLASS.match(prefix) else "error"
 
 
-def record(conn: sqlite3.Connection, *, order_id: str, item_id: str, source: str,
+def record(conn: Connection, *, order_id: str, item_id: str, source: str,
            failed_users: Iterable[Mapping[str, Any]], attempt: int, now: str) -> int:
     """Write one ledger row per failed user (inside the caller's write transaction)."""
     rows = []
@@ -52,7 +52,7 @@ def record(conn: sqlite3.Connection, *, order_id: str, item_id: str, source: str
     return len(rows)
 
 
-def _row(r: sqlite3.Row | tuple[Any, ...]) -> dict[str, Any]:
+def _row(r: Row | tuple[Any, ...]) -> dict[str, Any]:
     keys = ("id", "order_id", "item_id", "user_id", "source", "error_class", "message", "attempt", "created_at")
     return dict(zip(keys, tuple(r), strict=True))
 

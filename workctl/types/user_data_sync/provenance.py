@@ -48,7 +48,6 @@ Column names only reach SQL after they are found in ``pragma_table_info('users')
 
 from __future__ import annotations
 
-import sqlite3
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -61,9 +60,10 @@ from ...core.lifecycle import Actor, append_event
 from ...core.session import Session
 from ...jsonio import dumps, loads
 from ...store import target as targets
-from ...store.sqlite import write_tx
+from ...store import write_tx
 from ...store.target import StoredForm, same
 from .fields import AT_SUFFIX, FROM_SUFFIX
+from ...store.base import Connection
 
 POLICIES = ("overwrite", "fill_empty", "skip_if_newer")
 ROW_UPDATED_AT = "updated_at"
@@ -181,14 +181,15 @@ def _moment(text: Any) -> datetime | None:
     return moment if isinstance(moment, datetime) else None
 
 
-def last_writes(store: sqlite3.Connection, user_ids: Iterable[Any], fields: Iterable[str]) -> dict[tuple[Any, str], LastWrite]:
+def last_writes(store: Connection, user_ids: Iterable[Any], fields: Iterable[str]) -> dict[tuple[Any, str], LastWrite]:
     """``{(user_id, field): LastWrite}`` for the given users and fields that workctl ever wrote."""
     found: dict[tuple[Any, str], LastWrite] = {}
+    users, user_param = store.in_list(list(user_ids))
+    names, name_param = store.in_list(list(fields))
     rows = store.execute(
         f"SELECT p.id, p.user_id, p.field, p.new, p.source_at, {APPLIED_AT}, p.order_id, p.source FROM provenance p "
-        "WHERE p.id IN (SELECT max(p.id) FROM provenance p WHERE p.user_id IN (SELECT value FROM json_each(?)) "
-        f"AND p.field IN (SELECT value FROM json_each(?)) AND {LIVE} GROUP BY p.user_id, p.field)",
-        (dumps(list(user_ids)), dumps(list(fields))))
+        f"WHERE p.id IN (SELECT max(p.id) FROM provenance p WHERE p.user_id {users} "
+        f"AND p.field {names} AND {LIVE} GROUP BY p.user_id, p.field)", (user_param, name_param))
     for pid, user_id, name, new, source_at, applied_at, order_id, source in rows:
         found[(user_id, name)] = LastWrite(pid, loads(new), _moment(source_at), _moment(applied_at), order_id,
                                            source)
@@ -235,7 +236,7 @@ class FieldPlan:
     def active(self) -> bool:
         return bool(self.policies)
 
-    def load_last_writes(self, store: sqlite3.Connection | None, user_ids: Iterable[Any]) -> None:
+    def load_last_writes(self, store: Connection | None, user_ids: Iterable[Any]) -> None:
         """Read the last writer of every policy field of these users (only orders with policies need it)."""
         if self.policies and store is not None:
             self.last.update(last_writes(store, user_ids, sorted(self.policies)))
@@ -297,7 +298,7 @@ class FieldPlan:
         return max(local) if local else None
 
     # -- provenance columns ----------------------------------------------------------------------
-    def ensure_columns(self, conn: sqlite3.Connection, changed_fields: Iterable[str], *, dry_run: bool) -> None:
+    def ensure_columns(self, conn: Connection, changed_fields: Iterable[str], *, dry_run: bool) -> None:
         """Add the missing provenance columns of the changed fields (only for an order that asked)."""
         if not self.want_columns:
             return
@@ -346,7 +347,7 @@ class FieldPlan:
 
 # -- the store side ------------------------------------------------------------------------------
 _INSERT = ("INSERT INTO provenance (user_id, field, old, new, source, order_id, item_id, agent, applied_at, "
-           "source_at, attempt) VALUES (?, ?, json_quote(?), json_quote(?), ?, ?, ?, ?, ?, ?, ?)")
+           "source_at, attempt) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
 
 
 def _rows(order: Mapping[str, Any], changes: Iterable[Mapping[str, Any]], origins: Mapping[Any, Origin],
@@ -355,8 +356,8 @@ def _rows(order: Mapping[str, Any], changes: Iterable[Mapping[str, Any]], origin
     unknown = Origin(None, None, None, None)
     for c in changes:
         origin = origins.get(c["user_id"], unknown)
-        yield (c["user_id"], c["field"], c["old"], c["new"], source, order["id"], origin.item_id, origin.agent,
-               now, origin.at_text or now, attempt)
+        yield (c["user_id"], c["field"], dumps(c["old"]), dumps(c["new"]), source, order["id"], origin.item_id,
+               origin.agent, now, origin.at_text or now, attempt)
 
 
 @dataclass
@@ -370,7 +371,7 @@ class Staged:
     last_id: int | None = None
 
 
-def stage(store: sqlite3.Connection, order: Mapping[str, Any], changes: list[dict[str, Any]],
+def stage(store: Connection, order: Mapping[str, Any], changes: list[dict[str, Any]],
           origins: Mapping[Any, Origin], now: str) -> Staged:
     """Before approve's lock: write the order's provenance rows under a new attempt id, ``STAGE_ROWS`` per
     write transaction (a concurrent checkout waits for one of those, not for all of them). They do not
@@ -387,13 +388,14 @@ def stage(store: sqlite3.Connection, order: Mapping[str, Any], changes: list[dic
             break
         with write_tx(store) as conn:
             conn.executemany(_INSERT, chunk)
-            last = conn.execute("SELECT last_insert_rowid()").fetchone()[0]
-        staged.first_id = staged.first_id if staged.first_id is not None else last - len(chunk) + 1
+            first, last = conn.execute("SELECT min(id), max(id) FROM provenance WHERE attempt = ?",
+                                       (attempt,)).fetchone()
+        staged.first_id = staged.first_id if staged.first_id is not None else first
         staged.last_id = last
     return staged
 
 
-def unstage(store: sqlite3.Connection, attempt: str, now: str = "") -> None:
+def unstage(store: Connection, attempt: str, now: str = "") -> None:
     """Remove an attempt that will not commit: first mark it abandoned (from then on it cannot commit:
     ``record_applied`` writes the rows itself), then delete its rows ``STAGE_ROWS`` per transaction, then
     the attempt. An interrupted removal leaves an abandoned attempt, which the next ``sweep`` finishes."""
@@ -412,7 +414,7 @@ def unstage(store: sqlite3.Connection, attempt: str, now: str = "") -> None:
                 return
 
 
-def sweep(store: sqlite3.Connection, order_id: str, now: str) -> None:
+def sweep(store: Connection, order_id: str, now: str) -> None:
     """Remove uncommitted attempts of ``order_id``, abandoned ones, and those older than an hour (their
     approve died)."""
     moment = parse_time(now)
@@ -423,7 +425,7 @@ def sweep(store: sqlite3.Connection, order_id: str, now: str) -> None:
         unstage(store, attempt, now)
 
 
-def record_applied(store: sqlite3.Connection, order: Mapping[str, Any], items: list[dict[str, Any]],
+def record_applied(store: Connection, order: Mapping[str, Any], items: list[dict[str, Any]],
                    diff: Mapping[str, Any], now: str, staged: Staged | None = None,
                    moved: Iterable[Any] = ()) -> int:
     """Inside the transaction that completes the order: the provenance of every change of the diff (and
@@ -439,12 +441,11 @@ def record_applied(store: sqlite3.Connection, order: Mapping[str, Any], items: l
     if staged is not None and _commit_staged(store, order, items, changes, now, staged, set(moved)):
         return len(changes)
     if changes:
-        # SQLite's json_quote encodes old/new (in C: this runs once per change of a possibly huge order).
         store.executemany(_INSERT, _rows(order, changes, source_times(items), now, None))
     return len(changes)
 
 
-def _commit_staged(store: sqlite3.Connection, order: Mapping[str, Any], items: list[dict[str, Any]],
+def _commit_staged(store: Connection, order: Mapping[str, Any], items: list[dict[str, Any]],
                    changes: list[dict[str, Any]], now: str, staged: Staged, moved: set[Any]) -> bool:
     """Make the staged rows count (one row), after rewriting those of users re-decided inside the lock.
     False when the attempt is gone (another approve of the order swept it): the caller writes the rows."""
@@ -502,13 +503,13 @@ def history(s: Session, user_id: int, field_name: str | None = None) -> dict[str
 def _current_values(s: Session, user_id: int, fields: list[str], recorded: Mapping[str, Any]) -> dict[str, Any]:
     """The user's current values of ``fields`` and which of them differ (as stored) from ``recorded``."""
     nothing: dict[str, Any] = {"exists": False, "values": {}, "outside": set()}
-    try:
-        with s.target() as target:
+    with s.target() as target:
+        try:
             cols = targets.columns(target)
             if "id" not in cols:
                 return nothing
             present = [f for f in fields if f.lower() in cols]
-            with StoredForm.of(target, cols) as form:
+            with targets.stored_form(target, cols) as form:
                 rows = targets.read_users(target, [cols[f.lower()].name for f in present],
                                           [form.normalise("id", user_id)])
                 row = next(iter(rows.values()), None)
@@ -516,6 +517,6 @@ def _current_values(s: Session, user_id: int, fields: list[str], recorded: Mappi
                     return nothing
                 values = dict(zip(present, row, strict=True))
                 outside = {f for f, v in values.items() if f in recorded and not same(v, form.normalise(f, recorded[f]))}
-    except sqlite3.Error:
-        return nothing
+        except targets.database_errors(target):  # a target that cannot be read says nothing about the user
+            return nothing
     return {"exists": True, "values": values, "outside": outside}

@@ -24,7 +24,6 @@ running revert again: it finds the target's marker, reuses that outcome and only
 
 from __future__ import annotations
 
-import sqlite3
 from typing import Any
 
 from ...core import outbox
@@ -34,16 +33,17 @@ from ...core.session import Session
 from ...errors import Conflict, IllegalTransition, Invalid
 from ...jsonio import dumps, loads
 from ...store import target as targets
-from ...store.sqlite import write_tx
-from ...store.target import StoredForm, same
+from ...store import write_tx
+from ...store.target import same
 from .fields import AT_SUFFIX, FROM_SUFFIX, FieldRules, allowed_columns
 from .provenance import REVERT_SOURCE
+from ...store.base import Connection, Row
 
 SYNC_TYPE = "user.data.sync"
 SKIPPED_IN_EVENT = 100
 
 
-def recorded_changes(conn: sqlite3.Connection, order_row: sqlite3.Row) -> list[dict[str, Any]]:
+def recorded_changes(conn: Connection, order_row: Row) -> list[dict[str, Any]]:
     """The changes the order applied, each with the field's last writer and the source time of the value
     it overwrote: provenance rows, else (an order applied before provenance was kept) the stored diff."""
     changes = []
@@ -73,7 +73,7 @@ def recorded_changes(conn: sqlite3.Connection, order_row: sqlite3.Row) -> list[d
              "last_writer": None, "restore_source_at": None} for c in diff.get("changes") or []]
 
 
-def _restore(conn: sqlite3.Connection, order_id: str, revert_id: str, changes: list[dict[str, Any]],
+def _restore(conn: Connection, order_id: str, revert_id: str, changes: list[dict[str, Any]],
              allowed: set[str], now: str, *, dry_run: bool) -> dict[str, Any]:
     """Inside an open transaction on the target: restore what this order is still the last writer of."""
     done = targets.reverted_outcome(conn, order_id)
@@ -82,7 +82,7 @@ def _restore(conn: sqlite3.Connection, order_id: str, revert_id: str, changes: l
     cols = targets.columns(conn)
     restored: list[dict[str, Any]] = []
     skipped: list[dict[str, Any]] = []
-    with StoredForm.of(conn, cols) as form:
+    with targets.stored_form(conn, cols) as form:
         for change in changes:
             name = change["field"]
             reason = ("column_missing" if name.lower() not in cols else
@@ -121,7 +121,7 @@ def _public(change: dict[str, Any]) -> dict[str, Any]:
             "restore": change["old"]}
 
 
-def _already(conn: sqlite3.Connection, order_id: str) -> Conflict | None:
+def _already(conn: Connection, order_id: str) -> Conflict | None:
     row = conn.execute("SELECT id, actor, created_at FROM reverts WHERE order_id = ?", (order_id,)).fetchone()
     if row is None:
         return None
@@ -130,7 +130,7 @@ def _already(conn: sqlite3.Connection, order_id: str) -> Conflict | None:
                     details=[{"revert_id": row[0], "actor": row[1], "reverted_at": row[2]}])
 
 
-def _allowed(conn: sqlite3.Connection, rules: FieldRules) -> set[str]:
+def _allowed(conn: Connection, rules: FieldRules) -> set[str]:
     return set(allowed_columns(conn, rules))
 
 
@@ -178,7 +178,7 @@ def revert(s: Session, order_id: str, *, actor: Actor, dry_run: bool = False) ->
     return _response(order_id, outcome, len(changes), dry_run=False)
 
 
-def _notify(conn: sqlite3.Connection, s: Session, row: sqlite3.Row, outcome: dict[str, Any], now: str) -> None:
+def _notify(conn: Connection, s: Session, row: Row, outcome: dict[str, Any], now: str) -> None:
     """Outbox rows for the revert, in its store transaction (sent after commit, like approve's)."""
     hooks = outbox.configured(s.config)
     restored = outcome["restored"]
@@ -191,7 +191,7 @@ def _notify(conn: sqlite3.Connection, s: Session, row: sqlite3.Row, outcome: dic
     outbox.enqueue(conn, hooks, order, diff, now, order_event="order.reverted")
 
 
-def _record(conn: sqlite3.Connection, order_id: str, outcome: dict[str, Any], actor: Actor, now: str) -> None:
+def _record(conn: Connection, order_id: str, outcome: dict[str, Any], actor: Actor, now: str) -> None:
     """The store side of a revert, in the caller's transaction."""
     revert_id, restored, skipped = outcome["revert_id"], outcome["restored"], outcome["skipped"]
     who = f"{actor.type}:{actor.id}"
