@@ -1,14 +1,24 @@
-"""Fixtures: a manual clock, a store path in tmp_path, a seeded users table, a ready Workctl (helpers
-that are not fixtures live in helpers.py).
+"""Fixtures: a manual clock, a store in tmp_path (or a PostgreSQL schema), a seeded users table, a ready
+Workctl (helpers that are not fixtures live in helpers.py).
 
-Everything runs on real SQLite files; time only moves when a test calls ``clock.advance``.
+Everything runs on real databases; time only moves when a test calls ``clock.advance``.
+
+**The contract suite.** A test module that sets ``BACKENDS = ("sqlite", "postgres")`` runs every test that
+uses ``db_path`` once per backend: ``db_path`` is then a SQLite file or the URL of a PostgreSQL schema of
+its own (created for the test, dropped after it) on the server at ``WORKCTL_TEST_PG_URL`` (default
+``postgresql://postgres@127.0.0.1:5432/test``). Without a reachable server those runs are skipped with
+the reason — unless ``WORKCTL_TEST_PG`` is set (CI sets it): then they fail, so a missing server can
+never pass for a green run.
 """
 
 from __future__ import annotations
 
 import functools
+import os
+import uuid
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import pytest
 
@@ -33,9 +43,60 @@ def clock() -> ManualClock:
     return ManualClock("2026-01-01T00:00:00Z")
 
 
+PG_URL = os.environ.get("WORKCTL_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    backends = getattr(metafunc.module, "BACKENDS", None)
+    only = metafunc.definition.get_closest_marker("backends")
+    if only is not None:  # @pytest.mark.backends("sqlite"): a test of one backend's own mechanics
+        backends = only.args
+    if backends and "db_path" in metafunc.fixturenames:
+        metafunc.parametrize("db_path", backends, indirect=True)
+
+
+@functools.cache
+def _pg_unreachable() -> str | None:
+    """Why the PostgreSQL server cannot be used (None when it can)."""
+    try:
+        import psycopg
+    except ImportError:
+        return "psycopg is not installed (pip install -e '.[test]')"
+    try:
+        psycopg.connect(PG_URL, connect_timeout=5).close()
+    except psycopg.Error as exc:
+        return f"no PostgreSQL server at {PG_URL}: {str(exc).strip().splitlines()[0]}"
+    return None
+
+
+@contextmanager
+def pg_schema() -> Iterator[str]:
+    """A fresh PostgreSQL schema for one test, as a store URL; dropped afterwards."""
+    import psycopg
+
+    reason = _pg_unreachable()
+    if reason:
+        if os.environ.get("WORKCTL_TEST_PG"):
+            pytest.fail(f"WORKCTL_TEST_PG is set but {reason}")
+        pytest.skip(reason)
+    name = f"t_{uuid.uuid4().hex[:16]}"
+    with psycopg.connect(PG_URL, autocommit=True) as admin:
+        admin.execute(f"CREATE SCHEMA {name}")
+    try:
+        yield f"{PG_URL}?options=-csearch_path%3D{name}"
+    finally:
+        with psycopg.connect(PG_URL, autocommit=True) as admin:
+            admin.execute(f"DROP SCHEMA {name} CASCADE")
+
+
 @pytest.fixture
-def db_path(tmp_path: Path) -> Path:
-    return tmp_path / "w.db"
+def db_path(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Path | str]:
+    """The store: a SQLite file in tmp_path, or (contract modules, ``postgres``) a PostgreSQL schema URL."""
+    if getattr(request, "param", "sqlite") == "postgres":
+        with pg_schema() as url:
+            yield url
+    else:
+        yield tmp_path / "w.db"
 
 
 @pytest.fixture

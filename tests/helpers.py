@@ -15,6 +15,7 @@ import sys
 import textwrap
 import time
 from collections import defaultdict
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
@@ -109,19 +110,97 @@ def go(procs: Iterable[subprocess.Popen[str]]) -> None:
 
 
 # -- stores and users tables ----------------------------------------------------------------------------
+def is_url(db: Path | str) -> bool:
+    return str(db).startswith(("postgresql://", "postgres://"))
+
+
+class _PgTestConnection:
+    """A plain psycopg connection that takes the tests' ``?`` placeholders and hands rows out by name and
+    position (what ``sqlite3.Row`` offers the SQLite side). Test-local: not the store's own connection."""
+
+    def __init__(self, url: str):
+        import psycopg
+        from psycopg.rows import dict_row
+
+        self.raw = psycopg.connect(url, autocommit=False, row_factory=dict_row)
+
+    def execute(self, sql: str, params: Any = ()) -> Any:
+        cursor = self.raw.execute(sql.replace("%", "%%").replace("?", "%s"), params or None)
+        return _PgRows(cursor)
+
+    def executemany(self, sql: str, rows: Any) -> None:
+        with self.raw.cursor() as cursor:
+            cursor.executemany(sql.replace("%", "%%").replace("?", "%s"), rows)
+
+    def commit(self) -> None:
+        self.raw.commit()
+
+    def close(self) -> None:
+        self.raw.commit()
+        self.raw.close()
+
+
+class _Row(dict[str, Any]):
+    """A row readable by column name and by position."""
+
+    def __getitem__(self, key: Any) -> Any:
+        if isinstance(key, int | slice):
+            return tuple(self.values())[key]
+        return super().__getitem__(key)
+
+    def __iter__(self) -> Any:  # like a tuple: tuple(row), a, b = row
+        return iter(list(self.values()))
+
+    def keys(self) -> Any:
+        return super().keys()
+
+    def items(self) -> Any:
+        return super().items()
+
+
+class _PgRows:
+    def __init__(self, cursor: Any):
+        self.cursor = cursor
+
+    def fetchone(self) -> Any:
+        row = self.cursor.fetchone() if self.cursor.description else None
+        return None if row is None else _Row(row)
+
+    def fetchall(self) -> list[Any]:
+        return [_Row(r) for r in self.cursor.fetchall()] if self.cursor.description else []
+
+    def __iter__(self) -> Any:
+        return iter(self.fetchall())
+
+    @property
+    def rowcount(self) -> int:
+        return int(self.cursor.rowcount)
+
+
+def connect(db: Path | str) -> Any:
+    """A plain connection to a store's database, SQLite file or PostgreSQL URL; rows by name and position."""
+    if is_url(db):
+        return _PgTestConnection(str(db))
+    conn = sqlite3.connect(str(db))
+    conn.row_factory = sqlite3.Row
+    return conn
+
+
 USERS_SCHEMA = ("CREATE TABLE IF NOT EXISTS users (id INTEGER PRIMARY KEY, name TEXT, email TEXT, phone TEXT, "
                 "company TEXT, last_seen TEXT, sessions INTEGER, plan TEXT, mrr INTEGER, currency TEXT, password TEXT, "
                 "is_admin INTEGER DEFAULT 0, role TEXT)")
 
 
 def make_users(path: str | Path, count: int = 150, *, start: int = 1, filled: bool = False) -> None:
-    """Create ``users`` (if missing) in the SQLite file at ``path`` with users start..start+count-1.
+    """Create ``users`` (if missing) in the store's database (a SQLite file or a PostgreSQL URL) with users
+    start..start+count-1.
 
     A user has only a name unless ``filled``, which gives every column an old value (so a sync of any
     source changes something) and sensitive columns (password, is_admin, role) something to protect."""
-    conn = sqlite3.connect(str(path))
+    conn = connect(path)
     try:
-        conn.execute("PRAGMA synchronous = OFF")  # test data: skip the fsyncs, keep the suite fast
+        if not is_url(path):
+            conn.execute("PRAGMA synchronous = OFF")  # test data: skip the fsyncs, keep the suite fast
         conn.execute(USERS_SCHEMA)
         if filled:
             conn.executemany(
@@ -138,31 +217,26 @@ def make_users(path: str | Path, count: int = 150, *, start: int = 1, filled: bo
 
 
 def read_users(path: str | Path) -> dict[int, dict[str, Any]]:
-    conn = sqlite3.connect(str(path))
-    conn.row_factory = sqlite3.Row
-    try:
+    with closing(connect(path)) as conn:
         return {row["id"]: dict(row) for row in conn.execute("SELECT * FROM users ORDER BY id")}
-    finally:
-        conn.close()
 
 
-def events(db: str | Path, where: str = "1", params: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
+def events(db: str | Path, where: str = "1 = 1", params: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
     """The events table, oldest first, read through a separate plain connection."""
-    conn = sqlite3.connect(str(db))
-    conn.row_factory = sqlite3.Row
-    try:
+    where = "1 = 1" if where == "1" else where
+    with closing(connect(db)) as conn:
         return [dict(r) for r in conn.execute(f"SELECT * FROM events WHERE {where} ORDER BY id", params)]
-    finally:
-        conn.close()
+
+
+_KEYS = {"orders": "id", "items": "id", "events": "id", "idempotency_keys": "scope, key_hash"}
 
 
 def rows(db: str | Path, table: str, order_by: str = "rowid") -> list[tuple[Any, ...]]:
     """Every row of a table as plain tuples (for "nothing changed" comparisons)."""
-    conn = sqlite3.connect(str(db))
-    try:
-        return conn.execute(f"SELECT * FROM {table} ORDER BY {order_by}").fetchall()
-    finally:
-        conn.close()
+    if order_by == "rowid" and is_url(db):  # PostgreSQL has no rowid: the table's key, else every column
+        order_by = _KEYS.get(table, "1")
+    with closing(connect(db)) as conn:
+        return [tuple(r) for r in conn.execute(f"SELECT * FROM {table} ORDER BY {order_by}")]
 
 
 def table_snapshot(db: str | Path) -> dict[str, list[tuple[Any, ...]]]:
@@ -284,9 +358,9 @@ def lease_violations(events: list[dict[str, Any]]) -> list[str]:
 def chain_problems(db: Path | str) -> list[str]:
     """Every order's and item's transition events, in order, must chain through the transition table
     from its first state to the state its row is in now ("every transition has its event")."""
-    conn = sqlite3.connect(str(db))
+    conn = connect(db)
     try:
-        orders = dict(conn.execute("SELECT id, state FROM orders").fetchall())
+        orders = {r[0]: r[1] for r in conn.execute("SELECT id, state FROM orders").fetchall()}
         items = {r[0]: (r[1], r[2]) for r in conn.execute("SELECT id, order_id, state FROM items")}
         events = conn.execute("SELECT id, entity, order_id, item_id, event, from_state, to_state FROM events "
                               "WHERE entity IN ('order', 'item') AND to_state IS NOT NULL ORDER BY id").fetchall()
@@ -332,11 +406,8 @@ def per_item_counts(events: list[dict[str, Any]]) -> dict[str, dict[str, int]]:
 
 # -- reading a store ----------------------------------------------------------------------------------
 def query(db: Path | str, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-    conn = sqlite3.connect(db)
-    try:
-        return conn.execute(sql, params).fetchall()
-    finally:
-        conn.close()
+    with closing(connect(db)) as conn:
+        return [tuple(r) for r in conn.execute(sql, params).fetchall()]
 
 
 def newer_store(db: Path) -> Path:
@@ -352,28 +423,21 @@ def newer_store(db: Path) -> Path:
 
 
 def users_rows(db: Path | str, columns: str = "*") -> dict[int, tuple[Any, ...]]:
-    conn = sqlite3.connect(str(db))
-    try:
+    with closing(connect(db)) as conn:
         return {r[0]: tuple(r[1:]) for r in conn.execute(f"SELECT id, {columns} FROM users ORDER BY id")}
-    finally:
-        conn.close()
 
 
 def count(db: Path | str, sql: str, params: tuple[Any, ...] = ()) -> int:
-    conn = sqlite3.connect(str(db))
-    try:
+    with closing(connect(db)) as conn:
         return conn.execute(sql, params).fetchone()[0]
-    finally:
-        conn.close()
 
 
 def table_exists(db: Path | str, name: str) -> bool:
-    conn = sqlite3.connect(str(db))
-    try:
+    with closing(connect(db)) as conn:
+        if is_url(db):
+            return conn.execute("SELECT to_regclass(?) IS NOT NULL", (name,)).fetchone()[0]
         return conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,)).fetchone() \
             is not None
-    finally:
-        conn.close()
 
 
 # -- figures --------------------------------------------------------------------------------------------

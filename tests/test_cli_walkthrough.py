@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 
-from helpers import file_snapshot, make_users, result_for_users, run
+from helpers import file_snapshot, is_url, make_users, result_for_users, run, table_snapshot, users_rows
+
+BACKENDS = ("sqlite", "postgres")  # the contract suite: the same commands, output and exit codes on both
 
 
+def snapshot(db):
+    """Everything a dry run could have touched: the file's bytes (SQLite), every workflow table and users."""
+    return (table_snapshot(db), users_rows(db)) if is_url(db) else file_snapshot(db)
 
-def test_seed_walkthrough(tmp_path):
-    db = tmp_path / "workctl.db"
+
+def test_seed_walkthrough(db_path):
+    db = db_path
     make_users(db, 150)
     payload = json.dumps({"source": "crm", "user_ids": list(range(1, 151)), "fields": ["email", "phone", "company"]})
 
@@ -43,12 +48,12 @@ def test_seed_walkthrough(tmp_path):
     assert none_left.exit_code == 3
     assert none_left.json["error"]["code"] == "no_items_available"
 
-    before = file_snapshot(db)
+    before = snapshot(db)
     dry = run(db, "approve", order["id"], "--dry-run", "--json")
     assert dry.exit_code == 0, dry.stderr
     assert dry.json["diff"]["after"] == {"updated_count": 150}
     assert len(dry.json["diff"]["changes"]) == 450
-    assert file_snapshot(db) == before  # a dry run changes nothing
+    assert snapshot(db) == before  # a dry run changes nothing
 
     approved = run(db, "approve", order["id"], "--json")
     assert approved.exit_code == 0, approved.stderr
@@ -58,9 +63,7 @@ def test_seed_walkthrough(tmp_path):
     assert diff["summary"] == "Synced data for 150 users from crm"
     assert {"user_id": 7, "field": "email", "old": None, "new": "user7@example.com"} in diff["changes"]
 
-    conn = sqlite3.connect(db)
-    rows = conn.execute("SELECT id, email, phone, company FROM users ORDER BY id").fetchall()
-    conn.close()
+    rows = [(uid, *values) for uid, values in users_rows(db, "email, phone, company").items()]
     assert rows[0] == (1, "user1@example.com", "+15550000001", "Company 1")
     assert all(r[1] == f"user{r[0]}@example.com" for r in rows) and len(rows) == 150
 

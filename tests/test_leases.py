@@ -8,6 +8,7 @@ import re
 import shutil
 import sqlite3
 import tempfile
+from contextlib import closing
 
 import pytest
 from hypothesis import HealthCheck, event, settings
@@ -22,7 +23,9 @@ from workctl.clock import ManualClock, after, iso, parse
 from workctl.config import Config
 from workctl.errors import Conflict, ExitCode, IllegalTransition, LeaseLost, NoWork, NotFound, Usage
 from workctl.core.lifecycle import ITEM_TRANSITIONS, derived_order_state
-from helpers import events, result_for_item, rows, table_snapshot
+from helpers import connect, events, result_for_item, rows, table_snapshot
+
+BACKENDS = ("sqlite", "postgres")  # the contract suite: every test that uses the store runs on both
 
 
 def tasks(wc, n, *, priority=0, max_attempts=None):
@@ -49,12 +52,8 @@ def wait_for_retry(wc, clock, released):
 
 def item_row(db, item_id):
     """The item as the engine reads it: its narrow row, its input and its outcome."""
-    conn = sqlite3.connect(str(db))
-    conn.row_factory = sqlite3.Row
-    try:
+    with closing(connect(db)) as conn:
         return dict(conn.execute(ITEM_SELECT + " WHERE i.id = ?", (item_id,)).fetchone())
-    finally:
-        conn.close()
 
 
 # -- claim order ----------------------------------------------------------------------------------
@@ -386,6 +385,7 @@ def test_a_submitted_item_is_never_reclaimed(wc, clock, db_path):
 
 
 # -- the claim's query plan ------------------------------------------------------------------------
+@pytest.mark.backends("sqlite")
 def test_claim_queries_seek_a_claim_index(wc):
     """With thousands of finished and waiting items, every claim query is one ordered index walk:
     no table scan and no temporary sort of all claimable rows."""
@@ -407,6 +407,31 @@ def test_claim_queries_seek_a_claim_index(wc):
         assert any(re.search(r"USING (COVERING )?INDEX items_claim", step) for step in plan), (scope, plan)
         assert not any(re.search(r"SCAN items(?! USING)", step) for step in plan), (scope, plan)
         assert not any("TEMP B-TREE" in step for step in plan), (scope, plan)
+
+
+@pytest.mark.backends("postgres")
+def test_postgres_claims_walk_their_partial_index(wc):
+    """The PostgreSQL claim's picks (postgres_schema.CLAIM_PICKS, what wc_claim runs) walk their partial
+    claim index in order and stop at the first lockable row: no sequential scan, no sort."""
+    from workctl.store.postgres_schema import CLAIM_PICKS
+
+    done = tasks(wc, 2500)
+    conn = wc.session.conn
+    conn.execute("UPDATE items SET state = 'completed' WHERE order_id = ?", (done["order"]["id"],))
+    waiting = tasks(wc, 2000, priority=1)
+    wc.propose("user.data.sync", {"source": "crm", "user_ids": list(range(1, 151)), "batch_size": 1})
+    for i in range(20):
+        wc.checkout(agent=f"a{i}")
+    conn.execute("ANALYZE items")
+    now = iso(wc.clock())
+    scopes = {"any": "items_claim", "order": "items_claim_order", "type": "items_claim_type"}
+    for scope, index in scopes.items():
+        sql = (CLAIM_PICKS[scope].replace("p_now", "?").replace("p_order", "?").replace("p_type", "?")
+               + " LIMIT 1 FOR UPDATE SKIP LOCKED")
+        params = {"any": (now,), "order": (waiting["order"]["id"], now), "type": ("user.data.sync", now)}[scope]
+        plan = "\n".join(row[0] for row in conn.execute("EXPLAIN " + sql, params))
+        assert f"Index Scan using {index} on items" in plan, (scope, plan)
+        assert "Seq Scan" not in plan and "Sort" not in plan, (scope, plan)
 
 
 # -- a model-checked random walk --------------------------------------------------------------------

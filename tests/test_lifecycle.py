@@ -14,8 +14,10 @@ from workctl.clock import iso, parse
 from workctl.errors import ExitCode, IllegalTransition, NoWork
 from workctl.core.lifecycle import (ITEM_STATES, ITEM_TRANSITIONS, ORDER_STATES, ORDER_TRANSITIONS, Actor,
                                derived_order_state, move_item, move_order, refresh_order)
-from workctl.store.sqlite import connect
+from workctl.store import open_store
 from helpers import events, result_for_item
+
+BACKENDS = ("sqlite", "postgres")  # the contract suite: every test that uses the store runs on both
 
 # The contract, written out edge by edge (independently of workctl.core.lifecycle) as (from, to, event).
 EXPECTED_ORDER_EDGES = {
@@ -103,8 +105,9 @@ def test_check_names_the_allowed_targets_in_its_message():
 @pytest.fixture
 def store(db_path: Path):
     """A migrated store with one order and one item, inserted directly; returns the connection."""
-    conn = connect(db_path, create=True)
-    conn.row_factory = None  # plain tuples, for comparisons
+    conn = open_store(str(db_path), create=True)
+    if conn.dialect == "sqlite":
+        conn.row_factory = None  # plain tuples, for comparisons
     conn.execute("INSERT INTO orders (id, type, state, payload, requested_by, item_count, created_at, updated_at) "
                   "VALUES ('o1', 'task.batch', 'queued', '{}', 'user:t', 1, 't0', 't0')")
     conn.execute("INSERT INTO items (id, order_id, seq, type, state, max_attempts, updated_at) "
@@ -120,8 +123,8 @@ def _force(conn: sqlite3.Connection, table: str, row_id: str, state: str) -> Non
     counters true to it: the one item is in ``state``)."""
     conn.execute(f"UPDATE {table} SET state = ? WHERE id = ?", (state, row_id))
     if table == "items":
-        zero = ", ".join(f"{st} = 0" for st in ITEM_STATES)
-        conn.execute(f"UPDATE order_counts SET {zero}, {state} = 1 WHERE order_id = 'o1'")
+        counts = ", ".join(f"{st} = {int(st == state)}" for st in ITEM_STATES)
+        conn.execute(f"UPDATE order_counts SET {counts} WHERE order_id = 'o1'")
     else:
         conn.execute("UPDATE order_counts SET state = ? WHERE order_id = ?", (state, row_id))
 
@@ -278,9 +281,8 @@ def test_every_derived_target_is_reachable_through_the_table():
 def test_refresh_order_takes_two_hops_and_logs_both(store):
     """An order still 'queued' whose items are all submitted goes queued -> in_progress -> submitted."""
     _force(store, "items", "i1", "submitted")
-    store.execute("BEGIN IMMEDIATE")
-    assert refresh_order(store, "o1", now="t9") == "submitted"
-    store.execute("COMMIT")
+    with store.transaction():
+        assert refresh_order(store, "o1", now="t9") == "submitted"
     assert store.execute("SELECT state, submitted_at FROM orders WHERE id = 'o1'").fetchone() == ("submitted", "t9")
     logged = store.execute("SELECT event, from_state, to_state, actor_type, actor_id FROM events "
                            "WHERE entity = 'order' ORDER BY id").fetchall()

@@ -4,6 +4,7 @@ idempotency keys, and exactly-once apply into a separate target database."""
 from __future__ import annotations
 
 import sqlite3
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,9 @@ from workctl.clock import iso
 from workctl.config import Config
 from workctl.errors import Conflict, ExitCode, IllegalTransition, Invalid, NoWork, NotFound, StoreError
 from workctl.store.target import APPLIED_MARKER as MARKER_TABLE
-from helpers import events, make_users, read_users, result_for_item, rows, table_snapshot
+from helpers import connect, events, is_url, make_users, read_users, result_for_item, rows, table_snapshot
+
+BACKENDS = ("sqlite", "postgres")  # the contract suite: every test that uses the store runs on both
 
 ALL_USERS = list(range(1, 151))
 CRM_FIELDS = ["email", "phone", "company", "name"]
@@ -36,11 +39,12 @@ def work_all(wc, order_id, *, agent="agent-1", make=result_for_item):
 
 
 def table_names(db) -> set[str]:
-    conn = sqlite3.connect(str(db))
-    try:
-        return {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-    finally:
-        conn.close()
+    with closing(connect(db)) as conn:
+        if is_url(db):
+            sql = "SELECT table_name FROM information_schema.tables WHERE table_schema = current_schema()"
+        else:
+            sql = "SELECT name FROM sqlite_master WHERE type = 'table'"
+        return {r[0] for r in conn.execute(sql)}
 
 
 # -- propose ----------------------------------------------------------------------------------------
@@ -295,14 +299,26 @@ def test_approve_applies_every_result_and_completes(wc, clock, db_path):
     assert {it["state"] for it in shown["items"]} == {"completed"}
 
 
+def refuse_user(db, user_id: int) -> None:
+    """A trigger on users that aborts any update of one user (with the message 'user N refused by trigger')."""
+    with closing(connect(db)) as conn:
+        if is_url(db):
+            conn.execute(f"CREATE FUNCTION refuse_{user_id}() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+                         f"RAISE EXCEPTION 'user {user_id} refused by trigger'; END $$")
+            conn.execute(f"CREATE TRIGGER refuse_{user_id} BEFORE UPDATE ON users FOR EACH ROW "
+                         f"WHEN (NEW.id = {user_id}) EXECUTE FUNCTION refuse_{user_id}()")
+        else:
+            conn.execute(f"CREATE TRIGGER refuse_{user_id} BEFORE UPDATE ON users WHEN NEW.id = {user_id} "
+                         f"BEGIN SELECT RAISE(ABORT, 'user {user_id} refused by trigger'); END")
+        conn.commit()
+
+
 def test_approve_is_one_transaction(wc, db_path):
     """A failure part-way through the apply (a trigger aborting on user 120) leaves no user changed."""
     order_id = propose_users(wc)["order"]["id"]
     work_all(wc, order_id)
-    conn = sqlite3.connect(str(db_path))
-    conn.execute("CREATE TRIGGER refuse_120 BEFORE UPDATE ON users WHEN NEW.id = 120 "
-                 "BEGIN SELECT RAISE(ABORT, 'user 120 refused by trigger'); END")
-    conn.commit()
+    refuse_user(db_path, 120)
+    conn = connect(db_path)
     before, users_before = table_snapshot(db_path), read_users(db_path)
     with pytest.raises(Invalid) as info:
         wc.approve(order_id)
@@ -313,7 +329,7 @@ def test_approve_is_one_transaction(wc, db_path):
     assert read_users(db_path) == users_before  # users 1..119 were not left half-applied
     assert table_snapshot(db_path) == before
     assert MARKER_TABLE not in table_names(db_path)
-    conn.execute("DROP TRIGGER refuse_120")
+    conn.execute("DROP TRIGGER refuse_120" + (" ON users" if is_url(db_path) else ""))
     conn.commit()
     conn.close()
     assert wc.approve(order_id)["order"]["state"] == "completed"
@@ -323,7 +339,7 @@ def test_approve_twice_is_an_illegal_transition(wc, db_path):
     order_id = propose_users(wc)["order"]["id"]
     work_all(wc, order_id)
     wc.approve(order_id)
-    conn = sqlite3.connect(str(db_path))
+    conn = connect(db_path)
     conn.execute("UPDATE users SET email = 'changed-later' WHERE id = 1")
     conn.commit()
     conn.close()
@@ -579,11 +595,8 @@ def split(db_path, app_db, make_wc):
 
 
 def marker_rows(path):
-    conn = sqlite3.connect(str(path))
-    try:
-        return conn.execute(f"SELECT order_id, diff FROM {MARKER_TABLE}").fetchall()
-    finally:
-        conn.close()
+    with closing(connect(path)) as conn:
+        return [tuple(r) for r in conn.execute(f"SELECT order_id, diff FROM {MARKER_TABLE}").fetchall()]
 
 
 def test_approve_into_a_separate_target_database(split, db_path, app_db):
@@ -610,6 +623,7 @@ def test_same_file_approve_leaves_a_marker_in_the_store(wc, db_path):
     assert [(r[0], json.loads(r[1])) for r in marker_rows(db_path)] == [(order_id, {"stored_in": "orders.diff"})]
 
 
+@pytest.mark.backends("sqlite")  # blocks the store's commit with SQLite's write lock
 def test_apply_is_exactly_once_when_the_store_commit_does_not_happen(split, db_path, app_db):
     """The apply commits into app.db, then the store's own commit fails (its write lock is held by another
     process past the busy timeout). The next approve finds the marker, does not apply again, and completes."""
@@ -683,6 +697,7 @@ def _approve_with_store_commit_blocked(split, db_path, order_id):
         split.session.conn.execute("PRAGMA busy_timeout = 30000")
 
 
+@pytest.mark.backends("sqlite")  # blocks the store's commit with SQLite's write lock
 @pytest.mark.parametrize("requeue", [False, True], ids=["reject", "reject-requeue"])
 def test_an_order_already_applied_to_the_target_cannot_be_rejected(split, db_path, app_db, requeue):
     """Regression: after an approve applied into the target but could not record it in the store, a reject

@@ -8,7 +8,6 @@ hand with the agent commands. Each test asserts the users table, the provenance 
 from __future__ import annotations
 
 import json
-import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -16,14 +15,16 @@ import pytest
 
 from workctl.errors import Invalid
 from workctl.sources.sample_server import SampleServer, sample_user
-from helpers import make_users, query, run
+from helpers import connect, make_users, query, run
+
+BACKENDS = ("sqlite", "postgres")  # the contract suite: every test that uses the store runs on both
 
 NOW = "2026-03-01T00:00:00Z"
 NOW_STORED = "2026-03-01T00:00:00.000000Z"
 
 
-def execute(db: Path, sql: str, params: tuple[Any, ...] = ()) -> None:
-    conn = sqlite3.connect(db)
+def execute(db: Path | str, sql: str, params: tuple[Any, ...] = ()) -> None:
+    conn = connect(db)
     conn.execute(sql, params)
     conn.commit()
     conn.close()
@@ -71,8 +72,8 @@ def crm(user_id: int, field: str) -> Any:
 
 
 # -- 3. conflict policies and provenance ------------------------------------------------------------
-def test_policies_and_provenance_columns_through_sync(tmp_path, server):
-    db = tmp_path / "w.db"
+def test_policies_and_provenance_columns_through_sync(tmp_path, db_path, server):
+    db = db_path
     make_users(db, 6)
     execute(db, "ALTER TABLE users ADD COLUMN updated_at TEXT")
     execute(db, "UPDATE users SET phone = '+1-local-2' WHERE id = 2")           # fill_empty keeps it
@@ -152,8 +153,8 @@ def test_policies_and_provenance_columns_through_sync(tmp_path, server):
 
 
 # -- 6. preview ---------------------------------------------------------------------------------------
-def test_diff_previews_exactly_what_approve_applies(tmp_path, server):
-    db = tmp_path / "w.db"
+def test_diff_previews_exactly_what_approve_applies(tmp_path, db_path, server):
+    db = db_path
     make_users(db, 5)
     execute(db, "UPDATE users SET email = ?, phone = ? WHERE id = 5", (crm(5, "email"), crm(5, "phone")))
     config = tmp_path / "workctl.toml"
@@ -288,8 +289,8 @@ def test_revert_heals_after_a_crash_between_the_target_and_the_store_commit(tmp_
 
 
 # -- 8. why -------------------------------------------------------------------------------------------
-def test_why_tells_the_history_of_a_users_fields(tmp_path, server):
-    db = tmp_path / "w.db"
+def test_why_tells_the_history_of_a_users_fields(tmp_path, db_path, server):
+    db = db_path
     make_users(db, 3)
     env = {"WORKCTL_SOURCE_CRM_URL": f"{server.url}/crm", "USER": "alice", "WORKCTL_NOW": NOW}
     first = propose(db, {"source": "crm", "user_ids": [1, 2, 3], "fields": ["email", "phone"]}, env)
@@ -354,7 +355,7 @@ def test_skip_if_newer_time_rules_and_masking(wc, db_path):
         "u***@example.com", "***01", "***", None)
     assert Masker(["phone"])("email", "a@b") == "a@b"
 
-    execute(db_path, "ALTER TABLE users ADD COLUMN updated_at")
+    execute(db_path, "ALTER TABLE users ADD COLUMN updated_at TEXT")
     execute(db_path, "ALTER TABLE users ADD COLUMN email_updated_at TEXT")
     execute(db_path, "UPDATE users SET updated_at = 'garbage' WHERE id = 1")                        # unreadable
     execute(db_path, "UPDATE users SET email_updated_at = '2026-01-01T00:00:00Z', "

@@ -9,6 +9,7 @@ precisely why.
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from typing import Any
 
 from ..clock import after
@@ -41,8 +42,7 @@ def checkout(s: Session, *, agent: str, order_id: str | None = None, type_name: 
     now = s.now()
     request = Claim(agent=agent, token=new_token(), expires=after(s.clock(), ttl), order_id=order_id,
                     type_name=type_name)
-    with write_tx(s.conn) as conn:
-        leased = s.hot.claim(conn, request, now)
+    leased = s.hot.claim(s.conn, request, now)  # atomic on its own: one transaction
     if leased is None:
         raise no_work(s, order_id, type_name, now)
     return {"item": leased_item(s, leased)}
@@ -115,9 +115,8 @@ def heartbeat(s: Session, item_id: str, *, agent: str, ttl: int | None = None,
     check_lease(s, item_id, agent, token)
     now = s.now()
     expires = after(s.clock(), ttl)
-    with write_tx(s.conn) as conn:
-        if s.hot.heartbeat(conn, item_id=item_id, agent=agent, token=token, expires=expires, now=now) is None:
-            raise lease_problem(s.item_row(item_id), agent, token, now)
+    if s.hot.heartbeat(s.conn, item_id=item_id, agent=agent, token=token, expires=expires, now=now) is None:
+        raise lease_problem(s.item_row(item_id), agent, token, now)
     return {"item": {"id": item_id, "state": "leased", "lease_expires_at": expires,
                      "heartbeat_every_seconds": s.config.heartbeat_every_seconds}}
 
@@ -151,7 +150,8 @@ def release(s: Session, item_id: str, *, agent: str, error: str | None = None, t
     if unavailable:
         payload.update(reason="source_unavailable", source=unavailable, attempt_counted=False)
     release = Released(state=target, attempts=attempts, retry_at=retry_at, error=record, payload=payload)
-    with write_tx(s.conn) as conn:
+    # The release is atomic on its own; the failed users it reports are recorded in the same transaction.
+    with write_tx(s.conn) if failed_users else nullcontext(s.conn) as conn:
         order_state = s.hot.release(conn, item_id=item_id, agent=agent, token=token, now=now, release=release)
         if order_state is None:
             raise lease_problem(s.item_row(item_id), agent, token, now)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any, Mapping
 
@@ -73,7 +74,9 @@ def submit(s: Session, item_id: str, result: Any, *, agent: str, token: str | No
                       code="result_invalid", details=problems)
     claim = _claim(s, then, agent)
     now = s.now()
-    with write_tx(s.conn) as conn:
+    # The submit (and claim) is atomic on its own; a transaction around it only when more is written with it.
+    joined = guard.key is not None or order_type.records_submission(result)
+    with write_tx(s.conn) if joined else nullcontext(s.conn) as conn:
         if (earlier := guard.replay(conn)) is not None:
             return earlier
         # Submitting clears the lease: an item awaiting approval is never reclaimed.

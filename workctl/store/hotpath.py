@@ -4,7 +4,10 @@ statements (``sqlite_hotpath``), PostgreSQL as server-side functions (``postgres
 is where the throughput of a work queue is won or lost; the engine (``core/leases.py``,
 ``core/submit.py``) validates, explains refusals and builds the responses around it.
 
-Every operation runs on the caller's open write transaction and keeps the lifecycle's rules:
+Every operation is atomic on its own: it joins the caller's transaction when one is open (the engine opens
+one when it writes more in the same unit, e.g. a release that records failed users), and otherwise runs
+in one of its own — on PostgreSQL a single function call in autocommit, one round trip and one commit.
+Each keeps the lifecycle's rules:
 compare-and-set transitions fenced by the lease token, an event per transition, the order's per-state
 counts moved with each item, and the order's state derived from them (``workctl.states``).
 """

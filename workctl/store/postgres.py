@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import re
 import threading
-from contextlib import contextmanager
-from typing import Any, Iterable, Iterator, Sequence
+from contextlib import contextmanager, nullcontext
+from typing import Any, ContextManager, Iterable, Iterator, Sequence
 
 import psycopg
 from psycopg import errors as pg_errors
@@ -112,8 +112,12 @@ def _reason(exc: Exception) -> str:
 
 
 class PgConnection:
-    """One connection to the store's database. Statements run in autocommit; ``transaction()`` runs a
-    block in one transaction (and may be nested: the inner block joins the outer one)."""
+    """One connection to the store's database (the interface ``store/base.py`` describes). Statements run
+    in autocommit; ``transaction()`` runs a block in one transaction (and may be nested: the inner block
+    joins the outer one)."""
+
+    dialect = "postgres"
+    driver_errors: tuple[type[Exception], ...] = (psycopg.Error,)
 
     def __init__(self, url: str, *, application: str = "workctl"):
         self.url = url
@@ -129,10 +133,41 @@ class PgConnection:
     def in_transaction(self) -> bool:
         return self._depth > 0
 
+    @property
+    def hot(self) -> Any:
+        from . import postgres_hotpath
+
+        return postgres_hotpath
+
+    @property
+    def location(self) -> str:
+        return describe(self.url)
+
+    def durable(self) -> ContextManager[None]:
+        """Every commit is durable already (synchronous_commit is the server's to set, on by default)."""
+        return nullcontext()
+
+    def translate(self, exc: Exception) -> StoreError:
+        return translate(exc, self.url)
+
+    def describe(self) -> dict[str, object]:
+        """What ``workctl init`` reports about the store: its backend, schema and server."""
+        from .postgres_schema import MIGRATIONS_TABLE
+
+        applied = [row[0] for row in self.execute(f"SELECT name FROM {MIGRATIONS_TABLE} ORDER BY name")]
+        version = self.execute("SHOW server_version").fetchone()[0]
+        schema = self.execute("SELECT current_schema()").fetchone()[0]
+        return {"backend": "postgresql", "migrations": applied, "server_version": version, "schema": schema}
+
+    def in_list(self, values: Iterable[Any]) -> tuple[str, Any]:
+        """``= ANY(…)`` over a list of values as one parameter (an array)."""
+        return "= ANY(?)", list(values)
+
     def execute(self, sql: str, params: Sequence[Any] = ()) -> Any:
         return self.raw.execute(_pg_sql(sql), params or None)
 
     def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> Any:
+        """Every row's statement (pipelined by psycopg); the cursor's rowcount is the rows they changed."""
         cursor = self.raw.cursor()
         cursor.executemany(_pg_sql(sql), rows)
         return cursor
@@ -160,3 +195,20 @@ class PgConnection:
 
     def close(self) -> None:
         self.raw.close()
+
+
+def connect(url: str) -> PgConnection:
+    """The store at ``url``: connected, its schema checked and migrated (a database created by a newer
+    workctl is refused, ``store_too_new``)."""
+    from .postgres_schema import migrate
+
+    conn = PgConnection(url)
+    try:
+        migrate(conn)
+    except psycopg.Error as exc:
+        conn.close()
+        raise translate(exc, url) from None
+    except BaseException:
+        conn.close()
+        raise
+    return conn

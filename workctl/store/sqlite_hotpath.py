@@ -1,8 +1,8 @@
 """The hot path on SQLite: claim, submit (and submit + claim-next in one transaction), heartbeat, release
 and the expired-lease reclaim, as the few statements the lean schema needs (docs/hotpath-notes.md).
 
-Each function runs on the caller's open write transaction (``BEGIN IMMEDIATE``) and keeps every rule of
-the lifecycle: a transition is a compare-and-set (the fenced writes carry the lease token), each one
+Each function is atomic: it joins the caller's write transaction when one is open, and otherwise runs in
+a write transaction of its own (``BEGIN IMMEDIATE``). Each keeps every rule of the lifecycle: a transition is a compare-and-set (the fenced writes carry the lease token), each one
 appends its audit event, and the order's per-state counts move with it, after which the order's state
 is derived from those counts and moved along its path (with its events) when it changed. The rules
 themselves come from ``workctl.states``, the one definition the engine and the PostgreSQL functions read
@@ -11,10 +11,11 @@ too; the contract tests run both stores through the same flows and compare the t
 
 from __future__ import annotations
 
+import functools
 import sqlite3
 from collections import defaultdict
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable, TypeVar
 
 from ..jsonio import dumps
 from ..states import ITEM_STATES, ORDER_TRANSITIONS, derived_order_state, path_to
@@ -43,6 +44,20 @@ _EVENT = ("INSERT INTO events (order_id, item_id, entity, event, from_state, to_
 _COUNTS = ", ".join(ITEM_STATES)
 
 Event = tuple[Any, ...]
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _atomic(operation: F) -> F:
+    """Run the operation in the caller's open transaction, or in a write transaction of its own."""
+    @functools.wraps(operation)
+    def run(conn: Any, *args: Any, **kwargs: Any) -> Any:
+        if conn.in_transaction:
+            return operation(conn, *args, **kwargs)
+        from . import write_tx
+
+        with write_tx(conn):
+            return operation(conn, *args, **kwargs)
+    return run  # type: ignore[return-value]
 
 
 @dataclass
@@ -164,6 +179,7 @@ def _leased(conn: sqlite3.Connection, row: tuple[Any, ...], states: dict[str, st
                   lease_token=token, lease_expires_at=expires, input=text, order_state=states[order_id])
 
 
+@_atomic
 def claim(conn: sqlite3.Connection, request: Claim, now: str) -> Leased | None:
     tx = _Tx.start(now)
     _reclaim(conn, tx, RECLAIM_BATCH)
@@ -187,6 +203,7 @@ def _submit(conn: sqlite3.Connection, tx: _Tx, *, item_id: str, agent: str, toke
     return order_id, attempts
 
 
+@_atomic
 def submit(conn: sqlite3.Connection, *, item_id: str, agent: str, token: str, result: str, now: str,
            then: Claim | None = None) -> tuple[Submitted | None, Leased | None]:
     """The fenced submit (None when the lease is gone: nothing written, nothing claimed), and with
@@ -205,6 +222,7 @@ def submit(conn: sqlite3.Connection, *, item_id: str, agent: str, token: str, re
     return submitted, None if row is None else _leased(conn, row, states)
 
 
+@_atomic
 def heartbeat(conn: sqlite3.Connection, *, item_id: str, agent: str, token: str, expires: str,
               now: str) -> str | None:
     """Extend the lease (fenced); the item's order id, or None when the lease is gone."""
@@ -217,6 +235,7 @@ def heartbeat(conn: sqlite3.Connection, *, item_id: str, agent: str, token: str,
     return str(row[0])
 
 
+@_atomic
 def release(conn: sqlite3.Connection, *, item_id: str, agent: str, token: str, now: str,
             release: Released) -> str | None:
     """Give the lease back (fenced), as ``release`` says: the target state, the attempts to keep, when it
@@ -236,6 +255,7 @@ def release(conn: sqlite3.Connection, *, item_id: str, agent: str, token: str, n
     return _settle(conn, tx)[order_id]
 
 
+@_atomic
 def reclaim_expired(conn: sqlite3.Connection, now: str) -> tuple[int, int]:
     """maintain's sweep: every expired lease requeued (or failed at max_attempts). (requeued, failed)"""
     tx = _Tx.start(now)

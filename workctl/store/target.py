@@ -214,7 +214,8 @@ def update_users_if_unchanged(conn: Any, names: Sequence[str], expected: Sequenc
     backend = _backend(conn)
     assignments = ", ".join(f"{quote(n)} = {backend.param_for(n)}" for n in names)
     guards = "".join(f" AND {backend.read_column(quote(e))} IS NOT DISTINCT FROM ?" for e in expected)
-    return int(conn.executemany(f"UPDATE {USERS} SET {assignments} WHERE {ID} = ?{guards}", rows).rowcount)
+    return int(conn.executemany(f"UPDATE {USERS} SET {assignments} WHERE {ID} = ?{guards}",
+                                backend.rows(rows)).rowcount)
 
 
 def update_users(conn: Any, names: Sequence[str], rows: Sequence[Sequence[Any]],
@@ -230,7 +231,7 @@ def update_users(conn: Any, names: Sequence[str], rows: Sequence[Sequence[Any]],
     conn.execute("SAVEPOINT workctl_update")
     failure: Exception | None = None
     try:
-        cursor = conn.executemany(sql, rows)
+        cursor = conn.executemany(sql, backend.rows(rows))
         if cursor.rowcount == len(rows):
             conn.execute("RELEASE SAVEPOINT workctl_update")
             return
@@ -252,7 +253,7 @@ def _find_refusal(conn: Any, sql: str, names: Sequence[str], rows: Sequence[Sequ
     for row in rows:
         conn.execute("SAVEPOINT workctl_row")
         try:
-            cursor = conn.execute(sql, row)
+            cursor = conn.execute(sql, backend.row(row))
         except backend.INTEGRITY_ERRORS as exc:
             conn.execute("ROLLBACK TO SAVEPOINT workctl_row")
             conn.execute("RELEASE SAVEPOINT workctl_row")
@@ -275,7 +276,7 @@ def _fields_of(conn: Any, message: str, names: Sequence[str], row: Sequence[Any]
         conn.execute("SAVEPOINT workctl_field")
         try:
             conn.execute(f"UPDATE {USERS} SET {quote(name)} = {backend.param_for(name)} WHERE {ID} = ?",
-                         (row[i], row[-1]))
+                         backend.row((row[i], row[-1])))
         except backend.INTEGRITY_ERRORS:
             alone.append(name)
         finally:
@@ -303,7 +304,7 @@ def restore_field(conn: Any, name: str, stored_id: Any, restore: Any, expected: 
     extra = "".join(f", {quote(column)} = ?" for column, _ in stamps)
     cursor = conn.execute(f"UPDATE {USERS} SET {quote(name)} = {backend.param_for(name)}{extra} WHERE {ID} = ? "
                           f"AND {backend.read_column(quote(name))} IS NOT DISTINCT FROM ?",
-                          (restore, *(v for _, v in stamps), stored_id, expected))
+                          backend.row((restore, *(v for _, v in stamps), stored_id, expected)))
     return int(cursor.rowcount) == 1
 
 
@@ -311,7 +312,7 @@ def read_field(conn: Any, name: str, stored_id: Any) -> tuple[bool, Any]:
     """(the user exists, the field's value) for one user."""
     backend = _backend(conn)
     row = conn.execute(f"SELECT {backend.read_column(quote(name))} FROM {USERS} WHERE {ID} = ?",
-                       (stored_id,)).fetchone()
+                       backend.row((stored_id,))).fetchone()
     return (False, None) if row is None else (True, backend.readable(row[0]))
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 import re
 import sqlite3
-from typing import Any, Callable
+from typing import Any, Callable, Iterable, Sequence
 
 from .target_model import ID, USERS, Column, Refusal
 
@@ -22,6 +22,15 @@ def in_list(conn: Any, values: list[Any]) -> tuple[str, Any]:
     from ..jsonio import dumps
 
     return "IN (SELECT value FROM json_each(?))", dumps(values)
+
+
+def rows(values: Iterable[Sequence[Any]]) -> Iterable[Sequence[Any]]:
+    """Rows of values as the driver takes them (SQLite: as they are)."""
+    return values
+
+
+def row(values: Sequence[Any]) -> Sequence[Any]:
+    return values
 
 
 def read_column(quoted: str) -> str:

@@ -126,6 +126,12 @@ class OrderType:
         """Inside submit's store transaction, once the result is accepted: keep what must be atomic
         with the submission (the error ledger). ``item`` carries id, order_id, input and attempts."""
 
+    def records_submission(self, result: Any) -> bool:
+        """Whether ``record_submitted`` writes anything for this result (then submit joins it to the
+        submission's transaction; otherwise the submission is one atomic call of the store's hot path).
+        A type that overrides ``record_submitted`` records, unless it says more precisely when."""
+        return type(self).record_submitted is not OrderType.record_submitted
+
     def record_released(self, store: Connection, item: Mapping[str, Any],
                         failed_users: list[dict[str, Any]], now: str) -> None:
         """Inside release's store transaction: keep the per-user failures of a batch that was given back

@@ -124,6 +124,9 @@ class UserDataSync(OrderType):
             ledger.record(store, order_id=item["order_id"], item_id=item["id"], source=item["input"]["source"],
                           failed_users=failed, attempt=item["attempts"], now=now)
 
+    def records_submission(self, result: Any) -> bool:
+        return isinstance(result, dict) and bool(result.get("failed_users"))
+
     def record_released(self, store: Connection, item: Mapping[str, Any],
                         failed_users: list[dict[str, Any]], now: str) -> None:
         # Users of a refused or released batch are in the ledger too (workctl failures shows their class).

@@ -249,7 +249,7 @@ def _rewritten(ctx: ApplyContext, prep: Prepared) -> set[Any]:
         bound = "" if high is None else " AND p.id < ?"
         params = (low, attempt) if high is None else (low, attempt, high)
         found.update(u for u, f in ctx.store.execute(
-            f"SELECT DISTINCT p.user_id, p.field FROM provenance p WHERE p.id > ? AND p.attempt IS NOT ?{bound} "
+            f"SELECT DISTINCT p.user_id, p.field FROM provenance p WHERE p.id > ? AND p.attempt IS DISTINCT FROM ?{bound} "
             f"AND {provenance.LIVE}", params) if u in changing and f in fields)
     return found
 

@@ -55,9 +55,9 @@ def recorded_changes(conn: Connection, order_row: Row) -> list[dict[str, Any]]:
             " AND r.id < p.id ORDER BY r.id DESC LIMIT 1) "
             # the latest later write of the field that still stands (a reverted one, or a revert, does not)
             "FROM provenance p LEFT JOIN provenance q ON q.id = (SELECT max(m.id) FROM provenance m "
-            " WHERE m.user_id = p.user_id AND m.field = p.field AND m.id > p.id AND m.source IS NOT ? "
+            " WHERE m.user_id = p.user_id AND m.field = p.field AND m.id > p.id AND m.source IS DISTINCT FROM ? "
             " AND m.reverted_by IS NULL) "
-            "WHERE p.order_id = ? AND p.source IS NOT ? ORDER BY p.id", (REVERT_SOURCE, order_row["id"], REVERT_SOURCE)):
+            "WHERE p.order_id = ? AND p.source IS DISTINCT FROM ? ORDER BY p.id", (REVERT_SOURCE, order_row["id"], REVERT_SOURCE)):
         pid, user_id, name, old, new, later_order, later_source, later_at, prev_at, prev_new = row
         old_value = loads(old)
         changes.append({
