@@ -14,9 +14,6 @@ never pass for a green run.
 from __future__ import annotations
 
 import functools
-import os
-import uuid
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -25,7 +22,7 @@ import pytest
 from workctl import Workctl
 from workctl.clock import ManualClock
 from workctl.config import Config
-from helpers import make_users
+from helpers import make_users, pg_schema
 
 
 @pytest.fixture(autouse=True)
@@ -43,9 +40,6 @@ def clock() -> ManualClock:
     return ManualClock("2026-01-01T00:00:00Z")
 
 
-PG_URL = os.environ.get("WORKCTL_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
-
-
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     backends = getattr(metafunc.module, "BACKENDS", None)
     only = metafunc.definition.get_closest_marker("backends")
@@ -53,40 +47,6 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         backends = only.args
     if backends and "db_path" in metafunc.fixturenames:
         metafunc.parametrize("db_path", backends, indirect=True)
-
-
-@functools.cache
-def _pg_unreachable() -> str | None:
-    """Why the PostgreSQL server cannot be used (None when it can)."""
-    try:
-        import psycopg
-    except ImportError:
-        return "psycopg is not installed (pip install -e '.[test]')"
-    try:
-        psycopg.connect(PG_URL, connect_timeout=5).close()
-    except psycopg.Error as exc:
-        return f"no PostgreSQL server at {PG_URL}: {str(exc).strip().splitlines()[0]}"
-    return None
-
-
-@contextmanager
-def pg_schema() -> Iterator[str]:
-    """A fresh PostgreSQL schema for one test, as a store URL; dropped afterwards."""
-    import psycopg
-
-    reason = _pg_unreachable()
-    if reason:
-        if os.environ.get("WORKCTL_TEST_PG"):
-            pytest.fail(f"WORKCTL_TEST_PG is set but {reason}")
-        pytest.skip(reason)
-    name = f"t_{uuid.uuid4().hex[:16]}"
-    with psycopg.connect(PG_URL, autocommit=True) as admin:
-        admin.execute(f"CREATE SCHEMA {name}")
-    try:
-        yield f"{PG_URL}?options=-csearch_path%3D{name}"
-    finally:
-        with psycopg.connect(PG_URL, autocommit=True) as admin:
-            admin.execute(f"DROP SCHEMA {name} CASCADE")
 
 
 @pytest.fixture

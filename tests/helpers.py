@@ -5,6 +5,7 @@ report measured figures. Fixtures live in conftest.py; everything else a test sh
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -14,11 +15,12 @@ import subprocess
 import sys
 import textwrap
 import time
+import uuid
 from collections import defaultdict
-from contextlib import closing
+from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 from typer.testing import CliRunner
 
@@ -110,6 +112,45 @@ def go(procs: Iterable[subprocess.Popen[str]]) -> None:
 
 
 # -- stores and users tables ----------------------------------------------------------------------------
+PG_URL = os.environ.get("WORKCTL_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+@functools.cache
+def pg_unreachable() -> str | None:
+    """Why the PostgreSQL server of the tests cannot be used (None when it can)."""
+    try:
+        import psycopg
+    except ImportError:
+        return "psycopg is not installed (pip install -e '.[test]')"
+    try:
+        psycopg.connect(PG_URL, connect_timeout=5).close()
+    except psycopg.Error as exc:
+        return f"no PostgreSQL server at {PG_URL}: {str(exc).strip().splitlines()[0]}"
+    return None
+
+
+@contextmanager
+def pg_schema() -> Iterator[str]:
+    """A fresh PostgreSQL schema, as a store URL, dropped afterwards. Skips the test when there is no
+    server — or fails it when ``WORKCTL_TEST_PG`` is set (CI), so a missing server never passes."""
+    import psycopg
+    import pytest
+
+    reason = pg_unreachable()
+    if reason:
+        if os.environ.get("WORKCTL_TEST_PG"):
+            pytest.fail(f"WORKCTL_TEST_PG is set but {reason}")
+        pytest.skip(reason)
+    name = f"t_{uuid.uuid4().hex[:16]}"
+    with psycopg.connect(PG_URL, autocommit=True) as admin:
+        admin.execute(f"CREATE SCHEMA {name}")
+    try:
+        yield f"{PG_URL}?options=-csearch_path%3D{name}"
+    finally:
+        with psycopg.connect(PG_URL, autocommit=True) as admin:
+            admin.execute(f"DROP SCHEMA {name} CASCADE")
+
+
 def is_url(db: Path | str) -> bool:
     return str(db).startswith(("postgresql://", "postgres://"))
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 import functools
 import os
 import sqlite3
-from typing import Any, Callable, TypeVar
+from typing import IO, Any, Callable, TypeVar
 
 from .clock import Clock, clock_from_env
 from .config import Config, default_agent, load_config
@@ -93,9 +93,30 @@ class Workctl:
         """Create (or migrate) the store; say where it is and whether it was new."""
         from .store import describe
 
-        existed = is_url(self.db_path) or os.path.exists(os.path.realpath(self.db_path))
+        existed = os.path.exists(os.path.realpath(self.db_path)) if not is_url(self.db_path) else None
         conn = self._open(create=True).conn
-        return {"store": {**conn.describe(), "path": describe(self.db_path), "created": not existed}}
+        created = bool(getattr(conn, "migrated", False)) if existed is None else not existed
+        return {"store": {**conn.describe(), "path": describe(self.db_path), "created": created}}
+
+    @_store_errors
+    def export_store(self, out: IO[str]) -> dict[str, Any]:
+        """Write every row of the store to ``out`` as export lines (``core/transfer``); how many rows."""
+        from .core.transfer import export_lines
+
+        rows = 0
+        for line in export_lines(self.session):
+            out.write(line)
+            out.write("\n")
+            rows += 1
+        return {"lines": rows}
+
+    @_store_errors
+    def import_store(self, stream: IO[bytes]) -> dict[str, Any]:
+        """Load an export into this store (created if missing; refused unless it has no orders and no
+        tokens), in one transaction."""
+        from .core.transfer import import_lines
+
+        return import_lines(self._open(create=True), stream)
 
     def close(self) -> None:
         if self._session is not None:

@@ -113,6 +113,7 @@ ERROR_CODES: dict[str, tuple[ExitCode, str]] = {
     "token_exists": (ExitCode.CONFLICT, "an API token with that name exists already"),
     "order_cancelled": (ExitCode.CONFLICT, "the order was cancelled; its items take no more work"),
     "not_cancellable": (ExitCode.CONFLICT, "the order was applied, completed or rejected, so it cannot be cancelled"),
+    "store_not_empty": (ExitCode.CONFLICT, "import needs a new, empty store (no orders, no API tokens)"),
     "approval_held": (ExitCode.CONFLICT, "auto-approve was held by an [approve] rule; the order stays submitted"),
     # 7: remote
     "remote_error": (ExitCode.REMOTE, "a source or webhook failed"),

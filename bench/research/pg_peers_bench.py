@@ -177,42 +177,53 @@ def _pgqueuer(batch_size: int) -> Callable[[str], tuple[Setup, Worker]]:
     return contender
 
 
-def workctl_contender(dsn: str) -> tuple[Setup, Worker]:
-    """workctl's library API on PostgreSQL: fill in when workctl.store.postgres exists.
+def _workctl(next_: bool) -> Callable[[str], tuple[Setup, Worker]]:
+    """workctl's library API on PostgreSQL. setup(n): propose one ``task.batch`` order of n tasks (item
+    i's input is {"task": i}). worker(idx): a Workctl on the same URL; run() loops ``checkout`` then
+    ``submit`` with the lease token — or, with ``next_``, ``submit(next=True)``, which submits and leases
+    the next item in one call (one transaction per cycle) — until there is no work, returning the tasks
+    it submitted."""
+    def contender(dsn: str) -> tuple[Setup, Worker]:
+        import workctl.store.postgres  # noqa: F401  (ImportError without psycopg: skipped)
+        from workctl import Workctl
+        from workctl.config import Config
+        from workctl.errors import NoWork
 
-    setup(n): open a store at ``dsn`` (a postgresql:// URL) and propose one ``task.batch`` order of n
-    tasks, so item i's input is {"task": i}. worker(idx): open a Workctl on the same URL and return
-    run(), which loops ``checkout(agent=…)`` then ``submit(item_id, {"ok": True}, agent=…,
-    lease_token=…)`` until NoWork, returning the ``input["task"]`` values it submitted. (If the library
-    offers submit --next, a second contender "workctl-next" should use it.)"""
-    import workctl.store.postgres  # noqa: F401  (ImportError until the backend exists: skipped)
-    from workctl import Workctl
-    from workctl.errors import NoWork
+        url = _url(dsn)
 
-    url = _url(dsn)
+        def setup(n: int) -> None:
+            with Workctl(url, config=Config(), create=True) as wc:
+                wc.propose("task.batch", {"tasks": list(range(n))})
 
-    def setup(n: int) -> None:
-        wc = Workctl(url)
-        wc.propose("task.batch", {"tasks": list(range(n))})
-        wc.close()
+        def worker(idx: int) -> Run:
+            wc = Workctl(url, config=Config())
+            wc.session  # connected before the start signal
+            agent = f"bench-{os.getpid()}"
 
-    def worker(idx: int) -> Run:
-        wc = Workctl(url)
-        agent = f"bench-{os.getpid()}"
-
-        def run() -> list:
-            done = []
-            while True:
+            def run() -> list:
+                done = []
                 try:
                     item = wc.checkout(agent=agent)["item"]
                 except NoWork:
-                    break
-                wc.submit(item["id"], {"ok": True}, agent=agent, lease_token=item["lease_token"])
-                done.append(item["input"]["task"])
-            wc.close()
-            return done
-        return run
-    return setup, worker
+                    return done
+                while item is not None:
+                    if next_:
+                        response = wc.submit(item["id"], {"ok": True}, agent=agent, lease_token=item["lease_token"],
+                                             next=True)
+                        done.append(item["input"]["task"])
+                        item = response["next"]
+                        continue
+                    wc.submit(item["id"], {"ok": True}, agent=agent, lease_token=item["lease_token"])
+                    done.append(item["input"]["task"])
+                    try:
+                        item = wc.checkout(agent=agent)["item"]
+                    except NoWork:
+                        item = None
+                wc.close()
+                return done
+            return run
+        return setup, worker
+    return contender
 
 
 CONTENDERS: dict[str, tuple[str, Callable[[str], tuple[Setup, Worker]]]] = {
@@ -224,7 +235,8 @@ CONTENDERS: dict[str, tuple[str, Callable[[str], tuple[Setup, Worker]]]] = {
     "procrastinate": ("procrastinate, no-op task, 4 procs × concurrency 1", procrastinate_contender),
     "pgqueuer-1": ("pgqueuer, no-op, batch_size=1", _pgqueuer(1)),
     "pgqueuer-10": ("pgqueuer, no-op, batch_size=10 (its default)", _pgqueuer(10)),
-    "workctl": ("workctl (library API)", workctl_contender),
+    "workctl": ("workctl library: checkout + submit (2 transactions per cycle)", _workctl(False)),
+    "workctl-next": ("workctl library: submit --next (1 transaction per cycle)", _workctl(True)),
 }
 
 
@@ -321,7 +333,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--dsn", default="host=127.0.0.1 user=postgres dbname=postgres",
                     help="an admin connection: each contender gets its own fresh database per run")
-    ap.add_argument("--contenders", default="raw,lean,lean-2tx,procrastinate,pgqueuer-1,pgqueuer-10,workctl")  # + lean-cte
+    ap.add_argument("--contenders", default="raw,lean,lean-2tx,procrastinate,pgqueuer-1,pgqueuer-10,workctl,workctl-next")  # + lean-cte
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
     keys = [k.strip() for k in args.contenders.split(",") if k.strip()]

@@ -15,7 +15,7 @@ from ..commands import failures as failures_command
 from ..commands import revert as revert_command
 from ..commands import run as run_command
 from ..commands import serve as serve_command
-from ..commands import show, sources, status, submit, sync, tokens, types
+from ..commands import show, sources, status, submit, sync, tokens, transfer, types
 from ..commands import why as why_command
 from ..commands._common import Globals
 from ..errors import ExitCode
@@ -56,6 +56,8 @@ for command in (init.init, demo.demo, propose.propose, checkout.checkout, heartb
                 maintain.maintain, retry.retry, sync.sync, run_command.run, diff_command.diff, revert_command.revert,
                 why_command.why, failures_command.failures, serve_command.serve):
     app.command(command.__name__)(command)
+app.command("export")(transfer.export)
+app.command("import")(transfer.import_)
 
 
 def main(argv: list[str] | None = None) -> int:

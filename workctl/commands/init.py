@@ -19,6 +19,6 @@ def init(ctx: typer.Context, json_: Json = False) -> None:
     store = result["store"]
     verb = "Created" if store["created"] else "Store ready (already existed):"
     render.line(f"{verb} {store['path']} ({store['backend']}, {len(store['migrations'])} migrations, "
-                f"journal {store['journal_mode']})")
-    if store["created"]:
+                f"{store['detail']})")
+    if store["created"] and store["backend"] == "sqlite":  # a URL may hold a password: not echoed
         render.line(f"Use it with: export WORKCTL_DB={store['path']}")

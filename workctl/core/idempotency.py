@@ -6,7 +6,7 @@ JSON. Only successful responses are stored (a failure changes nothing, so a retr
 
 Every keyed operation uses one ``Guard`` the same way: ``replay`` before any work (a cheap early answer),
 ``replay`` again inside the write transaction (another process may have finished the same request
-meanwhile), and ``record`` of the response in that transaction::
+meanwhile; this one also claims the key), and ``record`` of the response in that transaction::
 
     guard = Guard.make("approve:" + order_id, key, {"order_id": order_id})
     if (earlier := guard.replay(s.conn)) is not None:
@@ -58,15 +58,6 @@ def lookup(conn: Connection, key: Key) -> Any | None:
     return json.loads(row[1])
 
 
-def store(conn: Connection, key: Key, response: Any, now: str) -> None:
-    conn.execute(
-        "INSERT INTO idempotency_keys (scope, key_hash, fingerprint, response, exit_code, created_at) "
-        "VALUES (?, ?, ?, ?, 0, ?)",
-        (key.scope, key.key_hash, key.fingerprint,
-         json.dumps(response, separators=(",", ":"), ensure_ascii=False), now),
-    )
-
-
 def purge(conn: Connection, older_than: str) -> int:
     return conn.execute("DELETE FROM idempotency_keys WHERE created_at < ?", (older_than,)).rowcount
 
@@ -82,9 +73,26 @@ class Guard:
         return cls(Key.make(scope, key, request) if key else None)
 
     def replay(self, conn: Connection) -> Any | None:
-        """The response stored for this key and request; None when there is none (or no key)."""
-        return lookup(conn, self.key) if self.key else None
+        """The response stored for this key and request; None when there is none (or no key).
+
+        Inside the operation's write transaction it also *claims* the key: a placeholder row, inserted
+        unless one exists. A concurrent transaction with the same key (PostgreSQL runs them side by
+        side) waits on that row until this one ends, then finds the stored response — so two
+        processes with one key make one order, on either backend."""
+        if not self.key:
+            return None
+        if conn.in_transaction:
+            claimed = conn.execute(
+                "INSERT INTO idempotency_keys (scope, key_hash, fingerprint, response, exit_code, created_at) "
+                "VALUES (?, ?, ?, '', 0, '') ON CONFLICT (scope, key_hash) DO NOTHING",
+                (self.key.scope, self.key.key_hash, self.key.fingerprint)).rowcount
+            if claimed:
+                return None
+        return lookup(conn, self.key)
 
     def record(self, conn: Connection, response: Any, now: str) -> None:
+        """Store the response under the key claimed by ``replay`` in this transaction."""
         if self.key:
-            store(conn, self.key, response, now)
+            conn.execute("UPDATE idempotency_keys SET response = ?, created_at = ? WHERE scope = ? AND key_hash = ?",
+                         (json.dumps(response, separators=(",", ":"), ensure_ascii=False), now,
+                          self.key.scope, self.key.key_hash))

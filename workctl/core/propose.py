@@ -55,8 +55,12 @@ def propose(s: Session, type_name: str, payload: Any, *, priority: int = 0, acto
     with write_tx(s.conn) as conn:
         if (earlier := guard.replay(conn)) is not None:
             return earlier
-        if resume and scope_key and (open_row := _open_order(conn, scope_key)) is not None:
-            return {"order": order_summary(open_row), "resumed": True}
+        if resume and scope_key:
+            conn.exclusive(f"scope:{scope_key}")  # two syncs of one scope at once: one order, one resumes it
+            if (open_row := _open_order(conn, scope_key)) is not None:
+                resumed = {"order": order_summary(open_row), "resumed": True}
+                guard.record(conn, resumed, now)
+                return resumed
         conn.execute(
             "INSERT INTO orders (id, type, state, priority, payload, requested_by, item_count, created_at, "
             "updated_at, scope_key, source, parent_id) VALUES (?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?)",

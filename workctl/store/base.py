@@ -51,4 +51,10 @@ class Connection(Protocol):
 
     def in_list(self, values: Iterable[Any]) -> tuple[str, Any]: ...
 
+    def exclusive(self, name: str) -> None: ...     # serialise this write transaction with others naming it
+
+    def stream(self, sql: str, parameters: Any = ..., /) -> Iterator[Any]: ...  # rows without holding them all
+
+    def follow_identity(self, table: str, column: str) -> None: ...  # after rows were inserted with their ids
+
     def close(self) -> None: ...

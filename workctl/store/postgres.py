@@ -128,6 +128,7 @@ class PgConnection:
             raise translate(exc, url) from None
         self.raw.execute(f"SET lock_timeout = {LOCK_TIMEOUT_MS}")
         self._depth = 0
+        self.migrated = False  # whether opening it applied migrations (``init`` says "created")
 
     @property
     def in_transaction(self) -> bool:
@@ -157,7 +158,22 @@ class PgConnection:
         applied = [row[0] for row in self.execute(f"SELECT name FROM {MIGRATIONS_TABLE} ORDER BY name")]
         version = self.execute("SHOW server_version").fetchone()[0]
         schema = self.execute("SELECT current_schema()").fetchone()[0]
-        return {"backend": "postgresql", "migrations": applied, "server_version": version, "schema": schema}
+        return {"backend": "postgresql", "migrations": applied, "server_version": version, "schema": schema,
+                "detail": f"PostgreSQL {version.split()[0]}, schema {schema}"}
+
+    def stream(self, sql: str, params: Sequence[Any] = ()) -> Iterator[Any]:
+        """Rows one by one, as the server sends them (not fetched into memory all at once)."""
+        cursor = self.raw.cursor()
+        return cursor.stream(_pg_sql(sql), params or None)
+
+    def follow_identity(self, table: str, column: str) -> None:
+        """After rows were inserted with explicit ids: the column's sequence continues after the largest."""
+        self.execute(f"SELECT setval(pg_get_serial_sequence('{table}', '{column}'), "
+                     f"coalesce((SELECT max({column}) FROM {table}), 0) + 1, false)")
+
+    def exclusive(self, name: str) -> None:
+        """Serialise this transaction with every other that names the same thing (until it ends)."""
+        self.execute("SELECT pg_advisory_xact_lock(hashtextextended(?, 0))", (name,))
 
     def in_list(self, values: Iterable[Any]) -> tuple[str, Any]:
         """``= ANY(…)`` over a list of values as one parameter (an array)."""

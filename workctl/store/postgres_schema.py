@@ -552,6 +552,7 @@ def migrate(conn: Any) -> None:
         _refuse_newer(conn, applied)
         for fn in MIGRATIONS:
             if fn.__name__ not in applied:
+                conn.migrated = True
                 fn(conn)
                 conn.execute(f"INSERT INTO {MIGRATIONS_TABLE} (name, applied_at) VALUES (?, ?)",
                              (fn.__name__, iso(system_clock())))

@@ -69,6 +69,16 @@ class Connection(sqlite3.Connection):
     def describe(self) -> dict[str, object]:
         return describe_store(self)
 
+    def stream(self, sql: str, parameters: Any = ()) -> Iterator[Any]:
+        """Rows one by one (SQLite's cursor already reads lazily)."""
+        return iter(self.execute(sql, parameters))
+
+    def follow_identity(self, table: str, column: str) -> None:
+        """Nothing to do: an INTEGER PRIMARY KEY continues from the largest id present."""
+
+    def exclusive(self, name: str) -> None:
+        """Nothing to do: a SQLite write transaction (BEGIN IMMEDIATE) excludes every other writer."""
+
     def in_list(self, values: Iterable[Any]) -> tuple[str, Any]:
         """``IN (…)`` over a list of values as one parameter (a JSON array, expanded by json_each)."""
         from ..jsonio import dumps
@@ -359,5 +369,5 @@ def describe_store(conn: sqlite3.Connection) -> dict[str, object]:
     """What ``workctl init`` reports about an open store: its backend, schema and journal mode."""
     applied = [row[0] for row in conn.execute(
         "SELECT name FROM _sqlite_migrations WHERE migration_set = ? ORDER BY id", (MIGRATION_SET,))]
-    return {"backend": "sqlite", "migrations": applied,
-            "journal_mode": conn.execute("PRAGMA journal_mode").fetchone()[0]}
+    journal = conn.execute("PRAGMA journal_mode").fetchone()[0]
+    return {"backend": "sqlite", "migrations": applied, "journal_mode": journal, "detail": f"journal {journal}"}
