@@ -3,6 +3,7 @@ in the store against 1,000; (b) `propose` of 1,000,000 user ids against a raw bu
 item rows.
 
     python bench/scale_bench.py [--big 1000000] [--small 1000] [--checkouts 400] [--ids 1000000] [--runs 3]
+    python bench/scale_bench.py --pg postgresql://postgres@127.0.0.1/test     # (a) on PostgreSQL
 
 (a) Two stores, each one `task.batch` order of --small / --big items (built untimed, by `propose`).
     One open Workctl per store; --checkouts checkouts each, alternating blocks of 20 between the stores;
@@ -42,10 +43,21 @@ def open_store(path: str):
     return wc
 
 
-def checkout_latency(scratch: str, small: int, big: int, checkouts: int) -> dict:
+def pg_store(admin_url: str, label: str) -> str:
+    """A fresh schema on the PostgreSQL server, as a store URL (dropped first if a run left it)."""
+    import psycopg
+
+    schema = f"bench_p5_{label}"
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+        conn.execute(f"CREATE SCHEMA {schema}")
+    return f"{admin_url}?options=-csearch_path%3D{schema}"
+
+
+def checkout_latency(scratch: str, small: int, big: int, checkouts: int, pg: str | None = None) -> dict:
     stores = {}
     for label, n in (("small", small), ("big", big)):
-        path = os.path.join(scratch, f"{label}.db")
+        path = pg_store(pg, label) if pg else os.path.join(scratch, f"{label}.db")
         wc = open_store(path)
         started = time.perf_counter()
         wc.propose("task.batch", {"tasks": list(range(n))})
@@ -128,11 +140,19 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--ids", type=int, default=1_000_000)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--out", default=None)
+    parser.add_argument("--pg", default=None, metavar="URL",
+                        help="(a) on PostgreSQL: a server URL, each store in a schema of its own; skips (b)")
     args = parser.parse_args(argv)
     scratch = tempfile.mkdtemp(prefix="workctl-p5-")
     try:
         print("(a) checkout latency", flush=True)
-        latency = checkout_latency(scratch, args.small, args.big, args.checkouts)
+        latency = checkout_latency(scratch, args.small, args.big, args.checkouts, args.pg)
+        if args.pg:
+            print(f"\nP5 (a) on PostgreSQL, median of {latency['checkouts']} each: "
+                  f"{latency['median_us']['small']:.0f} µs small, {latency['median_us']['big']:.0f} µs big, "
+                  f"big / small {verdict(latency['ratio'], LATENCY_TARGET, False)}")
+            write(out_path("scale_pg", args.out), "P5 PostgreSQL", {"checkout_latency": latency})
+            return {"checkout_latency": latency}
         print("(b) propose vs raw bulk insert", flush=True)
         propose = propose_vs_raw(scratch, args.ids, args.runs)
     finally:
