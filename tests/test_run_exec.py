@@ -7,7 +7,7 @@ import shlex
 import sys
 
 from workctl import Workctl
-from helpers import run, taken
+from helpers import events, query, run, taken
 
 WORKCTL = f"{shlex.quote(sys.executable)} -m workctl"
 
@@ -35,6 +35,23 @@ def test_success_submits_stdout_with_item_on_stdin(tmp_path):
     for item in detail["items"]:
         assert item["result"] == {"double": item["input"]["task"]["n"] * 2, "item": item["id"]}
         assert item["submitted_by"] == "runner"
+
+
+def test_each_submit_leases_the_next_item_in_its_own_transaction(tmp_path):
+    """The loop submits with --next: every submit but the last leases the following item in the same
+    transaction (same timestamp, same agent), so a run costs one commit per item, and --max-items is
+    kept (the submit of the last allowed item leases nothing)."""
+    db = tmp_path / "w.db"
+    order_id = propose_tasks(db, 6)
+    out = run(db, "run", order_id, "--exec", "cat >/dev/null; echo '{}'", "--agent", "runner", "--max-items", "4",
+              "--json")
+    assert out.exit_code == 0, out.stderr
+    assert taken(out.json["items"]) == {"submitted": 4, "released": 0, "lost": 0}
+    trail = [e for e in events(db, "entity = 'item'") if e["event"] in ("leased", "submitted")]
+    assert [e["event"] for e in trail] == ["leased"] + ["submitted", "leased"] * 3 + ["submitted"]
+    for submitted, leased in zip(trail[1::2], trail[2::2]):
+        assert (leased["created_at"], leased["actor_id"]) == (submitted["created_at"], "runner")
+    assert query(db, "SELECT count(*) FROM items WHERE state = 'queued'") == [(2,)]
 
 
 def test_non_zero_exit_releases_with_the_error_until_attempts_run_out(tmp_path):

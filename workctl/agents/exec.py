@@ -161,6 +161,9 @@ class Runner(AgentLoop):
     def agent_of(self, worker: int) -> str:
         return self.agent if self.workers == 1 else f"{self.agent}#{worker + 1}"
 
+    def claim_scope(self) -> tuple[str | None, str | None]:
+        return self.options.order_id, None if self.options.order_id else self.options.type_name
+
     def checkout(self, wc: Handle, agent: str) -> dict[str, Any] | None:
         try:
             return wc.checkout(self.options.order_id, agent=agent, type_name=self.options.type_name,
@@ -177,7 +180,7 @@ class Runner(AgentLoop):
             return self.gone(item, beat.lost)
         if problem is None:
             try:
-                response = wc.submit(item["id"], result, agent=agent, lease_token=item["lease_token"])
+                response = self.submit(wc, item, result, agent)
             except Conflict as exc:
                 return self.gone(item, exc)
             except Invalid as exc:

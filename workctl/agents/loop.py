@@ -36,7 +36,8 @@ class Handle(Protocol):
                 lease_token: str | None = None, unavailable: str | None = None,
                 failed_users: list[dict[str, Any]] | None = None) -> dict[str, Any]: ...
     def submit(self, item_id: str, result: Any, *, agent: str | None = None, lease_token: str | None = None,
-               idempotency_key: str | None = None) -> dict[str, Any]: ...
+               idempotency_key: str | None = None, next: bool = False, next_order: str | None = None,
+               next_type: str | None = None, ttl: int | None = None) -> dict[str, Any]: ...
     def approve(self, order_id: str, *, dry_run: bool = False,
                 idempotency_key: str | None = None) -> dict[str, Any]: ...
     def approve_guarded(self, order_id: str) -> dict[str, Any]: ...
@@ -132,6 +133,7 @@ class AgentLoop:
         self.stopping = threading.Event()
         self._taken = 0
         self._budget_lock = threading.Lock()
+        self._worker_state = threading.local()  # the item a submit leased next, per worker thread
         self.heartbeats: Heartbeats
 
     # -- what subclasses provide -----------------------------------------------------------------
@@ -146,6 +148,31 @@ class AgentLoop:
     def agent_of(self, worker: int) -> str:
         """The agent id worker ``worker`` checks out under."""
         return self.agent
+
+    def claim_scope(self) -> tuple[str | None, str | None]:
+        """(order id, type) the loop's checkouts are scoped to: the next claim of a submit uses the same."""
+        return None, None
+
+    # -- submit, and the next item in the same transaction ------------------------------------------
+    def submit(self, wc: Handle, item: dict[str, Any], result: Any, agent: str) -> dict[str, Any]:
+        """Submit the item's result and, while the budget allows, lease this worker's next item in the
+        same transaction (``submit --next``: one commit per item). The next item is worked by the loop."""
+        want = self._take_slot()
+        order_id, type_name = self.claim_scope() if want else (None, None)  # a scope alone asks for a next item
+        try:
+            response = wc.submit(item["id"], result, agent=agent, lease_token=item["lease_token"], next=want,
+                                 next_order=order_id, next_type=type_name, ttl=self.ttl)
+        except BaseException:
+            if want:
+                self._return_slot()
+            raise
+        if want:
+            leased = response.get("next")
+            if leased is None:  # no work left in scope: this worker is done, as after an empty checkout
+                self._return_slot()
+                self._worker_state.exhausted = True
+            self._worker_state.pending = leased
+        return response
 
     # -- the loop --------------------------------------------------------------------------------
     def run_loop(self) -> None:
@@ -164,12 +191,22 @@ class AgentLoop:
 
     def _drain(self, wc: Handle, n: int) -> None:
         agent = self.agent_of(n)
-        while self._take_slot():
-            item = self.checkout(wc, agent)
-            if item is None:
-                return
+        state = self._worker_state
+        state.pending, state.exhausted = None, False
+        while True:
+            item, state.pending = state.pending, None
+            if item is None:  # nothing leased by the last submit: check out (a slot of the budget each)
+                if state.exhausted or not self._take_slot():
+                    return
+                item = self.checkout(wc, agent)
+                if item is None:
+                    return
             self.listener.item_started(item)
             self.work(wc, item, agent)
+
+    def _return_slot(self) -> None:
+        with self._budget_lock:
+            self._taken -= 1
 
     def _take_slot(self) -> bool:
         with self._budget_lock:

@@ -232,6 +232,9 @@ class Syncer(AgentLoop):
     def _default_workers(self) -> int:
         return min((c.config.concurrency for c in self.clients.values()), default=1)
 
+    def claim_scope(self) -> tuple[str | None, str | None]:
+        return self.options.order_id, None if self.options.order_id else SYNC_TYPE
+
     def checkout(self, wc: Handle, agent: str) -> dict[str, Any] | None:
         try:
             return wc.checkout(self.options.order_id, agent=agent, type_name=SYNC_TYPE, ttl=self.options.ttl)["item"]
@@ -277,7 +280,7 @@ class Syncer(AgentLoop):
             self._unavailable(wc, item, agent, source, why, failed, result["failed_users"])
             return
         try:
-            response = wc.submit(item["id"], result, agent=agent, lease_token=item["lease_token"])
+            response = self.submit(wc, item, result, agent)
         except Conflict as exc:
             self.gone(item, exc)
             return
