@@ -348,3 +348,18 @@ def test_postgres_approve_killed_at_random_moments(tmp_path):
             outcomes[_finish_and_check(url, order_id, before, after)] += 1
     assert sum(outcomes.values()) == 6
     print(f"\noutcomes after kill -9 (approve window {window:.2f} s): {dict(outcomes)}")
+
+
+@pytest.mark.backends("postgres")
+def test_a_lost_connection_is_exit_8_and_the_next_call_reconnects(db_path):
+    """The server drops the connection (a restart, a failover): that call fails with store_unavailable,
+    and the same handle (a long-lived `workctl serve` worker) works again on the next call."""
+    with Workctl(db_path, config=Config(), create=True) as wc:
+        wc.propose("task.batch", {"tasks": [1, 2]})
+        pid = wc.session.conn.execute("SELECT pg_backend_pid()").fetchone()[0]
+        with closing(connect(db_path)) as admin:
+            admin.execute("SELECT pg_terminate_backend(?)", (pid,))
+        with pytest.raises(StoreError) as info:
+            wc.status()
+        assert (info.value.code, info.value.exit_code) == ("store_unavailable", 8)
+        assert wc.status()["items"]["queued"] == 2

@@ -48,7 +48,10 @@ def _store_errors(method: F) -> F:
         except Exception as exc:  # the store's driver errors, as StoreError (exit 8) saying what happened
             conn = self._session.conn if self._session is not None else None
             if conn is not None and isinstance(exc, conn.driver_errors):
-                raise conn.translate(exc) from exc
+                error = conn.translate(exc)
+                if error.code == "store_unavailable":  # e.g. the server restarted: the next call reconnects
+                    self._drop_session()
+                raise error from exc
             if isinstance(exc, sqlite3.Error):  # a second SQLite file (the target) failed
                 from .store.sqlite import translate
 
@@ -117,6 +120,12 @@ class Workctl:
         from .core.transfer import import_lines
 
         return import_lines(self._open(create=True), stream)
+
+    def _drop_session(self) -> None:
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001 — the connection is already broken; closing it may fail too
+            self._session = None
 
     def close(self) -> None:
         if self._session is not None:
