@@ -343,6 +343,29 @@ def test_an_unknown_or_bad_config_key_is_refused(tmp_path, text, words):
     assert words in out.json["error"]["message"]
 
 
+@pytest.mark.parametrize("text, words", [
+    ('[types."user.data.sync"]\nlookbak_seconds = 60\n', "did you mean 'lookback_seconds'"),
+    ('[types."task.batch"]\nbatch_size = 5\n', "this type reads no settings"),
+])
+def test_a_typo_in_an_order_types_config_table_is_refused_before_anything_is_written(tmp_path, text, words):
+    db = tmp_path / "w.db"
+    assert run(db, "init").exit_code == 0
+    (tmp_path / "workctl.toml").write_text(text)
+    before = file_snapshot(db)
+    kind = "user.data.sync" if "user.data" in text else "task.batch"
+    payload = '{"source": "crm", "user_ids": [1], "fields": ["email"]}' if kind == "user.data.sync" else '{"tasks": [1]}'
+    out = run(db, "--config", str(tmp_path / "workctl.toml"), "propose", kind, "--payload", payload, "--json")
+    assert out.exit_code == 5 and out.json["error"]["code"] == "config_invalid", out.stderr
+    assert words in out.json["error"]["message"]
+    assert file_snapshot(db) == before
+
+
+def test_a_typo_in_a_source_table_is_named_not_reported_as_unconfigured(tmp_path):
+    (tmp_path / "workctl.toml").write_text('[sources.crm]\nurl = "http://127.0.0.1:9"\n')
+    out = run(tmp_path / "w.db", "--config", str(tmp_path / "workctl.toml"), "sources", "list", "--json")
+    assert "unknown settings url" in out.stdout and "base_url" in out.stdout
+
+
 def test_maintain_dry_run_reports_exactly_what_it_would_do_and_changes_nothing(tmp_path):
     db = tmp_path / "w.db"
     run(db, "propose", "task.batch", "--payload", '{"tasks": [1, 2]}')

@@ -111,8 +111,19 @@ class Config:
     raw: dict[str, Any] = field(default_factory=dict)
     path: str | None = None
 
-    def type_settings(self, name: str) -> dict[str, Any]:
-        return dict(self.types.get(name, {}))
+    def type_settings(self, name: str, known: frozenset[str] | None = None) -> dict[str, Any]:
+        """The ``[types."<name>"]`` table; with ``known`` (the keys the type reads), an unknown key is
+        refused as a typo would be anywhere else in the config."""
+        table = self.types.get(name, {})
+        if not isinstance(table, dict):
+            raise Invalid(f"config {self.path}: [types.\"{name}\"] must be a table", code="config_invalid")
+        if known is not None:
+            for key in table:
+                if key not in known:
+                    hint = _suggest(key, known) if known else " (this type reads no settings)"
+                    raise Invalid(f"config {self.path}: unknown key {key!r} in [types.\"{name}\"]{hint}",
+                                  code="config_invalid")
+        return dict(table)
 
 
 def load_config(path: str | os.PathLike[str] | None = None) -> Config:

@@ -43,7 +43,11 @@ class Session:
         """What an order type is given of the config: its ``[types."<name>"]`` table, plus the
         ``[target]`` table as ``target_config`` (``allow_fields``, ``max_value_chars``)."""
         target = self.config.raw.get("target") if isinstance(self.config.raw, dict) else None
-        return {**self.config.type_settings(name), "target_config": dict(target) if isinstance(target, dict) else {}}
+        from ..types.registry import get_type  # not at module level: the agent commands' start-up never needs it
+
+        known = get_type(name).settings_keys
+        return {**self.config.type_settings(name, known),
+                "target_config": dict(target) if isinstance(target, dict) else {}}
 
     def target(self) -> Target:
         """The database holding the users table (the store's own, or ``[target] db``)."""

@@ -190,6 +190,16 @@ def load_source(name: str, raw: Mapping[str, Any]) -> SourceConfig:
     if not _NAME.match(name):
         raise Invalid(f"source name {name!r} is not valid", code="source_invalid")
     section = dict((raw.get("sources", {}) or {}).get(name, {}) or {})
+    # Unknown keys first: `url = …` for `base_url = …` must be named as the typo it is, not reported as
+    # "not configured".
+    known = set(SourceConfig.__dataclass_fields__) - {"name"}
+    unknown = set(section) - known
+    if unknown:
+        from ..config import _suggest
+
+        first = sorted(unknown)[0]
+        raise Invalid(f"source {name}: unknown settings {', '.join(sorted(unknown))}{_suggest(first, known)}",
+                      code="source_invalid")
     base_url = _env_url(name) or section.pop("base_url", None)
     section.pop("base_url", None)
     if not base_url:
@@ -197,10 +207,6 @@ def load_source(name: str, raw: Mapping[str, Any]) -> SourceConfig:
                       f"or set WORKCTL_SOURCE_{name.upper()}_URL", code="source_not_configured")
     if not str(base_url).startswith(("http://", "https://")):
         raise Invalid(f"source {name}: base_url must start with http:// or https://", code="source_invalid")
-    known = set(SourceConfig.__dataclass_fields__) - {"name", "base_url"}
-    unknown = set(section) - known
-    if unknown:
-        raise Invalid(f"source {name}: unknown settings {', '.join(sorted(unknown))}", code="source_invalid")
     if section.get("auth", "none") not in AUTH_KINDS:
         raise Invalid(f"source {name}: auth must be one of {', '.join(AUTH_KINDS)}", code="source_invalid")
     field_map = section.get("field_map", {})

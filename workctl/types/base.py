@@ -58,6 +58,10 @@ class OrderType:
     name: str = ""
     description: str = ""
     schema: dict[str, Any] = {"type": "object"}
+    # The keys this type reads from its ``[types."<name>"]`` config table. A type that lists them gets a
+    # typo refused (config_invalid, with a did-you-mean) instead of silently falling back to a default;
+    # None (a plugin that says nothing) accepts any key.
+    settings_keys: frozenset[str] | None = None
 
     def validate_payload(self, payload: Any) -> None:
         """Full JSON Schema validation; every error is reported with its JSON path (exit 5)."""

@@ -12,6 +12,7 @@ from .base import ApplyContext, OrderType, PlannedItem
 
 class TaskBatch(OrderType):
     name = "task.batch"
+    settings_keys: frozenset[str] = frozenset()
     description = "Generic tasks: one work item per element of 'tasks'; results are recorded, nothing is applied."
     schema = {
         "$schema": "https://json-schema.org/draft/2020-12/schema",

@@ -32,6 +32,7 @@ SOURCE_FIELDS: dict[str, tuple[str, ...]] = {
 
 class UserDataSync(OrderType):
     name = "user.data.sync"
+    settings_keys = frozenset({"sensitive_fields", "deny_fields", "lookback_seconds"})
     description = "Sync fields of local users from an external source (crm, analytics, billing) in batches."
     schema = {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
