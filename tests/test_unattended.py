@@ -8,7 +8,6 @@ import json
 import os
 import pty
 import select
-import socket
 import subprocess
 import time
 from pathlib import Path
@@ -16,19 +15,13 @@ from pathlib import Path
 import pytest
 
 from workctl.sources.sample_server import Faults, SampleServer
-from helpers import child_env, count, file_snapshot, make_users, query, run, run_process, workctl_cmd
+from helpers import child_env, count, file_snapshot, free_port, make_users, query, run, run_process, workctl_cmd
 
 NOW = "2026-03-01T12:00:00Z"
 
 
 def at(minutes: int) -> str:
     return f"2026-03-01T{12 + minutes // 60:02d}:{minutes % 60:02d}:00Z"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def source_config(tmp_path: Path, url: str, extra: str = "") -> Path:
