@@ -17,6 +17,7 @@ import argparse
 import compileall
 import json
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -47,13 +48,17 @@ def make_store(tree: Path, db: Path, items: int, env: dict[str, str]) -> None:
                     f"@{payload}", "--json"], check=True, capture_output=True, env={**env, "PYTHONPATH": str(tree)})
 
 
-def time_once(argv: list[str], env: dict[str, str]) -> float:
+def time_once(argv: list[str], env: dict[str, str]) -> tuple[float, float]:
+    """(wall seconds, CPU seconds) of one process. The CPU time (user + system of the child) is what the
+    process itself costs: on a loaded machine the wall time also holds the waits for a core."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
     proc = subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
     elapsed = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if proc.returncode != 0:
         raise RuntimeError(f"{argv} exited {proc.returncode}: {proc.stderr.decode()[-2000:]}")
-    return elapsed
+    return elapsed, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -82,31 +87,43 @@ def main(argv: list[str] | None = None) -> dict:
                 variants[f"{label}: {name}"] = ([py, "-m", "workctl", "--db", str(db), *command],
                                                 {**env, "PYTHONPATH": str(tree)})
         times: dict[str, list[float]] = {name: [] for name in variants}
+        cpu: dict[str, list[float]] = {name: [] for name in variants}
         for cmd, e in variants.values():  # warm the page cache and the .pyc files
             time_once(cmd, e)
         for _ in range(args.repeat):
             for name, (cmd, e) in variants.items():
-                times[name].append(time_once(cmd, e))
+                wall, used = time_once(cmd, e)
+                times[name].append(wall)
+                cpu[name].append(used)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
     ms = {name: sorted(t * 1000 for t in values) for name, values in times.items()}
+    cpu_ms = {name: sorted(t * 1000 for t in values) for name, values in cpu.items()}
     med = {name: median(values) for name, values in ms.items()}
+    cpu_med = {name: median(values) for name, values in cpu_ms.items()}
     base = med['python -c "import sqlite3, json" (baseline)']
+    cpu_base = cpu_med['python -c "import sqlite3, json" (baseline)']
     print(f"start-up at two revisions: before {args.before} ({commits['before'][:10]}), after {args.after} "
           f"({commits['after'][:10]}); {args.items:,}-item stores, {args.repeat} interleaved runs each")
+    print("wall time:")
     table(["command", "min ms", "median ms", "max ms", "× baseline"],
           [[name, v[0], med[name], v[-1], med[name] / base] for name, v in ms.items()])
+    print("CPU time (user + system of the process):")
+    table(["command", "min ms", "median ms", "max ms", "× baseline"],
+          [[name, v[0], cpu_med[name], v[-1], cpu_med[name] / cpu_base] for name, v in cpu_ms.items()])
     ratios = {name: med[f"after: {name}"] / med[f"before: {name}"] for name in COMMANDS}
     # The fastest run is the least disturbed by other load on a shared machine: shown next to the medians.
     min_ratios = {name: ms[f"after: {name}"][0] / ms[f"before: {name}"][0] for name in COMMANDS}
+    cpu_ratios = {name: cpu_med[f"after: {name}"] / cpu_med[f"before: {name}"] for name in COMMANDS}
     for name, ratio in ratios.items():
-        print(f"{name}: after / before = {ratio:.3f}× (medians), {min_ratios[name]:.3f}× (fastest runs); "
-              "≤ 1.0 is not slower")
+        print(f"{name}: after / before = {ratio:.3f}× wall (medians), {min_ratios[name]:.3f}× wall (fastest runs), "
+              f"{cpu_ratios[name]:.3f}× CPU (medians); ≤ 1.0 is not slower")
     result = {"before": {"revision": args.before, "commit": commits["before"]},
               "after": {"revision": args.after, "commit": commits["after"]},
               "items": args.items, "repeat": args.repeat, "runs_ms": ms, "median_ms": med,
               "ratio_after_before": ratios, "ratio_after_before_fastest": min_ratios,
+              "cpu_runs_ms": cpu_ms, "cpu_median_ms": cpu_med, "ratio_after_before_cpu": cpu_ratios,
               "ratio_to_baseline": {n: m / base for n, m in med.items()}}
     write(out_path("startup_revisions", args.out), "P2 before/after", result)
     return result
