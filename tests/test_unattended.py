@@ -70,6 +70,31 @@ def test_the_cron_line_against_a_dead_source_keeps_one_order_spends_no_attempts_
     assert count(db, "SELECT count(*) FROM users WHERE email LIKE '%@example.com'") == 120
 
 
+@pytest.mark.parametrize("faults, error_class", [
+    (Faults(fail_rate=1.0), "server_error"),                      # 5xx for every request, after retries
+    (Faults(slow_rate=1.0, slow_latency=1.0), "timeout"),          # no answer within the 0.3 s timeout
+], ids=["5xx", "timeout"])
+def test_a_source_answering_5xx_or_timing_out_for_everyone_is_an_outage_too(tmp_path, faults, error_class):
+    """Not only a refused connection: a source that answers 5xx, or nothing in time, for every user of the
+    batch is unavailable. The run exits 7 naming it, the batches are given back without spending an
+    attempt, and the users are in the ledger with their class."""
+    db = tmp_path / "w.db"
+    make_users(db, 60, filled=True)
+    with SampleServer(faults=faults) as server:
+        config = source_config(tmp_path, server.url).read_text().replace("timeout = 2", "timeout = 0.3")
+        (tmp_path / "workctl.toml").write_text(config)
+        out = run_process(db, "--config", str(tmp_path / "workctl.toml"), "sync", "--source", "crm", "--users",
+                          "all", "--fields", "email", "--batch-size", "20", "--json",
+                          env={**child_env(), "WORKCTL_NOW": NOW})
+    assert out.exit_code == 7, out.stderr
+    document = json.loads(out.stdout)
+    assert document["error"]["code"] == "source_unavailable" and "crm" in document["error"]["message"]
+    assert document["items"]["released_unavailable"] == 3 and document["items"]["released"] == 0
+    assert query(db, "SELECT state, attempts FROM items ORDER BY seq") == [("queued", 0)] * 3
+    failures = run(db, "failures", "--class", error_class, "--json")
+    assert failures.exit_code == 0 and {f["user_id"] for f in failures.json["failures"]} >= set(range(1, 21))
+
+
 def test_only_failures_the_batch_can_be_blamed_for_spend_attempts(tmp_path):
     """A source that answers, but not for these users (404s), is the batch's problem: the attempt counts."""
     db = tmp_path / "w.db"
