@@ -25,6 +25,7 @@ SCRIPTS = {
     "scale_bench.py": ["--big", "2000", "--small", "100", "--checkouts", "40", "--ids", "3000", "--runs", "1"],
     "run_exec_bench.py": ["--items", "4", "--baseline-items", "2", "--runs", "1"],
     "memory_bench.py": ["--propose-sizes", "1000,2000", "--sync-sizes", "100"],
+    "watermarks_bench.py": ["--users", "300", "--runs", "1"],
 }
 # What each script's JSON must carry (its figure, against its baseline).
 KEYS = {
@@ -36,6 +37,7 @@ KEYS = {
     "scale_bench.py": ("checkout_latency", "propose"),
     "run_exec_bench.py": ("ratio", "median_items_per_s"),
     "memory_bench.py": ("propose", "sync", "propose_marginal_bytes_per_id"),
+    "watermarks_bench.py": ("ratio", "median_s", "bytes_per_user"),
 }
 
 
