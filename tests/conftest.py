@@ -87,5 +87,5 @@ def wc(db_path: Path, users_db: Callable[..., None], make_wc: Callable[..., Work
     """A Workctl on a fresh store whose own file also holds 150 users (the default target)."""
     users_db(db_path, 150)
     handle = make_wc()
-    handle.session  # open (create and migrate) the store now, so tests can inspect it from the start
+    _ = handle.session  # open (create and migrate) the store now, so tests can inspect it from the start
     return handle

@@ -6,7 +6,6 @@ import json
 import os
 import re
 import shutil
-import sqlite3
 import tempfile
 from contextlib import closing
 

@@ -49,7 +49,7 @@ def test_each_submit_leases_the_next_item_in_its_own_transaction(tmp_path):
     assert taken(out.json["items"]) == {"submitted": 4, "released": 0, "lost": 0}
     trail = [e for e in events(db, "entity = 'item'") if e["event"] in ("leased", "submitted")]
     assert [e["event"] for e in trail] == ["leased"] + ["submitted", "leased"] * 3 + ["submitted"]
-    for submitted, leased in zip(trail[1::2], trail[2::2]):
+    for submitted, leased in zip(trail[1::2], trail[2::2], strict=False):
         assert (leased["created_at"], leased["actor_id"]) == (submitted["created_at"], "runner")
     assert query(db, "SELECT count(*) FROM items WHERE state = 'queued'") == [(2,)]
 
