@@ -173,8 +173,8 @@ def test_run_where_every_command_fails_exits_7_and_so_does_every_later_run_until
 def test_an_unknown_filter_value_is_exit_2_listing_the_valid_ones(tmp_path, argv, option, listed):
     db = tmp_path / "w.db"
     assert run(db, "init").exit_code == 0
-    out = run(db, *argv, "--json")
-    assert out.exit_code == 2
+    out = run_process(db, *argv, "--json")  # as a script sees it
+    assert out.exit_code == 2, out.stderr
     error = out.json["error"]
     assert error["code"] == "invalid_choice" and option in error["message"] and listed in error["message"]
 
@@ -366,10 +366,10 @@ def test_maintain_dry_run_reports_exactly_what_it_would_do_and_changes_nothing(t
     run(db, "propose", "task.batch", "--payload", '{"tasks": [1, 2]}')
     run(db, "checkout", "--json", env={"WORKCTL_NOW": NOW})
     before = file_snapshot(db)
-    dry = run(db, "maintain", "--dry-run", "--json", env={"WORKCTL_NOW": at(11)})
-    assert dry.exit_code == 0 and dry.json["dry_run"] is True and dry.json["leases_reclaimed"] == 1
+    dry = run_process(db, "maintain", "--dry-run", "--json", env={**child_env(), "WORKCTL_NOW": at(11)})
+    assert dry.exit_code == 0 and dry.json["dry_run"] is True and dry.json["leases_reclaimed"] == 1, dry.stderr
     assert file_snapshot(db) == before
-    real = run(db, "maintain", "--json", env={"WORKCTL_NOW": at(11)})
+    real = run_process(db, "maintain", "--json", env={**child_env(), "WORKCTL_NOW": at(11)})
     assert real.json["leases_reclaimed"] == 1
 
 
@@ -387,3 +387,22 @@ def test_approve_shows_the_diff_and_asks_on_a_terminal(tmp_path):
     assert file_snapshot(db) == before
     code, screen = _in_a_terminal(workctl_cmd(db, "approve", order_id, "-y"), "", tmp_path)
     assert code == 0 and "[y/N]" not in screen and "is completed" in screen
+
+
+def test_revert_asks_on_a_terminal_and_a_no_changes_nothing(tmp_path):
+    db = tmp_path / "w.db"
+    make_users(db, 3, filled=True)
+    with SampleServer() as server:
+        config = source_config(tmp_path, server.url)
+        out = run(db, "--config", str(config), "sync", "--source", "crm", "--users", "1-3", "--fields", "email",
+                  "--approve", "--json")
+    assert out.exit_code == 0, out.stderr
+    order_id = out.json["orders"][0]
+    before = file_snapshot(db)
+    code, screen = _in_a_terminal(workctl_cmd(db, "revert", order_id), "n", tmp_path)
+    assert code == 130 and "would restore 3 of 3 recorded changes" in screen and "[y/N]" in screen
+    assert "nothing was done" in screen
+    assert file_snapshot(db) == before
+    code, screen = _in_a_terminal(workctl_cmd(db, "revert", order_id), "y", tmp_path)
+    assert code == 0 and "restored 3 of 3" in screen
+    assert count(db, "SELECT count(*) FROM users WHERE email LIKE '%@example.com'") == 0
