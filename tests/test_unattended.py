@@ -373,14 +373,20 @@ def test_maintain_dry_run_reports_exactly_what_it_would_do_and_changes_nothing(t
     assert real.json["leases_reclaimed"] == 1
 
 
-def test_approve_shows_the_diff_and_asks_on_a_terminal(tmp_path):
+def _synced_order(tmp_path: Path, *extra: str) -> tuple[Path, str]:
+    """A store whose order synced users 1-3's email from the sample source (``extra``: e.g. --approve)."""
     db = tmp_path / "w.db"
     make_users(db, 3, filled=True)
     with SampleServer() as server:
         config = source_config(tmp_path, server.url)
         out = run(db, "--config", str(config), "sync", "--source", "crm", "--users", "1-3", "--fields", "email",
-                  "--json")
-    order_id = out.json["orders"][0]
+                  *extra, "--json")
+    assert out.exit_code == 0, out.stderr
+    return db, out.json["orders"][0]
+
+
+def test_approve_shows_the_diff_and_asks_on_a_terminal(tmp_path):
+    db, order_id = _synced_order(tmp_path)
     before = file_snapshot(db)
     code, screen = _in_a_terminal(workctl_cmd(db, "approve", order_id), "n", tmp_path)
     assert code == 130 and "Would apply" in screen and "user1@example.com" in screen and "[y/N]" in screen
@@ -390,14 +396,7 @@ def test_approve_shows_the_diff_and_asks_on_a_terminal(tmp_path):
 
 
 def test_revert_asks_on_a_terminal_and_a_no_changes_nothing(tmp_path):
-    db = tmp_path / "w.db"
-    make_users(db, 3, filled=True)
-    with SampleServer() as server:
-        config = source_config(tmp_path, server.url)
-        out = run(db, "--config", str(config), "sync", "--source", "crm", "--users", "1-3", "--fields", "email",
-                  "--approve", "--json")
-    assert out.exit_code == 0, out.stderr
-    order_id = out.json["orders"][0]
+    db, order_id = _synced_order(tmp_path, "--approve")
     before = file_snapshot(db)
     code, screen = _in_a_terminal(workctl_cmd(db, "revert", order_id), "n", tmp_path)
     assert code == 130 and "would restore 3 of 3 recorded changes" in screen and "[y/N]" in screen
