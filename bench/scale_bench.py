@@ -39,7 +39,7 @@ def open_store(path: str):
     from workctl.config import Config
 
     wc = Workctl(path, config=Config(), create=True)
-    wc.session
+    _ = wc.session  # open (create and migrate) before anything is timed
     return wc
 
 
@@ -67,7 +67,7 @@ def checkout_latency(scratch: str, small: int, big: int, checkouts: int, pg: str
     checkouts = min(checkouts, small)
     for block in range(0, checkouts, BLOCK):
         for label, wc in stores.items():
-            for i in range(min(BLOCK, checkouts - block)):
+            for _ in range(min(BLOCK, checkouts - block)):
                 started = time.perf_counter()
                 wc.checkout(agent="bench")
                 samples[label].append(time.perf_counter() - started)

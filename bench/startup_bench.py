@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> dict:
         "python -c pass": ([py, "-c", "pass"], env),
     }
     times: dict[str, list[float]] = {name: [] for name in variants}
-    for name, (cmd, e) in variants.items():  # warm caches
+    for cmd, e in variants.values():  # warm caches
         time_once(cmd, e)
     needed = (args.repeat + 1) * 2 + 5
     if needed > args.items:

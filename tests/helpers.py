@@ -10,6 +10,7 @@ import hashlib
 import json
 import os
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -64,6 +65,13 @@ def child_env(**extra: str) -> dict[str, str]:
         env.pop(name, None)
     env.update(extra)
     return env
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on (yet): a dead source, or a server's port chosen in advance."""
+    with closing(socket.socket()) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def workctl_cmd(db: Path | str, *args: str) -> list[str]:
@@ -449,6 +457,20 @@ def per_item_counts(events: list[dict[str, Any]]) -> dict[str, dict[str, int]]:
 def query(db: Path | str, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
     with closing(connect(db)) as conn:
         return [tuple(r) for r in conn.execute(sql, params).fetchall()]
+
+
+def sql(db: Path | str, *statements: str, params: tuple[Any, ...] = ()) -> None:
+    """Run statements on a SQLite file (a users table, an edit outside workctl) and commit; ``params``
+    go to the statements that have placeholders."""
+    with closing(sqlite3.connect(db)) as conn:
+        for statement in statements:
+            conn.execute(statement, params if "?" in statement else ())
+        conn.commit()
+
+
+def order_state(db: Path | str, order_id: str, *pre: str) -> str:
+    """The order's state as `workctl show --json` reports it (``pre``: global options such as --config)."""
+    return run(db, *pre, "show", order_id, "--json").json["order"]["state"]
 
 
 def newer_store(db: Path) -> Path:

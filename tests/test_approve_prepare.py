@@ -8,7 +8,6 @@ lock by wrapping ``core.approve._prepare`` (the moment a concurrent writer would
 from __future__ import annotations
 
 import json
-import sqlite3
 from pathlib import Path
 from typing import Any, Callable
 
@@ -16,16 +15,9 @@ import pytest
 
 import workctl.core.approve as approving
 import workctl.types.user_data_sync.apply as applying
-from helpers import count, propose_sync, query, run, work_order
+from helpers import count, propose_sync, query, run, sql, work_order
 
 T = "2026-03-01T10:00:00Z"
-
-
-def sql(db: Path, statement: str, params: tuple[Any, ...] = ()) -> None:
-    conn = sqlite3.connect(db)
-    conn.execute(statement, params)
-    conn.commit()
-    conn.close()
 
 
 def between_prepare_and_lock(monkeypatch: pytest.MonkeyPatch, action: Callable[[], None]) -> None:
@@ -47,7 +39,7 @@ def db(tmp_path: Path) -> Path:
     path = tmp_path / "w.db"
     sql(path, "CREATE TABLE users (id INTEGER PRIMARY KEY, email TEXT, email_updated_at TEXT)")
     for u in range(1, 5):
-        sql(path, "INSERT INTO users (id, email) VALUES (?, ?)", (u, f"{u}@old"))
+        sql(path, "INSERT INTO users (id, email) VALUES (?, ?)", params=(u, f"{u}@old"))
     return path
 
 

@@ -122,3 +122,15 @@ def test_the_rule_table_covers_every_layer() -> None:
     """A new subpackage gets a rule (or is consciously left free, like the CLI at the top)."""
     top = {"commands", "cli", "demo", "workctl", "__main__"}
     assert {layer(m) for m in GRAPH} - top <= set(FORBIDDEN)
+
+
+def test_the_map_names_every_module() -> None:
+    """docs/architecture.md is where a newcomer looks a concept up: every module must be in it, by its path
+    under workctl/ or as `name.py` in its package's row (a command by the `commands/<command>.py` row)."""
+    text = (PACKAGE.parent / "docs" / "architecture.md").read_text(encoding="utf-8")
+    unnamed = sorted(
+        str(relative) for relative in (p.relative_to(PACKAGE) for p in PACKAGE.rglob("*.py"))
+        if relative.name != "__init__.py"
+        and not (relative.parts[0] == "commands" and not relative.name.startswith("_"))
+        and str(relative) not in text and f"`{relative.name}`" not in text)
+    assert unnamed == [], f"docs/architecture.md does not say where these are: {unnamed}"

@@ -19,21 +19,25 @@ ROOT = Path(__file__).resolve().parent.parent
 SCRIPTS = {
     "peers_bench.py": ["--n", "150", "--consumers", "2"],
     "startup_bench.py": ["--items", "40", "--repeat", "2"],
+    "startup_revisions_bench.py": ["--before", "HEAD", "--after", "HEAD", "--items", "6", "--repeat", "2"],
     "approve_bench.py": ["--users", "300", "--runs", "1"],
     "sync_bench.py": ["--users", "100", "--seed-users", "50", "--runs", "1", "--latency", "0"],
     "scale_bench.py": ["--big", "2000", "--small", "100", "--checkouts", "40", "--ids", "3000", "--runs", "1"],
     "run_exec_bench.py": ["--items", "4", "--baseline-items", "2", "--runs", "1"],
     "memory_bench.py": ["--propose-sizes", "1000,2000", "--sync-sizes", "100"],
+    "watermarks_bench.py": ["--users", "300", "--runs", "1"],
 }
 # What each script's JSON must carry (its figure, against its baseline).
 KEYS = {
     "peers_bench.py": ("results", "ratios", "skipped"),
     "startup_bench.py": ("ratio", "median_ms", "imports_beyond_baseline"),
+    "startup_revisions_bench.py": ("ratio_after_before", "median_ms", "runs_ms"),
     "approve_bench.py": ("ratio", "median_raw_s", "median_approve_s"),
     "sync_bench.py": ("ratio_vs_seed_loop", "ratio_vs_bare_loop"),
     "scale_bench.py": ("checkout_latency", "propose"),
     "run_exec_bench.py": ("ratio", "median_items_per_s"),
     "memory_bench.py": ("propose", "sync", "propose_marginal_bytes_per_id"),
+    "watermarks_bench.py": ("ratio", "median_s", "bytes_per_user"),
 }
 
 

@@ -5,13 +5,12 @@ users table row by row and the provenance rows with their source times.
 
 from __future__ import annotations
 
-import sqlite3
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from helpers import propose_sync, query, run, work_order
+from helpers import propose_sync, query, run, sql, work_order
 
 
 def at(hhmm: str) -> str:
@@ -20,13 +19,6 @@ def at(hhmm: str) -> str:
 
 def stored(hhmm: str) -> str:
     return f"2026-03-01T{hhmm}:00.000000Z"
-
-
-def sql(db: Path, statement: str, params: tuple[Any, ...] = ()) -> None:
-    conn = sqlite3.connect(db)
-    conn.execute(statement, params)
-    conn.commit()
-    conn.close()
 
 
 def rows(db: Path, columns: str = "email") -> dict[int, tuple[Any, ...]]:
@@ -107,7 +99,7 @@ def test_local_edits_are_judged_by_their_own_time_and_kept_when_it_is_unknown(db
     first = order(db, "crm", {1: "a@crm", 2: "a2@crm"}, at("09:00"), columns=False)
     approve(db, first, at("09:01"))
     # User 1: the app edits and stamps 11:00. User 2: the app edits without touching any time column.
-    sql(db, "UPDATE users SET email = 'mine@app', email_updated_at = ? WHERE id = 1", (at("11:00"),))
+    sql(db, "UPDATE users SET email = 'mine@app', email_updated_at = ? WHERE id = 1", params=(at("11:00"),))
     sql(db, "UPDATE users SET email = 'mine2@app' WHERE id = 2")
     before_edit = order(db, "crm", {1: "x@crm", 2: "x2@crm"}, at("10:00"), columns=False)
     diff = approve(db, before_edit, at("12:00"))
@@ -129,7 +121,7 @@ def test_users_updated_at_of_another_columns_edit_does_not_block_a_value_workctl
     """The old rule read users.updated_at for every field: an edit of the phone blocked the email."""
     first = order(db, "crm", {1: "a@crm"}, at("09:00"), columns=False)
     approve(db, first, at("09:01"))
-    sql(db, "UPDATE users SET phone = '555', updated_at = ? WHERE id = 1", (at("11:00"),))
+    sql(db, "UPDATE users SET phone = '555', updated_at = ? WHERE id = 1", params=(at("11:00"),))
     second = order(db, "crm", {1: "b@crm"}, at("10:00"), columns=False)
     assert [c["new"] for c in approve(db, second, at("12:00"))["changes"]] == ["b@crm"]
 

@@ -11,11 +11,7 @@ from typing import Any
 
 import pytest
 
-from helpers import count, run
-
-
-def order_state(db: Path, order_id: str) -> str:
-    return run(db, "show", order_id, "--json").json["order"]["state"]
+from helpers import count, order_state, run
 
 
 class Tickets:

@@ -67,7 +67,7 @@ class LifecycleMachine(RuleBasedStateMachine):
         self.items: list[str] = []
         self.tokens: dict[str, list[str]] = {}  # item -> every token handed out for it, oldest first
         self.submits = 0
-        self.model = {uid: dict(zip(FIELDS, row, strict=False)) for uid, row in self._users().items()}
+        self.model = {uid: dict(zip(FIELDS, row, strict=True)) for uid, row in self._users().items()}
         self.approved_order: list[str] = []
 
     def teardown(self):

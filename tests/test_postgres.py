@@ -331,7 +331,7 @@ def test_postgres_approve_killed_at_random_moments(tmp_path):
     rng = random.Random()
     outcomes: Counter[str] = Counter()
     window = None
-    for _trial in range(6):
+    for _ in range(6):
         with pg_schema() as url:
             order_id, before, after = _approve_world(url, 5_000)
             [proc] = start_ready_processes([python_cmd(APPROVER, url, order_id)], cwd=tmp_path,

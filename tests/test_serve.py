@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -22,15 +21,9 @@ from typing import Any, Iterator
 import httpx
 import pytest
 
-from helpers import child_env, make_users, read_users, result_for_users, run
+from helpers import child_env, free_port, make_users, read_users, result_for_users, run
 
 BASE = "/api/agent/work"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class Served:

@@ -213,7 +213,7 @@ def test_mixed_faults_through_the_real_cli(tmp_path):
                                   capture_output=True, text=True, cwd=tmp_path, env=child_env(WORKCTL_NOW=NOW))
         assert proposed.returncode == 0, proposed.stderr
         order_id = json.loads(proposed.stdout)["order"]["id"]
-        for _n, now in enumerate([NOW, "2026-01-01T00:00:11Z", "2026-01-01T00:00:32Z"]):
+        for now in [NOW, "2026-01-01T00:00:11Z", "2026-01-01T00:00:32Z"]:
             seen = len(server.log)
             done = subprocess.run(workctl_cmd(db, "sync", order_id, "--approve", "--json"), capture_output=True,
                                   text=True, cwd=tmp_path, timeout=120, env=child_env(WORKCTL_NOW=now))

@@ -8,21 +8,12 @@ bytes are unchanged and a refused result keeps its lease.
 from __future__ import annotations
 
 import json
-import sqlite3
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from helpers import file_snapshot, propose_sync, run
-
-
-def sql(db: Path, *statements: str) -> None:
-    conn = sqlite3.connect(db)
-    for statement in statements:
-        conn.execute(statement)
-    conn.commit()
-    conn.close()
+from helpers import file_snapshot, propose_sync, run, sql
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ import pytest
 from workctl import Workctl
 from workctl.config import Config
 from workctl.errors import StoreError
-from helpers import child_env, count, file_snapshot, run, workctl_cmd
+from helpers import child_env, count, file_snapshot, free_port, run, workctl_cmd
 
 ITEM = "00000000-0000-4000-8000-000000000000"
 # Every command that opens the store but must not create it, with arguments that would otherwise be valid.
@@ -43,6 +43,9 @@ NON_CREATING = {
     "why": ["why", "1"],
     "sync": ["sync"],
     "run": ["run", "--exec", "cat"],
+    "tokens list": ["tokens", "list"],
+    "tokens create": ["tokens", "create", "--scope", "agent"],
+    "tokens revoke": ["tokens", "revoke", "ci"],
 }
 
 
@@ -72,6 +75,18 @@ def test_store_missing_through_real_processes_with_a_relative_path(tmp_path):
         assert json.loads(proc.stdout)["error"]["code"] == "store_missing"
         assert str(tmp_path / "rel.db") in proc.stderr
     assert listing(tmp_path) == []
+
+
+@pytest.mark.parametrize("argv", [["serve", "--port", "{port}"], ["export"]], ids=["serve", "export"])
+def test_serve_and_export_refuse_a_missing_store_without_starting(tmp_path, argv):
+    """No --json on these two: the refusal is the message on stderr, as a real process (a serve that did
+    not refuse would start listening and never return: the timeout would say so)."""
+    argv = [a.format(port=free_port()) for a in argv]
+    proc = subprocess.run(workctl_cmd("typo.db", *argv), capture_output=True, text=True, cwd=tmp_path,
+                          env=child_env(), timeout=60)
+    assert proc.returncode == 8, proc.stdout + proc.stderr
+    assert f"no workctl store at {tmp_path / 'typo.db'}" in proc.stderr and "init" in proc.stderr
+    assert proc.stdout == "" and listing(tmp_path) == []
 
 
 def test_init_creates_the_store_once_and_says_where(tmp_path):

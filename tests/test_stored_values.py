@@ -16,18 +16,10 @@ from typing import Any
 
 import pytest
 
-from helpers import count, propose_sync, query, run, work_order
+from helpers import count, order_state, propose_sync, query, run, sql, work_order
 
 NOW = "2026-03-01T00:00:00Z"
 ENV = {"WORKCTL_NOW": NOW}
-
-
-def sql(db: Path, *statements: str, params: tuple[Any, ...] = ()) -> None:
-    conn = sqlite3.connect(db)
-    for statement in statements:
-        conn.execute(statement, params if "?" in statement else ())
-    conn.commit()
-    conn.close()
 
 
 def typed_rows(db: Path, columns: str) -> list[tuple[Any, ...]]:
@@ -35,10 +27,6 @@ def typed_rows(db: Path, columns: str) -> list[tuple[Any, ...]]:
     names = [c.strip() for c in columns.split(",")]
     select = ", ".join(f"{n}, typeof({n})" for n in names)
     return query(db, f"SELECT id, {select} FROM users ORDER BY id")
-
-
-def order_state(db: Path, order_id: str, *pre: str) -> str:
-    return run(db, *pre, "show", order_id, "--json").json["order"]["state"]
 
 
 # -- values compared as the column stores them ----------------------------------------------------------

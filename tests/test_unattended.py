@@ -8,7 +8,6 @@ import json
 import os
 import pty
 import select
-import socket
 import subprocess
 import time
 from pathlib import Path
@@ -16,19 +15,13 @@ from pathlib import Path
 import pytest
 
 from workctl.sources.sample_server import Faults, SampleServer
-from helpers import child_env, count, file_snapshot, make_users, query, run, run_process, workctl_cmd
+from helpers import child_env, count, file_snapshot, free_port, make_users, query, run, run_process, workctl_cmd
 
 NOW = "2026-03-01T12:00:00Z"
 
 
 def at(minutes: int) -> str:
     return f"2026-03-01T{12 + minutes // 60:02d}:{minutes % 60:02d}:00Z"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def source_config(tmp_path: Path, url: str, extra: str = "") -> Path:
@@ -75,6 +68,31 @@ def test_the_cron_line_against_a_dead_source_keeps_one_order_spends_no_attempts_
     assert query(db, "SELECT state FROM orders") == [("completed",)]
     assert query(db, "SELECT DISTINCT attempts FROM items") == [(1,)]  # one attempt each: the one that worked
     assert count(db, "SELECT count(*) FROM users WHERE email LIKE '%@example.com'") == 120
+
+
+@pytest.mark.parametrize("faults, error_class", [
+    (Faults(fail_rate=1.0), "server_error"),                      # 5xx for every request, after retries
+    (Faults(slow_rate=1.0, slow_latency=1.0), "timeout"),          # no answer within the 0.3 s timeout
+], ids=["5xx", "timeout"])
+def test_a_source_answering_5xx_or_timing_out_for_everyone_is_an_outage_too(tmp_path, faults, error_class):
+    """Not only a refused connection: a source that answers 5xx, or nothing in time, for every user of the
+    batch is unavailable. The run exits 7 naming it, the batches are given back without spending an
+    attempt, and the users are in the ledger with their class."""
+    db = tmp_path / "w.db"
+    make_users(db, 60, filled=True)
+    with SampleServer(faults=faults) as server:
+        config = source_config(tmp_path, server.url).read_text().replace("timeout = 2", "timeout = 0.3")
+        (tmp_path / "workctl.toml").write_text(config)
+        out = run_process(db, "--config", str(tmp_path / "workctl.toml"), "sync", "--source", "crm", "--users",
+                          "all", "--fields", "email", "--batch-size", "20", "--json",
+                          env={**child_env(), "WORKCTL_NOW": NOW})
+    assert out.exit_code == 7, out.stderr
+    document = json.loads(out.stdout)
+    assert document["error"]["code"] == "source_unavailable" and "crm" in document["error"]["message"]
+    assert document["items"]["released_unavailable"] == 3 and document["items"]["released"] == 0
+    assert query(db, "SELECT state, attempts FROM items ORDER BY seq") == [("queued", 0)] * 3
+    failures = run(db, "failures", "--class", error_class, "--json")
+    assert failures.exit_code == 0 and {f["user_id"] for f in failures.json["failures"]} >= set(range(1, 21))
 
 
 def test_only_failures_the_batch_can_be_blamed_for_spend_attempts(tmp_path):
@@ -155,8 +173,8 @@ def test_run_where_every_command_fails_exits_7_and_so_does_every_later_run_until
 def test_an_unknown_filter_value_is_exit_2_listing_the_valid_ones(tmp_path, argv, option, listed):
     db = tmp_path / "w.db"
     assert run(db, "init").exit_code == 0
-    out = run(db, *argv, "--json")
-    assert out.exit_code == 2
+    out = run_process(db, *argv, "--json")  # as a script sees it
+    assert out.exit_code == 2, out.stderr
     error = out.json["error"]
     assert error["code"] == "invalid_choice" and option in error["message"] and listed in error["message"]
 
@@ -371,24 +389,42 @@ def test_maintain_dry_run_reports_exactly_what_it_would_do_and_changes_nothing(t
     run(db, "propose", "task.batch", "--payload", '{"tasks": [1, 2]}')
     run(db, "checkout", "--json", env={"WORKCTL_NOW": NOW})
     before = file_snapshot(db)
-    dry = run(db, "maintain", "--dry-run", "--json", env={"WORKCTL_NOW": at(11)})
-    assert dry.exit_code == 0 and dry.json["dry_run"] is True and dry.json["leases_reclaimed"] == 1
+    dry = run_process(db, "maintain", "--dry-run", "--json", env={**child_env(), "WORKCTL_NOW": at(11)})
+    assert dry.exit_code == 0 and dry.json["dry_run"] is True and dry.json["leases_reclaimed"] == 1, dry.stderr
     assert file_snapshot(db) == before
-    real = run(db, "maintain", "--json", env={"WORKCTL_NOW": at(11)})
+    real = run_process(db, "maintain", "--json", env={**child_env(), "WORKCTL_NOW": at(11)})
     assert real.json["leases_reclaimed"] == 1
 
 
-def test_approve_shows_the_diff_and_asks_on_a_terminal(tmp_path):
+def _synced_order(tmp_path: Path, *extra: str) -> tuple[Path, str]:
+    """A store whose order synced users 1-3's email from the sample source (``extra``: e.g. --approve)."""
     db = tmp_path / "w.db"
     make_users(db, 3, filled=True)
     with SampleServer() as server:
         config = source_config(tmp_path, server.url)
         out = run(db, "--config", str(config), "sync", "--source", "crm", "--users", "1-3", "--fields", "email",
-                  "--json")
-    order_id = out.json["orders"][0]
+                  *extra, "--json")
+    assert out.exit_code == 0, out.stderr
+    return db, out.json["orders"][0]
+
+
+def test_approve_shows_the_diff_and_asks_on_a_terminal(tmp_path):
+    db, order_id = _synced_order(tmp_path)
     before = file_snapshot(db)
     code, screen = _in_a_terminal(workctl_cmd(db, "approve", order_id), "n", tmp_path)
     assert code == 130 and "Would apply" in screen and "user1@example.com" in screen and "[y/N]" in screen
     assert file_snapshot(db) == before
     code, screen = _in_a_terminal(workctl_cmd(db, "approve", order_id, "-y"), "", tmp_path)
     assert code == 0 and "[y/N]" not in screen and "is completed" in screen
+
+
+def test_revert_asks_on_a_terminal_and_a_no_changes_nothing(tmp_path):
+    db, order_id = _synced_order(tmp_path, "--approve")
+    before = file_snapshot(db)
+    code, screen = _in_a_terminal(workctl_cmd(db, "revert", order_id), "n", tmp_path)
+    assert code == 130 and "would restore 3 of 3 recorded changes" in screen and "[y/N]" in screen
+    assert "nothing was done" in screen
+    assert file_snapshot(db) == before
+    code, screen = _in_a_terminal(workctl_cmd(db, "revert", order_id), "y", tmp_path)
+    assert code == 0 and "restored 3 of 3" in screen
+    assert count(db, "SELECT count(*) FROM users WHERE email LIKE '%@example.com'") == 0

@@ -254,3 +254,26 @@ def test_the_first_failure_in_a_new_store_is_alerted(tmp_path, monkeypatch):
         time.sleep(0.1)
     assert receiver.types("/raw") == ["order.failed"] and all(d["verified"] for d in receiver.deliveries)
     assert receiver.deliveries[0]["body"]["data"]["order_id"] == order.json["order"]["id"]
+
+
+def test_a_dead_lettered_order_is_alerted_and_keeps_every_run_at_exit_7(tmp_path):
+    """order.failed covers dead-lettered orders too (maintain moves an exhausted failure there), and a run
+    whose scope holds one exits 7 naming it, until an operator acts."""
+    db = tmp_path / "w.db"
+    with Receiver() as receiver:
+        cfg = ("--config", str(hooks_config(tmp_path, receiver)))
+        order_id = run(db, "propose", "task.batch", "--payload", '{"tasks": [1], "max_attempts": 1}',
+                       "--json").json["order"]["id"]
+        assert run_process(db, *cfg, "run", "--exec", "exit 3", "--json", env=env()).exit_code == 7
+        swept = run_process(db, *cfg, "maintain", "--json", env=env())  # dead_letter_after_seconds = 0
+        assert swept.exit_code == 0 and json.loads(swept.stdout)["items_dead_lettered"] == 1, swept.stderr
+        assert query(db, "SELECT state FROM orders") == [("dead_lettered",)]
+        later = run_process(db, *cfg, "run", "--exec", "cat", "--json", env=env())
+        assert later.exit_code == 7, later.stderr
+        error = json.loads(later.stdout)["error"]
+        assert error["code"] == "order_failed" and f"{order_id} dead_lettered" in error["message"]
+        assert f"workctl retry --order {order_id}" in error["message"]
+    failed = [d["body"]["data"] for d in receiver.deliveries if d["path"] == "/raw" and d["body"]["type"] == "order.failed"]
+    assert [(f["order_id"], f["state_before"], f["state"]) for f in failed] == [
+        (order_id, "in_progress", "failed"), (order_id, "failed", "dead_lettered")]
+    assert all(d["verified"] for d in receiver.deliveries)

@@ -338,7 +338,7 @@ class SqliteTodayWorker:
     def _refresh(self, order_id, now):
         current = self.c.execute("SELECT state FROM orders WHERE id = ?", (order_id,)).fetchone()[0]
         flags = self.c.execute(_PRESENT_SQL, (order_id,)).fetchone()
-        target = derive(current, {s for s, f in zip(ITEM_STATES, flags) if f})
+        target = derive(current, {s for s, f in zip(ITEM_STATES, flags, strict=False) if f})
         state = current
         if target != current:
             for step in order_path(current, target):
@@ -649,7 +649,7 @@ class SqliteLeanWorker:
             mine = sum(1 for e in self.events if e[0] == order_id)
             row = self.c.execute(sql, {**{k: d[k] for k in cols}, "o": order_id, "nev": mine}).fetchone()
             current, seq, order_n, counts = row[0], row[1], row[2], row[3:]
-            target = derive(current, {s for s, k in zip(_COUNT_COLUMNS, counts) if k > 0})
+            target = derive(current, {s for s, k in zip(_COUNT_COLUMNS, counts, strict=False) if k > 0})
             states[order_id] = target
             if target != current:  # rare: the first checkout, the last submit, a failure
                 state = current
@@ -1188,7 +1188,6 @@ class _PgShim:
         self._named = {}
 
     def execute(self, sql: str, params=()):
-        import re
 
         if sql.startswith("BEGIN"):
             sql = "BEGIN"
@@ -1500,7 +1499,7 @@ class PgLeanWorker:
             return []
         for order_id, current, *numbers in counts or ():
             numbers = numbers[:len(ITEM_STATES)]
-            target = derive(current, {s for s, k in zip(ITEM_STATES, numbers) if k > 0})
+            target = derive(current, {s for s, k in zip(ITEM_STATES, numbers, strict=False) if k > 0})
             self.last_states[order_id] = target
             if target == current:
                 continue
@@ -2375,8 +2374,8 @@ def sqlite_selftest(base: str) -> None:
         conn.executescript(f"""CREATE TEMP VIEW items_v AS SELECT * FROM items;
             CREATE TEMP VIEW events_v AS SELECT *, {eid} AS eid FROM events;""")
         orders = [r[0] for r in conn.execute("SELECT id FROM orders ORDER BY rowid")]
-        run_scenario(key, lambda agent, **kw: v.worker(path, agent, **kw),
-                     lambda sql, args=(): conn.execute(sql, args).fetchall(), orders)
+        run_scenario(key, lambda agent, v=v, path=path, **kw: v.worker(path, agent, **kw),
+                     lambda sql, args=(), conn=conn: conn.execute(sql, args).fetchall(), orders)
         # the claim plans: one seek on a claim index, no scan of items, no sort
         for scope in ({}, {"order_id": orders[0]}, {"type_name": TASK_TYPE}):
             w = v.worker(path, "plan", **scope)
@@ -2402,9 +2401,9 @@ def pg_selftest(dsn: str) -> None:
         conn.execute("CREATE VIEW events_v AS SELECT *, id AS eid FROM events")
         orders = [r[0] for r in conn.execute("SELECT id FROM orders ORDER BY created_at, ctid")]
 
-        def q(sql, args=()):
+        def q(sql, args=(), conn=conn):
             return conn.execute(sql.replace("?", "%s"), args).fetchall()
-        run_scenario(key, lambda agent, **kw: v.worker(dsn, agent, **kw), q, orders,
+        run_scenario(key, lambda agent, v=v, **kw: v.worker(dsn, agent, **kw), q, orders,
                      next_claim_reclaims=not v.split_reclaim)
         # the claim plans on a bigger table (the planner picks seq scans on 6 rows)
         conn.execute("INSERT INTO items (id, n, order_id, type, priority, state, max_attempts, updated_at) "
@@ -2434,12 +2433,12 @@ def _sql_derive_mismatches(dsn: str) -> list:
     conn = pg_connect(dsn)
     bad = []
     cols = ["q", "l", "s", "a", "c", "rj", "f", "dl"]
-    combos = [dict(zip(cols, v)) for v in itertools.product((0, 1), repeat=8)]
+    combos = [dict(zip(cols, v, strict=True)) for v in itertools.product((0, 1), repeat=8)]
     for cur in ORDER_TRANSITIONS:
         expr = sql_derive("%(cur)s::text", *(f"%({c})s::int" for c in cols))
         for combo in combos:
             got = conn.execute(f"SELECT {expr}", {"cur": cur, **combo}).fetchone()[0]
-            want = derive(cur, {st for st, c in zip(ITEM_STATES, cols) if combo[c]})
+            want = derive(cur, {st for st, c in zip(ITEM_STATES, cols, strict=False) if combo[c]})
             if got != want:
                 bad.append((cur, combo, got, want))
     conn.close()

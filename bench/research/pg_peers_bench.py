@@ -197,7 +197,7 @@ def _workctl(next_: bool) -> Callable[[str], tuple[Setup, Worker]]:
 
         def worker(idx: int) -> Run:
             wc = Workctl(url, config=Config())
-            wc.session  # connected before the start signal
+            _ = wc.session  # connected before the start signal
             agent = f"bench-{os.getpid()}"
 
             def run() -> list:

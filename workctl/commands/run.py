@@ -21,14 +21,14 @@ def run(
     agent: Agent = None,
     max_items: Annotated[int | None, typer.Option("--max-items", min=1, help="Stop after this many items.")] = None,
     timeout: Annotated[float | None, typer.Option("--timeout", min=0.1, help="Kill a command after this many seconds.")] = None,
-    approve: Annotated[bool, typer.Option("--approve", help="Approve each order once all its items are submitted, if the [approve] rules let it.")] = False,
+    approve: Annotated[bool, typer.Option("--approve", help="Approve each order once all its items are submitted, if the approve rules of the config let it.")] = False,
     ttl: Ttl = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress on stderr.")] = False,
     json_: Json = False,
 ) -> None:
     """Check out items and run CMD for each; submit its stdout, release on failure. Exit 0 when every item
     taken was submitted (and approved, with --approve); 7 when a command failed or an order in scope is
-    failed; 6 when an [approve] rule held an order."""
+    failed; 6 when an approve rule of the config held an order."""
     from ..errors import Usage
     from ..cli.progress import make_progress
     from ..agents.exec import RunOptions

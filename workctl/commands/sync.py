@@ -31,14 +31,14 @@ def sync(
     concurrency: Annotated[int | None, typer.Option("--concurrency", min=1, help="Parallel requests per source.")] = None,
     workers: Annotated[int | None, typer.Option("--workers", min=1, help="Batches in flight (default: the source's concurrency).")] = None,
     max_items: Annotated[int | None, typer.Option("--max-items", min=1, help="Stop after this many batches.")] = None,
-    approve: Annotated[bool, typer.Option("--approve", help="Approve each order once all its items are submitted, if the [approve] rules let it.")] = False,
+    approve: Annotated[bool, typer.Option("--approve", help="Approve each order once all its items are submitted, if the approve rules of the config let it.")] = False,
     ttl: Ttl = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress on stderr.")] = False,
     json_: Json = False,
 ) -> None:
     """Fetch and submit batches until no work is left: exit 0 when every batch taken was submitted (and
     approved, with --approve), 7 when a source was down or a batch failed or an order in scope is failed,
-    6 when an [approve] rule held an order."""
+    6 when an approve rule of the config held an order."""
     from ..agents.sync import SyncOptions
     from ..cli.progress import make_progress
     from ..errors import Usage
