@@ -1,0 +1,1 @@
+def write(readme, out): raise NotImplementedError
