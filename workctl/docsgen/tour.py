@@ -134,7 +134,10 @@ def normalise(text: str, workdir: Path) -> str:
     for real, fake in ids.items():
         text = text.replace(real, fake)
         # Short forms (a table's "18935c0a-2ec5-…", an 8-character prefix) of a known id.
-        text = re.sub(rf"\b{real[:8]}[0-9a-f-]*", lambda m, f=fake: f[: len(m.group())], text)
+        def shorten(match: re.Match[str], fake: str = fake) -> str:
+            return fake[: len(match.group())]
+
+        text = re.sub(rf"\b{real[:8]}[0-9a-f-]*", shorten, text)
     text = re.sub(r"\b[0-9a-f]{32}\b", "0123456789abcdef0123456789abcdef", text)
     text = re.sub(r"127\.0\.0\.1:\d+", "127.0.0.1:8765", text)
     text = text.replace(str(workdir.resolve()), "/home/you").replace(str(workdir), "/home/you")
@@ -149,7 +152,8 @@ def shown_command(command: str) -> list[str]:
     """A statement as a terminal shows it: its comments, then ``$`` and ``>`` continuation prompts."""
     lines = command.splitlines()
     first = next(n for n, line in enumerate(lines) if not _is_comment(line))
-    return lines[:first] + ["$ " + lines[first]] + ["> " + line for line in lines[first + 1:]]
+    shown = lines[:first] + ["$ " + lines[first]] + ["> " + line for line in lines[first + 1:]]
+    return [line.rstrip() for line in shown]
 
 
 def render(steps: list[Step], workdir: Path) -> str:
