@@ -79,3 +79,28 @@ def test_a_failing_step_is_recorded_with_its_exit_code(tmp_path: Path) -> None:
     steps = tour.run(["X=1", "workctl show 00000000-0000-0000-0000-000000000000", "echo $X"], tmp_path)
     assert [s.exit_code for s in steps] == [0, 8, 0]  # no store here: store_missing, and the shell goes on
     assert steps[2].output == "1\n"
+
+
+# Guides whose bash blocks are one session, pasted in order; each with lines its shown output must contain.
+EXAMPLES = {
+    "shell-agents.md": ["checkout exit code: 3", "Dry run: nothing changed",
+                        "(1, 'User 1', 'user1@example.com', '+1-555-0001', 'Company 1', 'x')"],
+    "variations.md": ["{'synced': 48, 'failed': 2, 'failed_by_class': {'not_found': 2}, 'unchanged': 0}",
+                      "exit code: 5", "exit code: 6", "(2, 'Linus Lovelace', 'user2@example.com', 'user2@example.com', "
+                      "'Globex')", "webhook_failed order.applied attempt 1", "webhook_delivered order.applied attempt 2 204",
+                      "(2, 'user2@example.com', 'crm', '+1-555-mine', None, None)", "masked: phone",
+                      "restored 1 of 2 recorded changes", "user 6 · company: now Local Co"],
+}
+
+
+@pytest.mark.parametrize("page", sorted(EXAMPLES))
+def test_the_guides_examples_run(page: str, tmp_path: Path) -> None:
+    """The guides' examples as a reader pastes them (on SQLite: they build their users tables with sqlite3)."""
+    text = (ROOT / "docs" / page).read_text(encoding="utf-8")
+    steps = tour.run(tour.page_statements(text), tmp_path, pin_clock=False, timeout=600)
+    failed = [(s.command, s.exit_code, s.output[-2000:]) for s in steps if s.exit_code]
+    assert failed == [], f"examples of docs/{page} failed: {failed}"
+    output = "".join(s.output for s in steps)
+    for line in EXAMPLES[page]:
+        assert line in output, f"docs/{page}: the examples no longer print {line!r}"
+        assert line in text, f"docs/{page} does not show {line!r} (keep the check in step with the page)"

@@ -76,6 +76,12 @@ def tour_statements(readme: str) -> list[str]:
     return [stmt for block in blocks(readme) for stmt in statements(block)]
 
 
+def page_statements(page: str) -> list[str]:
+    """Every statement of every bash block of a guide whose examples are pasted in order (the tests run them)."""
+    return [stmt for block in re.findall(r"^```bash\n(.*?)^```$", page, flags=re.S | re.M)
+            for stmt in statements(block)]
+
+
 def _shim(directory: Path) -> None:
     """``workctl`` on PATH as this interpreter's ``python -m workctl``, whether or not the console script is
     installed (it runs the same entry point)."""
@@ -84,23 +90,28 @@ def _shim(directory: Path) -> None:
     shim.chmod(0o755)
 
 
-def tour_env(bin_dir: Path, extra: dict[str, str] | None = None) -> dict[str, str]:
+def tour_env(bin_dir: Path, extra: dict[str, str] | None = None, *, pin_clock: bool = True) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("WORKCTL_")}
     env.update(PATH=f"{bin_dir}{os.pathsep}{env.get('PATH', '')}", PYTHONPATH=str(Path(__file__).resolve().parents[2]),
-               WORKCTL_NOW=PINNED_NOW, WORKCTL_LOAD_PLUGINS="0", COLUMNS="100", NO_COLOR="1", TERM="dumb")
+               WORKCTL_LOAD_PLUGINS="0", COLUMNS="100", NO_COLOR="1", TERM="dumb")
+    if pin_clock:
+        env["WORKCTL_NOW"] = PINNED_NOW
     env.update(extra or {})
     return env
 
 
-def run(stmts: list[str], workdir: Path, *, env: dict[str, str] | None = None, timeout: float = 600) -> list[Step]:
-    """Run the statements in one bash in ``workdir``; what each printed, and its exit status."""
+def run(stmts: list[str], workdir: Path, *, env: dict[str, str] | None = None, timeout: float = 600,
+        pin_clock: bool = True) -> list[Step]:
+    """Run the statements in one bash in ``workdir``; what each printed, and its exit status. ``pin_clock``
+    pins ``WORKCTL_NOW`` for the whole run (examples that move time themselves pass False)."""
     script = ["exec 2>&1"]
     for n, stmt in enumerate(stmts):
         script += [f"printf '{_MARK}S{n}{_MARK}\\n'", stmt, f"printf '{_MARK}E{n} %d{_MARK}\\n' $?"]
     with tempfile.TemporaryDirectory() as bin_dir:
         _shim(Path(bin_dir))
         proc = subprocess.Popen(["bash", "-c", "\n".join(script) + "\n"], cwd=workdir, stdout=subprocess.PIPE,
-                                stdin=subprocess.DEVNULL, env=tour_env(Path(bin_dir), env), start_new_session=True)
+                                stdin=subprocess.DEVNULL, env=tour_env(Path(bin_dir), env, pin_clock=pin_clock),
+                                start_new_session=True)
         try:
             out, _ = proc.communicate(timeout=timeout)
         finally:
