@@ -238,6 +238,21 @@ def _env_names() -> set[str]:
     return found - NOT_SETTINGS
 
 
+def _key_rows(described: dict[str, tuple[str, str]], settings: Any) -> list[str]:
+    """A key table whose defaults are the settings dataclass's own (a key without one shows —)."""
+    fields = {f.name: f for f in dataclasses.fields(settings)}
+    rows = ["| key | type | default | meaning |", "|---|---|---|---|"]
+    for key, (kind, meaning) in described.items():
+        spec = fields.get(key)
+        shown = "—"
+        if spec is not None and spec.default is not dataclasses.MISSING:
+            shown = _value(spec.default)
+        elif spec is not None and spec.default_factory is not dataclasses.MISSING:
+            shown = _value(spec.default_factory())
+        rows.append(f"| `{key}` | {kind} | {shown} | {meaning} |")
+    return rows
+
+
 def config_page() -> str:
     from ..config import KNOWN_KEYS, ApproveRules, Config
     from ..core.outbox import _KEYS as WEBHOOK_ACCEPTED
@@ -286,25 +301,13 @@ def config_page() -> str:
     out += ['## `[types."user.data.sync"]`\n', "Read by the order type at propose and approve.\n",
             "| key | type | default | meaning |", "|---|---|---|---|"]
     out += [f"| `{key}` | {kind} | {dflt} | {meaning} |" for key, (kind, dflt, meaning) in TYPE_KEYS.items()]
-    source_defaults = {f.name: f.default for f in dataclasses.fields(SourceConfig) if f.name != "name"}
     out += ["", "## `[sources.NAME]`\n",
             "One table per source; checked when a command uses the source (`source_invalid`, exit 5).\n",
-            "| key | type | default | meaning |", "|---|---|---|---|"]
-    for key in SOURCE_KEYS:
-        kind, meaning = SOURCE_KEYS[key]
-        value = source_defaults.get(key, dataclasses.MISSING)
-        shown = "—" if value is dataclasses.MISSING else ("{}" if key == "field_map" else _value(value))
-        out.append(f"| `{key}` | {kind} | {shown} | {meaning} |")
-    hook_defaults = {f.name: f.default for f in dataclasses.fields(Webhook)}
+            *_key_rows(SOURCE_KEYS, SourceConfig)]
     out += ["", "## `[[webhooks]]`\n",
             f"One table per endpoint; checked when approve or maintain loads them. Events: "
             f"{', '.join(f'`{e}`' for e in EVENTS)}.\n",
-            "| key | type | default | meaning |", "|---|---|---|---|"]
-    for key in WEBHOOK_KEYS:
-        kind, meaning = WEBHOOK_KEYS[key]
-        value = hook_defaults.get(key, dataclasses.MISSING)
-        shown = "—" if value is dataclasses.MISSING or key in ("name", "url") else _value(value)
-        out.append(f"| `{key}` | {kind} | {shown} | {meaning} |")
+            *_key_rows(WEBHOOK_KEYS, Webhook)]
     out += ["", "## Environment variables\n", "| variable | meaning |", "|---|---|"]
     out += [f"| `{name}` | {meaning} |" for name, meaning in ENV_VARS.items()]
     return "\n".join(out) + "\n"
