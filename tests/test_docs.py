@@ -7,12 +7,8 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any
 
 import pytest
-import typer.main
-
-import workctl.cli.app
 from workctl.errors import EXIT_CODE_MEANINGS, ExitCode
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -37,21 +33,11 @@ def errors_page() -> str:
 
 
 def command_paths() -> list[str]:
-    """Every registered command as 'name' or 'group sub' (a group that runs on its own counts too)."""
-    paths: list[str] = []
+    """Every command as 'name' or 'group sub', found the way the generated reference finds them (click's own
+    listing, so lazily loaded groups count)."""
+    from workctl.docsgen.reference import command_paths as walk
 
-    def walk(command: Any, prefix: str) -> None:
-        # Duck-typed: typer may vendor its own click, so isinstance(…, click.Group) is not reliable.
-        if isinstance(getattr(command, "commands", None), dict):
-            if prefix and getattr(command, "invoke_without_command", False):
-                paths.append(prefix)
-            for name, sub in command.commands.items():
-                walk(sub, f"{prefix} {name}".strip())
-        else:
-            paths.append(prefix)
-
-    walk(typer.main.get_command(workctl.cli.app.app), "")
-    return paths
+    return [" ".join(words) for words in walk() if words]
 
 
 def test_walk_finds_the_commands() -> None:

@@ -234,7 +234,7 @@ def _env_names() -> set[str]:
     for path in PACKAGE.rglob("*.py"):
         if "docsgen" in path.parts:
             continue
-        found.update(re.findall(r"WORKCTL_[A-Z_]+(?:<NAME>_URL)?", path.read_text(encoding="utf-8")))
+        found.update(re.findall(r"(?<![\w])WORKCTL_[A-Z_]+(?:<NAME>_URL)?", path.read_text(encoding="utf-8")))
     return found - NOT_SETTINGS
 
 
