@@ -25,7 +25,7 @@ class ExitCode(IntEnum):
     BROKEN_PIPE = 141  # 128 + SIGPIPE: the reader of stdout went away (`| head`); said quietly
 
 
-# What each code means, in the words of the README's table (kept here so the table can be generated).
+# What each code means (docs/reference/errors.md is generated from this: python -m workctl.docsgen).
 EXIT_CODE_MEANINGS: dict[ExitCode, str] = {
     ExitCode.OK: "success",
     ExitCode.ERROR: "unexpected failure (a bug); set WORKCTL_DEBUG=1 for a traceback",
