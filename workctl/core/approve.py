@@ -113,7 +113,7 @@ def approve(s: Session, order_id: str, *, actor: Actor, dry_run: bool = False,
     if problems:
         raise Invalid("the order cannot be approved: " + "; ".join(p["message"] for p in problems),
                       code="approval_check_failed", details=problems)
-    settings = s.type_settings(order["type"])
+    settings = s.type_settings(order["type"], order_type.settings_keys)
     if dry_run:
         return {"order": {"id": order_id, "state": "submitted"},
                 "diff": _dry_run(s, order_type, settings, order, items), "dry_run": True}

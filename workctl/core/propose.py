@@ -37,7 +37,7 @@ def propose(s: Session, type_name: str, payload: Any, *, priority: int = 0, acto
         return earlier
     order_type.validate_payload(payload)
     with s.target() as target:
-        prepared = order_type.prepare(payload, {**s.type_settings(type_name), "target": target,
+        prepared = order_type.prepare(payload, {**s.type_settings(type_name, order_type.settings_keys), "target": target,
                                                   "store": s.conn})
     # Streamed: each planned item becomes its row dict at once (no second list of PlannedItems).
     items = [{"id": new_id(), "state": "queued", "input": p.input, "max_attempts": p.max_attempts}

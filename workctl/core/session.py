@@ -39,13 +39,11 @@ class Session:
             raise NotFound(f"no order with id '{order_id}'", code="order_not_found")
         return row
 
-    def type_settings(self, name: str) -> dict[str, Any]:
+    def type_settings(self, name: str, known: frozenset[str] | None = None) -> dict[str, Any]:
         """What an order type is given of the config: its ``[types."<name>"]`` table, plus the
-        ``[target]`` table as ``target_config`` (``allow_fields``, ``max_value_chars``)."""
+        ``[target]`` table as ``target_config`` (``allow_fields``, ``max_value_chars``). With ``known``
+        (the type's ``settings_keys``), a key the type does not read is refused as a typo."""
         target = self.config.raw.get("target") if isinstance(self.config.raw, dict) else None
-        from ..types.registry import get_type  # not at module level: the agent commands' start-up never needs it
-
-        known = get_type(name).settings_keys
         return {**self.config.type_settings(name, known),
                 "target_config": dict(target) if isinstance(target, dict) else {}}
 
