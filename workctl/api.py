@@ -35,10 +35,43 @@ __all__ = ["Workctl", "default_agent"]
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+# Parameters that name an order or an item: every method taking one accepts a unique id prefix (>= 8
+# characters, like git), resolved here, once, before the operation runs (core.ids.resolve_prefix).
+_ID_PARAMETERS = {"order_id": "orders", "next_order": "orders", "item_id": "items"}
+
+
+def _id_positions(method: Callable[..., Any]) -> list[tuple[str, int, str]]:
+    """(name, positional index after self, table) of each id parameter of ``method``."""
+    import inspect
+
+    names = list(inspect.signature(method).parameters)[1:]
+    return [(name, index, _ID_PARAMETERS[name]) for index, name in enumerate(names) if name in _ID_PARAMETERS]
+
+
+def _resolve_ids(self: Workctl, positions: list[tuple[str, int, str]], args: tuple[Any, ...],
+                 kwargs: dict[str, Any]) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    from .core.ids import FULL_ID_LENGTH, resolve_prefix
+
+    for name, index, table in positions:
+        if index < len(args):
+            given = args[index]
+            if isinstance(given, str) and len(given) < FULL_ID_LENGTH:
+                args = (*args[:index], resolve_prefix(self.session.conn, table, given), *args[index + 1:])
+        else:
+            given = kwargs.get(name)
+            if isinstance(given, str) and len(given) < FULL_ID_LENGTH:
+                kwargs[name] = resolve_prefix(self.session.conn, table, given)
+    return args, kwargs
+
+
 def _store_errors(method: F) -> F:
+    positions = _id_positions(method)
+
     @functools.wraps(method)
     def wrapper(self: Workctl, *args: Any, **kwargs: Any) -> Any:
         try:
+            if positions:
+                args, kwargs = _resolve_ids(self, positions, args, kwargs)
             return method(self, *args, **kwargs)
         except WorkctlError:
             raise
@@ -414,9 +447,16 @@ class Workctl:
     def sync(self, options: Any, *, listener: Any = None) -> dict[str, Any]:
         """Run the fetch loop (workctl.agents.sync), proposing or resuming first when the options say so;
         returns the run's report. A run that did not succeed carries ``"error"`` (see ``run_error``)."""
+        from dataclasses import replace
+
         from .agents.sync import Syncer
+        from .core.ids import resolve_prefix
         if options.source or options.users or options.retry_failed:
             self._open(create=True)  # sync proposes here: it may create the store
+        for name in ("order_id", "retry_failed"):
+            if getattr(options, name):
+                options = replace(options, **{name: resolve_prefix(self.session.conn, "orders",
+                                                                   getattr(options, name))})
         syncer = Syncer(self, options, listener=listener).run()
         return self._finish_run("sync", syncer.to_dict(), syncer.error)
 
@@ -424,7 +464,12 @@ class Workctl:
     def run_exec(self, options: Any, *, listener: Any = None) -> dict[str, Any]:
         """Run a shell command per item (workctl.agents.exec); returns the run's report (with ``"error"``
         when it did not succeed)."""
+        from dataclasses import replace
+
         from .agents.exec import Runner
+        from .core.ids import resolve_prefix
+        if options.order_id:
+            options = replace(options, order_id=resolve_prefix(self.session.conn, "orders", options.order_id))
         runner = Runner(self, options, listener=listener).run()
         return self._finish_run("run", runner.to_dict(), runner.error)
 
