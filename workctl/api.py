@@ -93,6 +93,14 @@ def _store_errors(method: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+def effective_config(*, db: str | None = None, db_origin: str = "default", config: str | None = None,
+                     config_origin: str = "default") -> dict[str, Any]:
+    """The effective configuration, each value with its origin; secrets as set / not set. Opens no store."""
+    from .config_report import effective_config as report
+
+    return report(db=db, db_origin=db_origin, config=config, config_origin=config_origin)
+
+
 class Workctl:
     """The library facade. Only operations that create work (``init``, ``propose``, and ``sync`` when it
     proposes) create a missing SQLite store; everything else raises ``store_missing`` (exit 8) and
