@@ -408,6 +408,17 @@ class Workctl:
         return list(queries.list_orders(self.session, state=state, type_name=type_name, limit=limit))
 
     @_store_errors
+    def orders_listing(self, *, state: str | None = None, type_name: str | None = None,
+                       limit: int = 100) -> dict[str, Any]:
+        """``{"orders": [...], "more": N}``: the orders ``orders`` lists, and how many more match beyond
+        ``limit`` (counted only when the listing was cut)."""
+        listed = self.orders(state=state, type_name=type_name, limit=limit)
+        more = 0
+        if len(listed) == limit:
+            more = max(queries.count_orders(self.session, state=state, type_name=type_name) - limit, 0)
+        return {"orders": listed, "more": more}
+
+    @_store_errors
     def show(self, order_id: str) -> dict[str, Any]:
         return queries.show(self.session, order_id)
 

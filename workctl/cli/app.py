@@ -27,6 +27,7 @@ import typer
 from typer.core import TyperGroup
 
 from .. import __version__
+from ..commands._common import example_epilog
 from ..errors import ExitCode
 
 HELP_OPTIONS = {"help_option_names": ["-h", "--help"]}
@@ -110,11 +111,6 @@ COMMANDS: dict[str, Command] = {
     "tokens": Command("tokens", "app", "Bearer tokens for `workctl serve` (shown once, stored hashed).",
                       "workctl tokens create --scope agent --name bot-1"),
 }
-
-
-def example_epilog(*examples: str) -> str:
-    """A help page's closing example; ``\\b`` keeps Click from re-wrapping the command line."""
-    return "\b\nExample:\n" + "\n".join(f"  $ {example}" for example in examples)
 
 
 def build(name: str) -> Any:

@@ -175,3 +175,8 @@ def show_submit(response: dict[str, Any], item_id: str, json_: bool) -> None:
         return
     order = response["order"]
     line(f"Submitted item {item_id}; order {order['id']} is {order['state']}")
+    if "next" in response:  # submit --next
+        if response["next"] is None:
+            line("No next item to lease (nothing queued in scope)")
+        else:
+            show_checkout({"item": response["next"]}, False)

@@ -50,3 +50,18 @@ def check_source(name: str, raw: Mapping[str, Any], *, user_id: int = 1) -> dict
         raise RemoteError(f"source {name} refused our credentials (from ${config.token_env})", code="source_auth",
                           details=[report])
     return report
+
+
+def check_sources(names: list[str] | None, raw: Mapping[str, Any]) -> dict[str, Any]:
+    """Probe each named source (default: every configured one), one request each. Returns
+    ``{"sources": [report | {"name", "status": "failed", "error": {code, message}}], "failed": N}``: one
+    source being down does not hide the others."""
+    from ..errors import WorkctlError
+
+    reports: list[dict[str, Any]] = []
+    for name in names or configured_sources(raw):
+        try:
+            reports.append(check_source(name, raw))
+        except WorkctlError as exc:
+            reports.append({"name": name, "status": "failed", "error": exc.to_dict()["error"]})
+    return {"sources": reports, "failed": sum(1 for r in reports if r["status"] == "failed")}
