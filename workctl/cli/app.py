@@ -130,7 +130,16 @@ def build(name: str) -> Any:
         command = get_command(single)
     if command.epilog is None:
         command.epilog = example_epilog(entry.example)
+    _plain_help(command)
     return without_pydantic(command)
+
+
+def _plain_help(command: Any) -> None:
+    """Click's plain help for a sub-app (``types``, ``sources``, ``tokens``) and its commands, as for the rest."""
+    if hasattr(command, "rich_markup_mode"):
+        command.rich_markup_mode = None
+    for sub in getattr(command, "commands", {}).values():
+        _plain_help(sub)
 
 
 class LazyCommands(MutableMapping[str, Any]):
