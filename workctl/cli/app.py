@@ -179,6 +179,17 @@ class LazyGroup(TyperGroup):
         self.commands = LazyCommands()
         without_pydantic(self)
 
+    def _main_shell_completion(self, ctx_args: Any, prog_name: str, complete_var: str | None = None) -> None:
+        import os
+
+        from .shell import COMPLETE_VARIABLE
+
+        if os.environ.get(COMPLETE_VARIABLE):  # a completion script asking: register the shells' answerers
+            from typer._completion_classes import completion_init
+
+            completion_init()
+        super()._main_shell_completion(ctx_args, prog_name, complete_var or COMPLETE_VARIABLE)
+
     def list_commands(self, ctx: Any) -> list[str]:
         return [name for name, entry in COMMANDS.items() if not entry.hidden]
 

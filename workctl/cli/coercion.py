@@ -74,6 +74,10 @@ def _make_runtime_param_class() -> type | None:
 _RUNTIME_PARAM = _make_runtime_param_class()
 
 
+def _no_type(ctx: Any) -> None:
+    return None
+
+
 def _metavar(param: Any, kind: type) -> str:
     """``--type TYPE``, ``--limit N``, ``ORDER_ID``: the value's role, not its Python type."""
     opts = [o for o in getattr(param, "opts", []) if o.startswith("--")]
@@ -110,6 +114,8 @@ def without_pydantic(command: Any) -> Any:
                                                   annotation=descriptor.annotation, kind=kind)
         if param.metavar is None and not getattr(param, "is_flag", False):
             param.metavar = _metavar(param, kind)
+        if param.param_type_name == "argument":  # its name already says it: no "<str>" after it
+            param.display_type_rich = _no_type
     commands = getattr(command, "commands", None)
     if isinstance(commands, dict):
         for sub in commands.values():
