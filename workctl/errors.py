@@ -31,7 +31,7 @@ EXIT_CODE_MEANINGS: dict[ExitCode, str] = {
     ExitCode.ERROR: "unexpected failure (a bug); set WORKCTL_DEBUG=1 for a traceback",
     ExitCode.USAGE: "bad flags or arguments, an unknown filter value, a missing lease token",
     ExitCode.NO_WORK: "checkout found nothing to lease (run/sync with nothing to do exit 0)",
-    ExitCode.NOT_FOUND: "unknown order id, item id or order type; an ambiguous id prefix",
+    ExitCode.NOT_FOUND: "unknown order id, item id or order type",
     ExitCode.INVALID: "payload, result or config failed validation; bad JSON input",
     ExitCode.CONFLICT: "illegal state transition, lease held by another agent, lease expired/lost, order "
     "cancelled, idempotency key reused with a different request, auto-approve held by a rule",

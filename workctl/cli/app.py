@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import importlib
 import sys
-from collections.abc import Iterator, MutableMapping
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Annotated, Any
 
@@ -138,28 +138,28 @@ def _plain_help(command: Any) -> None:
     """Click's plain help for a sub-app (``types``, ``sources``, ``tokens``) and its commands, as for the rest."""
     if hasattr(command, "rich_markup_mode"):
         command.rich_markup_mode = None
-    for sub in getattr(command, "commands", {}).values():
+    for sub in (command.commands.values() if type(getattr(command, "commands", None)) is dict else ()):
         _plain_help(sub)
 
 
-class LazyCommands(MutableMapping[str, Any]):
-    """The root group's ``commands``: names from the table, each command built on first lookup."""
+class LazyCommands(dict):  # type: ignore[type-arg]
+    """The root group's ``commands``: every name of the table, each command built on first lookup.
 
-    def __init__(self) -> None:
-        self.built: dict[str, Any] = {}
+    A ``dict`` (Click, Typer and our docs walk ``commands`` as one) whose reading methods go through the
+    table; the dict itself holds only what was built."""
 
     def __getitem__(self, name: str) -> Any:
-        if name not in self.built:
+        if not dict.__contains__(self, name):
             if name not in COMMANDS:
                 raise KeyError(name)
-            self.built[name] = build(name)
-        return self.built[name]
+            dict.__setitem__(self, name, build(name))
+        return dict.__getitem__(self, name)
 
-    def __setitem__(self, name: str, command: Any) -> None:
-        self.built[name] = command
+    def get(self, name: str, default: Any = None) -> Any:  # type: ignore[override]
+        return self[name] if name in COMMANDS else default
 
-    def __delitem__(self, name: str) -> None:
-        raise TypeError("the command table is fixed")
+    def __contains__(self, name: object) -> bool:
+        return name in COMMANDS
 
     def __iter__(self) -> Iterator[str]:
         return iter(COMMANDS)
@@ -167,8 +167,14 @@ class LazyCommands(MutableMapping[str, Any]):
     def __len__(self) -> int:
         return len(COMMANDS)
 
-    def __contains__(self, name: object) -> bool:
-        return name in COMMANDS
+    def keys(self) -> Any:
+        return list(COMMANDS)
+
+    def items(self) -> Any:
+        return [(name, self[name]) for name in COMMANDS]
+
+    def values(self) -> Any:
+        return [self[name] for name in COMMANDS]
 
 
 class LazyGroup(TyperGroup):

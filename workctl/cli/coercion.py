@@ -117,7 +117,7 @@ def without_pydantic(command: Any) -> Any:
         if param.param_type_name == "argument":  # its name already says it: no "<str>" after it
             param.display_type_rich = _no_type
     commands = getattr(command, "commands", None)
-    if isinstance(commands, dict):
+    if type(commands) is dict:  # a sub-app's commands; the root's lazy table converts each as it builds it
         for sub in commands.values():
             without_pydantic(sub)
     return command

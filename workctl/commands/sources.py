@@ -45,12 +45,12 @@ def check(ctx: typer.Context,
 
     Secrets are never printed: the URL is shown with its credentials and query values masked.
     """
-    from ..errors import RemoteError, Usage
+    from ..errors import Invalid, run_error
     from ..sources.check import check_sources
 
     checked = check_sources(names or None, _raw(ctx))
     if not checked["sources"]:
-        raise Usage("no source is configured", code="source_not_configured",
+        raise Invalid("no source is configured", code="source_not_configured",
                     hint="add a [sources.NAME] table with base_url to workctl.toml, or set WORKCTL_SOURCE_CRM_URL")
     if json_:
         render.print_json(checked)
@@ -61,12 +61,8 @@ def check(ctx: typer.Context,
             else:
                 render.line(f"{report['name']}: {report['status']}, auth {report['auth']}, "
                             f"{report['latency_ms']} ms ({report['base_url']})")
-    failed = [r for r in checked["sources"] if r["status"] == "failed"]
-    if failed:
-        error = RemoteError(f"{len(failed)} of {len(checked['sources'])} sources failed the check: "
-                            + "; ".join(f"{r['name']}: {r['error']['message']}" for r in failed),
-                            code=failed[0]["error"]["code"], details=[{"source": r["name"], **r["error"]} for r in failed])
-        error.json_shown = json_
+    error = run_error(checked, json_shown=json_)  # the first failure's code and exit code (5 config, 7 remote)
+    if error is not None:
         raise error
 
 
