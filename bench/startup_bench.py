@@ -29,7 +29,7 @@ import tempfile
 import time
 from typing import Callable
 
-from _common import compile_workctl, median, out_path, table, verdict, workctl_command, write
+from _common import compile_workctl, median, out_path, table, workctl_command, write
 
 AGENT_TARGET = 2.0  # checkout, heartbeat, release, submit: one process per call of a shell agent
 TARGET = 3.0        # every other command an operator or a cron line runs
@@ -139,14 +139,13 @@ def main(argv: list[str] | None = None) -> dict:
         variants[name] = (argv_of, {**env, "WORKCTL_NO_FASTPATH": "1"} if name == CONTEXT else env)
     variants["python -c pass"] = (lambda i: [py, "-c", "pass"], env)
     times: dict[str, list[float]] = {name: [] for name in variants}
-    for name, (argv_of, e) in variants.items():  # warm caches (and use run index `repeat` of each share)
+    for argv_of, e in variants.values():  # warm caches (and use run index `repeat` of each share)
         time_once(argv_of(args.repeat), e)
     for i in range(args.repeat):  # interleaved, so drift hits every variant alike
         for name, (argv_of, e) in variants.items():
             times[name].append(time_once(argv_of(i), e))
     med = {name: median(v) * 1000 for name, v in times.items()}
-    ratios = {name: [t / b for t, b in zip(times[name], times[BASELINE])] for name in variants}
-    base = med[BASELINE]
+    ratios = {name: [t / b for t, b in zip(times[name], times[BASELINE], strict=True)] for name in variants}
     checkout = table_of["checkout --json"][1](0)
     modules = importtime(checkout[1:] if checkout[0] == py else ["-m", "workctl", *checkout[1:]], env)
     baseline_modules = {m["module"] for m in importtime(["-c", "import sqlite3, json"], env)}

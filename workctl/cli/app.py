@@ -142,7 +142,7 @@ def _plain_help(command: Any) -> None:
         _plain_help(sub)
 
 
-class LazyCommands(dict):  # type: ignore[type-arg]
+class LazyCommands(dict):
     """The root group's ``commands``: every name of the table, each command built on first lookup.
 
     A ``dict`` (Click, Typer and our docs walk ``commands`` as one) whose reading methods go through the
@@ -155,7 +155,7 @@ class LazyCommands(dict):  # type: ignore[type-arg]
             dict.__setitem__(self, name, build(name))
         return dict.__getitem__(self, name)
 
-    def get(self, name: str, default: Any = None) -> Any:  # type: ignore[override]
+    def get(self, name: str, default: Any = None) -> Any:
         return self[name] if name in COMMANDS else default
 
     def __contains__(self, name: object) -> bool:

@@ -24,11 +24,11 @@ _FALSE = frozenset({"0", "false", "f", "no", "n", "off"})
 def _plain_type(annotation: Any) -> type | None:
     """str/int/float/bool for ``T`` or ``T | None``; None for anything else."""
     if annotation in _PLAIN:
-        return annotation  # type: ignore[no-any-return]
+        return annotation
     if typing.get_origin(annotation) in (types.UnionType, typing.Union):
         members = [a for a in typing.get_args(annotation) if a is not type(None)]
         if len(members) == 1 and members[0] in _PLAIN:
-            return members[0]  # type: ignore[no-any-return]
+            return members[0]
     return None
 
 
@@ -40,7 +40,7 @@ def _make_runtime_param_class() -> type | None:
         return None
 
     @dataclass(frozen=True)
-    class PlainRuntimeParam(RuntimeParam):  # type: ignore[misc, valid-type]
+    class PlainRuntimeParam(RuntimeParam):
         """The value as ``kind``, within the parameter's ``min``/``max``; Click's wording on failure."""
 
         kind: type = str

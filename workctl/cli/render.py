@@ -72,7 +72,7 @@ def plain_table(title: str | None, columns: Sequence[str], rows: Iterable[Sequen
     cells += [["" if cell is None else " ".join(str(cell).splitlines()) for cell in row] for row in rows]
     widths = [max(len(row[i]) for row in cells) for i in range(len(columns))]
     out = [title] if title else []
-    out += ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in cells]
+    out += ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip() for row in cells]
     sys.stdout.write("\n".join(out) + "\n")
 
 
