@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import types
 import typing
-from dataclasses import dataclass
 from typing import Any
 
 _PLAIN = (str, int, float, bool)
@@ -32,14 +31,15 @@ def _plain_type(annotation: Any) -> type | None:
     return None
 
 
-def _make_runtime_param_class() -> type | None:
+def _make_runtime_param_classes() -> dict[type, Any] | None:
+    """One RuntimeParam subclass per plain type (subclasses, not a new dataclass: creating a dataclass
+    costs start-up time on every command)."""
     try:
         from typer._click.exceptions import BadParameter
         from typer._coercion import RuntimeParam
     except ImportError:  # a Typer that coerces through Click's own types: nothing to replace
         return None
 
-    @dataclass(frozen=True)
     class PlainRuntimeParam(RuntimeParam):
         """The value as ``kind``, within the parameter's ``min``/``max``; Click's wording on failure."""
 
@@ -68,10 +68,11 @@ def _make_runtime_param_class() -> type | None:
                 raise BadParameter(f"{converted} is not in the range {bounds}.", ctx=ctx, param=param)
             return converted
 
-    return PlainRuntimeParam
+    return {kind: type(f"Plain{kind.__name__.title()}RuntimeParam", (PlainRuntimeParam,), {"kind": kind})
+            for kind in _PLAIN}
 
 
-_RUNTIME_PARAM = _make_runtime_param_class()
+_RUNTIME_PARAMS = _make_runtime_param_classes()
 
 
 def _no_type(ctx: Any) -> None:
@@ -109,9 +110,9 @@ def without_pydantic(command: Any) -> Any:
         kind = _plain_type(descriptor.annotation)
         if kind is None:
             continue
-        if _RUNTIME_PARAM is not None and getattr(param, "_runtime_param", "absent") is None:
-            param._runtime_param = _RUNTIME_PARAM(parameter_info=descriptor.parameter_info,
-                                                  annotation=descriptor.annotation, kind=kind)
+        if _RUNTIME_PARAMS is not None and getattr(param, "_runtime_param", "absent") is None:
+            param._runtime_param = _RUNTIME_PARAMS[kind](parameter_info=descriptor.parameter_info,
+                                                         annotation=descriptor.annotation)
         if param.metavar is None and not getattr(param, "is_flag", False):
             param.metavar = _metavar(param, kind)
         if param.param_type_name == "argument":  # its name already says it: no "<str>" after it
