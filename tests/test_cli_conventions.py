@@ -298,8 +298,9 @@ def test_sync_prints_the_order_it_created_and_the_command_to_approve_it(tmp_path
         (tmp_path / "workctl.toml").write_text(f'[sources.crm]\nbase_url = "{server.url}/crm"\n')
         config = str(tmp_path / "workctl.toml")
         out = run(db, "--config", config, "sync", "--source", "crm", "--users", "1-10", "--fields", "email",
-                  "--quiet")
+                  "-v")
         assert out.exit_code == 0, out.stderr
+        assert "started" in out.stderr and "batch 1/1 submitted" in out.stderr  # -v: a line per batch and start
         (order_id,) = [row[0] for row in _query(db, "SELECT id FROM orders")]
         assert f"created order {order_id}" in out.stdout
         assert f"workctl approve {order_id}" in out.stdout and f"workctl diff {order_id}" in out.stdout
