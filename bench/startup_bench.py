@@ -119,6 +119,7 @@ def commands(workctl: list[str], db: str, store: dict, repeat: int) -> dict[str,
     }
 
 
+BEFORE = ("status", "orders", "show ORDER", "propose", "approve ORDER --dry-run", "--help")
 BASELINE = "python -c \"import sqlite3, json\" (baseline)"
 CONTEXT = "checkout --json, fast path off (Typer; context)"
 
@@ -128,6 +129,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--items", type=int, default=10000)
     parser.add_argument("--repeat", type=int, default=20)
     parser.add_argument("--out", default=None)
+    parser.add_argument("--before", default=None, metavar="DIR",
+                        help="also time the operator commands from another checkout's workctl/ (e.g. an "
+                        "export of the commit before this change), interleaved in the same rounds")
     args = parser.parse_args(argv)
     needed = (args.repeat + 1) * 2 + 5
     if needed > args.items:
@@ -144,6 +148,16 @@ def main(argv: list[str] | None = None) -> dict:
         BASELINE: (lambda i: [py, "-c", "import sqlite3, json"], env)}
     for name, (_, argv_of) in table_of.items():
         variants[name] = (argv_of, {**env, "WORKCTL_NO_FASTPATH": "1"} if name == CONTEXT else env)
+    if args.before:
+        import compileall
+
+        compileall.compile_dir(os.path.join(args.before, "workctl"), quiet=1)
+        # That checkout's own entry point, ahead of the installed (editable) workctl on sys.path.
+        entry = f"import sys; sys.path.insert(0, {args.before!r}); from workctl.cli.fastpath import run; run()"
+        for name in BEFORE:
+            argv_of = table_of[name][1]
+            variants[f"{name} (before)"] = (lambda i, argv_of=argv_of: [py, "-c", entry,
+                                                                        *argv_of(i)[len(workctl):]], env)
     variants["python -c pass"] = (lambda i: [py, "-c", "pass"], env)
     times: dict[str, list[float]] = {name: [] for name in variants}
     cpu: dict[str, list[float]] = {name: [] for name in variants}
@@ -174,7 +188,8 @@ def main(argv: list[str] | None = None) -> dict:
     rows, verdicts = [], {}
     for name in variants:
         agent = table_of.get(name, (False, None))[0]
-        target = None if name in (BASELINE, CONTEXT, "python -c pass") else (AGENT_TARGET if agent else TARGET)
+        context = name in (BASELINE, CONTEXT, "python -c pass") or name.endswith("(before)")
+        target = None if context else (AGENT_TARGET if agent else TARGET)
         r = ratios[name]
         ratio = statistics.median(r)
         if target is not None:
