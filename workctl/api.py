@@ -10,8 +10,9 @@
 Every method returns the JSON-shaped dict documented in the README and raises ``WorkctlError``
 subclasses (each with its exit code); SQLite errors surface as ``StoreError`` (exit 8).
 
-Only what the hot agent commands need is imported with this module (leases, submit, queries); every
-other operation imports its module when it is first called.
+Only the session and the read queries are imported with this module; every operation, the agent
+commands' leases and submit included, imports its module when it is first called (an operator's
+``workctl orders`` does not load the lease code, and the agent commands load nothing else).
 """
 
 from __future__ import annotations
@@ -23,10 +24,9 @@ from typing import IO, Any, Callable, TypeVar
 
 from .clock import Clock, clock_from_env
 from .config import Config, default_agent, load_config
-from .core import leases, queries
+from .core import queries
 from .core.lifecycle import Actor
 from .core.session import Session
-from .core.submit import Next, submit
 from .errors import ExitCode, Invalid, WorkctlError
 from .store import default_location, is_url, open_store
 
@@ -206,12 +206,16 @@ class Workctl:
     @_store_errors
     def checkout(self, order_id: str | None = None, *, agent: str | None = None, type_name: str | None = None,
                  ttl: int | None = None) -> dict[str, Any]:
+        from .core import leases  # the agent operations' modules: loaded by the agent commands only
+
         return leases.checkout(self.session, agent=agent or default_agent(), order_id=order_id,
                                type_name=type_name, ttl=ttl)
 
     @_store_errors
     def heartbeat(self, item_id: str, *, agent: str | None = None, ttl: int | None = None,
                   lease_token: str | None = None) -> dict[str, Any]:
+        from .core import leases
+
         return leases.heartbeat(self.session, item_id, agent=agent or default_agent(), ttl=ttl, token=lease_token)
 
     @_store_errors
@@ -220,6 +224,8 @@ class Workctl:
                 failed_users: list[dict[str, Any]] | None = None) -> dict[str, Any]:
         """Give a lease back. ``error`` counts the attempt, unless ``unavailable`` names the source that
         could not be reached (an outage is not the item's fault); ``failed_users`` go to the failure ledger."""
+        from .core import leases
+
         result = leases.release(self.session, item_id, agent=agent or default_agent(), error=error,
                                 token=lease_token, unavailable=unavailable, failed_users=failed_users)
         if result["order"]["state"] in ("failed", "dead_lettered"):  # rare: the order.failed alert goes out now
@@ -233,6 +239,8 @@ class Workctl:
         """Submit a leased item's result. With ``next`` (or ``next_order``/``next_type``), also lease the next
         item in the same transaction — one commit per item for an agent working through a queue — and
         return it as ``"next"`` (None when there is no work)."""
+        from .core.submit import Next, submit
+
         then = Next(order_id=next_order, type_name=next_type, ttl=ttl) if next or next_order or next_type else None
         return submit(self.session, item_id, result, agent=agent or default_agent(), token=lease_token,
                       idempotency_key=idempotency_key, then=then)
