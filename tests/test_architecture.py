@@ -18,6 +18,8 @@ FORBIDDEN = {
     "sources": {"core", "types", "agents", "api", "commands", "server", "cli", "demo"},
     "agents": {"api", "commands", "server", "cli", "demo"},
     "api": {"commands", "server", "cli", "demo"},
+    # `workctl config`'s report: reads the config, the sources' and webhooks' settings; called by api only
+    "config_report": {"commands", "server", "cli", "demo", "agents", "api", "types"},
     # the HTTP surface calls the library only (one Workctl method per route), like a command
     "server": {"commands", "cli", "demo", "core", "store", "types", "agents", "sources"},
     # the lowest level: every layer may use these, they use nothing of workctl but each other

@@ -217,10 +217,11 @@ def test_database_from_a_newer_workctl_is_refused_untouched(tmp_path):
     assert file_snapshot(db) == before
 
 
-def test_usage_error_is_exit_2_with_one_line(tmp_path):
+def test_usage_error_is_exit_2_with_one_line_and_what_to_do_next(tmp_path):
     out = run_process(tmp_path / "w.db", "checkout", "--no-such-flag", "--json")
     assert out.exit_code == 2
-    assert out.stderr.strip() == "workctl: error: No such option: --no-such-flag"
+    assert out.stderr.splitlines() == ["workctl: error: No such option: --no-such-flag",
+                                       "workctl: next: see: workctl checkout --help"]
     assert json.loads(out.stdout)["error"]["code"] == "usage"
 
 

@@ -146,3 +146,69 @@ def test_dumps_refuses_what_json_dumps_refuses():
     circular.append(circular)
     with pytest.raises(ValueError):
         dumps(circular)
+
+
+# -- schemacheck: a payload decided valid without jsonschema is one jsonschema finds valid ----------------
+def _jsonschema_errors(schema, payload):
+    import jsonschema
+
+    validator_cls = jsonschema.validators.validator_for(schema)
+    return list(validator_cls(schema, format_checker=validator_cls.FORMAT_CHECKER).iter_errors(payload))
+
+
+@pytest.mark.parametrize("type_name, payload", [
+    ("user.data.sync", {"source": "crm", "user_ids": [1, 2, 3]}),
+    ("user.data.sync", {"source": "billing", "user_ids": ids(), "fields": ["email", "phone"], "batch_size": 10}),
+    ("task.batch", {"tasks": [{"n": 1}], "note": "x", "max_attempts": 2}),
+])
+def test_schemacheck_passes_common_valid_payloads_without_jsonschema(type_name, payload):
+    from workctl.types.schemacheck import surely_valid
+
+    schema = get_type(type_name).schema
+    assert surely_valid(schema, payload)
+    assert _jsonschema_errors(schema, payload) == []
+
+
+@pytest.mark.parametrize("name", sorted(PAYLOADS))
+def test_schemacheck_never_passes_what_jsonschema_refuses(name):
+    from workctl.types.schemacheck import surely_valid
+
+    schema = get_type("user.data.sync").schema
+    payload = PAYLOADS[name]
+    decided = surely_valid(schema, payload)
+    if decided:
+        assert _jsonschema_errors(schema, payload) == []
+    assert decided == name.startswith("valid")  # 8.0 for an id is valid to jsonschema, left to it
+
+
+def _payloads():
+    from hypothesis import strategies as st
+
+    scalar = st.one_of(st.none(), st.booleans(), st.integers(-3, 2**64), st.floats(allow_nan=True),
+                       st.text(max_size=5), st.sampled_from(["crm", "billing", "email", "phone", "bad name",
+                                                             "2026-01-01T00:00:00Z", "replace", "fill_empty"]))
+    value = st.recursive(scalar, lambda inner: st.lists(inner, max_size=4) |
+                         st.dictionaries(st.sampled_from(["a", "email", "n", "x y"]), inner, max_size=3),
+                         max_leaves=8)
+    keys = st.sampled_from(["source", "user_ids", "fields", "batch_size", "max_attempts", "since", "mode",
+                            "field_map", "policies", "min_success_ratio", "extra", "tasks", "note"])
+    return st.dictionaries(keys, value, max_size=6) | value
+
+
+def test_schemacheck_agrees_with_jsonschema_on_generated_payloads():
+    """Property: for any payload, "surely valid" implies jsonschema reports nothing (the other way round
+    is allowed: undecided payloads go to jsonschema)."""
+    from hypothesis import given, settings
+
+    from workctl.types.schemacheck import surely_valid
+
+    schemas = [get_type("user.data.sync").schema, get_type("task.batch").schema]
+
+    @settings(max_examples=400, deadline=None)
+    @given(_payloads())
+    def check(payload):
+        for schema in schemas:
+            if surely_valid(schema, payload):
+                assert _jsonschema_errors(schema, payload) == [], payload
+
+    check()

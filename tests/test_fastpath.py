@@ -24,6 +24,7 @@ from typer.testing import CliRunner
 from workctl import Workctl
 from workctl.cli import fastpath
 from workctl.core import leases
+from workctl.core import submit as submit_module
 from workctl.cli.app import app
 from workctl.config import Config
 from helpers import make_users
@@ -141,6 +142,15 @@ CASES = [
     ("submit-invalid-result", 'submit {leased} --agent a --result {{"success":1} --json', None, {"WORKCTL_LEASE_TOKEN": "{token}"}),
     ("submit-missing-file", "submit {leased} --agent a --result @{root}/none.json --json", None, {"WORKCTL_LEASE_TOKEN": "{token}"}),
     ("submit-other-agent", "submit {leased} --agent b --result - --json", "{result}", {"WORKCTL_LEASE_TOKEN": "{token}"}),
+    ("submit-next-json", "submit {leased} --agent a --result - --next --json", "{result}", {"WORKCTL_LEASE_TOKEN": "{token}"}),
+    ("submit-next-human", "submit {leased} --agent a --result - --next", "{result}", {"WORKCTL_LEASE_TOKEN": "{token}"}),
+    ("submit-next-order-ttl", "submit {leased} --agent a --result - --next-order {tasks} --ttl 60 --json", "{result}",
+     {"WORKCTL_LEASE_TOKEN": "{token}"}),
+    ("submit-next-type-none", "submit {leased} --agent a --result - --next-type no.such --json", "{result}",
+     {"WORKCTL_LEASE_TOKEN": "{token}"}),
+    ("submit-id-prefix", "submit {leased8} --agent a --result - --json", "{result}", {"WORKCTL_LEASE_TOKEN": "{token}"}),
+    ("heartbeat-id-prefix", "heartbeat {leased8} --agent a --json", None, {"WORKCTL_LEASE_TOKEN": "{token}"}),
+    ("checkout-order-prefix", "checkout {tasks8} --agent b --json", None, {}),
     ("heartbeat-no-token", "heartbeat {leased} --agent a --json", None, {}),
     ("release-no-token-human", "release {leased} --agent a", None, {}),
     ("submit-empty-env-token", "submit {leased} --agent a --result - --json", "{result}", {"WORKCTL_LEASE_TOKEN": ""}),
@@ -152,6 +162,7 @@ CASES = [
 
 def _fill(text: str, template) -> str:
     values = {k: v for k, v in template.items() if isinstance(v, (str, Path))}
+    values.update({f"{k}8": v[:8] for k, v in template.items() if k in ("leased", "tasks")})  # id prefixes
     values["result"] = json.dumps(template["result"], separators=(",", ":"))
     for key, value in values.items():
         text = text.replace("{" + key + "}", str(value))
@@ -182,7 +193,9 @@ def test_fast_path_matches_typer(case, template, tmp_path, capsys, monkeypatch):
     outcomes = []
     for runner in ("fast", "typer"):
         _restore(template, work)
-        monkeypatch.setattr(leases, "new_token", _tokens())
+        tokens = _tokens()
+        monkeypatch.setattr(leases, "new_token", tokens)
+        monkeypatch.setattr(submit_module, "new_token", tokens)  # submit --next leases too
         if runner == "fast":
             code, out, err = _fast(argv, stdin, capsys, monkeypatch)
             assert code is not None, "the fast path should handle this form"

@@ -10,8 +10,9 @@
 Every method returns the JSON-shaped dict documented in the README and raises ``WorkctlError``
 subclasses (each with its exit code); SQLite errors surface as ``StoreError`` (exit 8).
 
-Only what the hot agent commands need is imported with this module (leases, submit, queries); every
-other operation imports its module when it is first called.
+Only the session and the read queries are imported with this module; every operation, the agent
+commands' leases and submit included, imports its module when it is first called (an operator's
+``workctl orders`` does not load the lease code, and the agent commands load nothing else).
 """
 
 from __future__ import annotations
@@ -23,10 +24,9 @@ from typing import IO, Any, Callable, TypeVar
 
 from .clock import Clock, clock_from_env
 from .config import Config, default_agent, load_config
-from .core import leases, queries
+from .core import queries
 from .core.lifecycle import Actor
 from .core.session import Session
-from .core.submit import Next, submit
 from .errors import ExitCode, Invalid, WorkctlError
 from .store import default_location, is_url, open_store
 
@@ -35,10 +35,43 @@ __all__ = ["Workctl", "default_agent"]
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+# Parameters that name an order or an item: every method taking one accepts a unique id prefix (>= 8
+# characters, like git), resolved here, once, before the operation runs (core.ids.resolve_prefix).
+_ID_PARAMETERS = {"order_id": "orders", "next_order": "orders", "item_id": "items"}
+
+
+def _id_positions(method: Callable[..., Any]) -> list[tuple[str, int, str]]:
+    """(name, positional index after self, table) of each id parameter of ``method``."""
+    import inspect
+
+    names = list(inspect.signature(method).parameters)[1:]
+    return [(name, index, _ID_PARAMETERS[name]) for index, name in enumerate(names) if name in _ID_PARAMETERS]
+
+
+def _resolve_ids(self: Workctl, positions: list[tuple[str, int, str]], args: tuple[Any, ...],
+                 kwargs: dict[str, Any]) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    from .core.ids import FULL_ID_LENGTH, resolve_prefix
+
+    for name, index, table in positions:
+        if index < len(args):
+            given = args[index]
+            if isinstance(given, str) and len(given) < FULL_ID_LENGTH:
+                args = (*args[:index], resolve_prefix(self.session.conn, table, given), *args[index + 1:])
+        else:
+            given = kwargs.get(name)
+            if isinstance(given, str) and len(given) < FULL_ID_LENGTH:
+                kwargs[name] = resolve_prefix(self.session.conn, table, given)
+    return args, kwargs
+
+
 def _store_errors(method: F) -> F:
+    positions = _id_positions(method)
+
     @functools.wraps(method)
     def wrapper(self: Workctl, *args: Any, **kwargs: Any) -> Any:
         try:
+            if positions:
+                args, kwargs = _resolve_ids(self, positions, args, kwargs)
             return method(self, *args, **kwargs)
         except WorkctlError:
             raise
@@ -58,6 +91,14 @@ def _store_errors(method: F) -> F:
                 raise translate(exc, self.db_path) from exc
             raise
     return wrapper  # type: ignore[return-value]
+
+
+def effective_config(*, db: str | None = None, db_origin: str = "default", config: str | None = None,
+                     config_origin: str = "default") -> dict[str, Any]:
+    """The effective configuration, each value with its origin; secrets as set / not set. Opens no store."""
+    from .config_report import effective_config as report
+
+    return report(db=db, db_origin=db_origin, config=config, config_origin=config_origin)
 
 
 class Workctl:
@@ -165,12 +206,16 @@ class Workctl:
     @_store_errors
     def checkout(self, order_id: str | None = None, *, agent: str | None = None, type_name: str | None = None,
                  ttl: int | None = None) -> dict[str, Any]:
+        from .core import leases  # the agent operations' modules: loaded by the agent commands only
+
         return leases.checkout(self.session, agent=agent or default_agent(), order_id=order_id,
                                type_name=type_name, ttl=ttl)
 
     @_store_errors
     def heartbeat(self, item_id: str, *, agent: str | None = None, ttl: int | None = None,
                   lease_token: str | None = None) -> dict[str, Any]:
+        from .core import leases
+
         return leases.heartbeat(self.session, item_id, agent=agent or default_agent(), ttl=ttl, token=lease_token)
 
     @_store_errors
@@ -179,6 +224,8 @@ class Workctl:
                 failed_users: list[dict[str, Any]] | None = None) -> dict[str, Any]:
         """Give a lease back. ``error`` counts the attempt, unless ``unavailable`` names the source that
         could not be reached (an outage is not the item's fault); ``failed_users`` go to the failure ledger."""
+        from .core import leases
+
         result = leases.release(self.session, item_id, agent=agent or default_agent(), error=error,
                                 token=lease_token, unavailable=unavailable, failed_users=failed_users)
         if result["order"]["state"] in ("failed", "dead_lettered"):  # rare: the order.failed alert goes out now
@@ -192,6 +239,8 @@ class Workctl:
         """Submit a leased item's result. With ``next`` (or ``next_order``/``next_type``), also lease the next
         item in the same transaction — one commit per item for an agent working through a queue — and
         return it as ``"next"`` (None when there is no work)."""
+        from .core.submit import Next, submit
+
         then = Next(order_id=next_order, type_name=next_type, ttl=ttl) if next or next_order or next_type else None
         return submit(self.session, item_id, result, agent=agent or default_agent(), token=lease_token,
                       idempotency_key=idempotency_key, then=then)
@@ -367,6 +416,17 @@ class Workctl:
         return list(queries.list_orders(self.session, state=state, type_name=type_name, limit=limit))
 
     @_store_errors
+    def orders_listing(self, *, state: str | None = None, type_name: str | None = None,
+                       limit: int = 100) -> dict[str, Any]:
+        """``{"orders": [...], "more": N}``: the orders ``orders`` lists, and how many more match beyond
+        ``limit`` (counted only when the listing was cut)."""
+        listed = self.orders(state=state, type_name=type_name, limit=limit)
+        more = 0
+        if len(listed) == limit:
+            more = max(queries.count_orders(self.session, state=state, type_name=type_name) - limit, 0)
+        return {"orders": listed, "more": more}
+
+    @_store_errors
     def show(self, order_id: str) -> dict[str, Any]:
         return queries.show(self.session, order_id)
 
@@ -414,9 +474,16 @@ class Workctl:
     def sync(self, options: Any, *, listener: Any = None) -> dict[str, Any]:
         """Run the fetch loop (workctl.agents.sync), proposing or resuming first when the options say so;
         returns the run's report. A run that did not succeed carries ``"error"`` (see ``run_error``)."""
+        from dataclasses import replace
+
         from .agents.sync import Syncer
+        from .core.ids import resolve_prefix
         if options.source or options.users or options.retry_failed:
             self._open(create=True)  # sync proposes here: it may create the store
+        for name in ("order_id", "retry_failed"):
+            if getattr(options, name):
+                options = replace(options, **{name: resolve_prefix(self.session.conn, "orders",
+                                                                   getattr(options, name))})
         syncer = Syncer(self, options, listener=listener).run()
         return self._finish_run("sync", syncer.to_dict(), syncer.error)
 
@@ -424,7 +491,12 @@ class Workctl:
     def run_exec(self, options: Any, *, listener: Any = None) -> dict[str, Any]:
         """Run a shell command per item (workctl.agents.exec); returns the run's report (with ``"error"``
         when it did not succeed)."""
+        from dataclasses import replace
+
         from .agents.exec import Runner
+        from .core.ids import resolve_prefix
+        if options.order_id:
+            options = replace(options, order_id=resolve_prefix(self.session.conn, "orders", options.order_id))
         runner = Runner(self, options, listener=listener).run()
         return self._finish_run("run", runner.to_dict(), runner.error)
 

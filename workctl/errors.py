@@ -65,6 +65,7 @@ ERROR_CODES: dict[str, tuple[ExitCode, str]] = {
     "no_items_available": (ExitCode.NO_WORK, "checkout found nothing to lease"),
     # 4: not found
     "not_found": (ExitCode.NOT_FOUND, "the thing named does not exist"),
+    "ambiguous_id": (ExitCode.NOT_FOUND, "an id prefix matches more than one order or item (the matches are listed)"),
     "order_not_found": (ExitCode.NOT_FOUND, "no order with that id"),
     "item_not_found": (ExitCode.NOT_FOUND, "no item with that id"),
     "token_not_found": (ExitCode.NOT_FOUND, "no API token with that name"),
@@ -136,17 +137,107 @@ ERROR_CODES: dict[str, tuple[ExitCode, str]] = {
 }
 
 
+# What to do next, per machine code: the second line of every error on stderr. A raise site that knows
+# more (the id it looked for, the option that was missing) passes ``hint=`` instead.
+# tests/test_cli_conventions.py checks that every code in ERROR_CODES has one.
+NEXT_STEPS: dict[str, str] = {
+    "declined": "run it again and answer y, or pass --yes",
+    "internal_error": "run it again with WORKCTL_DEBUG=1 for a traceback, and report it",
+    "usage": "see: workctl COMMAND --help",
+    "extra_missing": "install the extra it names, e.g. pip install 'workctl[server]'",
+    "unauthorized": "send a token from: workctl tokens create --scope agent",
+    "forbidden": "use a token with the scope the route needs: workctl tokens create --scope operator",
+    "idempotency_key_required": "send an X-Idempotency-Key header (any unique string per request)",
+    "body_too_large": "send a smaller body, e.g. fewer user ids per order",
+    "invalid_choice": "pick one of the values listed",
+    "lease_token_required": "pass the token from checkout: export WORKCTL_LEASE_TOKEN=… or --lease-token",
+    "no_items_available": "nothing to do now; see what is open with: workctl status",
+    "not_found": "check the name; list what exists with: workctl orders",
+    "ambiguous_id": "give more characters of the id (or the full id shown by: workctl orders)",
+    "order_not_found": "list orders with: workctl orders",
+    "item_not_found": "list an order's items with: workctl status ORDER_ID",
+    "token_not_found": "list tokens with: workctl tokens list",
+    "route_not_found": "see the routes in /openapi.json",
+    "unknown_type": "list order types with: workctl types",
+    "invalid": "fix the input named above and run it again",
+    "invalid_json": "fix the JSON at the position named above (inline, @file.json or - for stdin)",
+    "invalid_text": "pass the value as UTF-8 text",
+    "input_unreadable": "check the path after @ and its permissions",
+    "input_too_large": "split the input (e.g. fewer user ids per order)",
+    "payload_invalid": "fix the fields listed; the schema is shown by: workctl types show TYPE",
+    "result_invalid": "fix the result and submit again (you still hold the lease; heartbeat if it takes long)",
+    "empty_plan": "give the order at least one unit of work (e.g. a non-empty user_ids)",
+    "field_not_allowed": "drop the field, or allow it in [target] allow_fields of workctl.toml",
+    "no_users_table": "point [target] db (or WORKCTL_TARGET_DB) at the database with the users table",
+    "target_missing": "check [target] db in workctl.toml (or WORKCTL_TARGET_DB); see: workctl config",
+    "target_unsupported": "sync into a table with a unique id column",
+    "apply_refused": "fix the value in the source (or the constraint), then: workctl reject ORDER_ID --requeue",
+    "wrong_order_type": "use the command for that order's type (see: workctl show ORDER_ID)",
+    "invalid_users": "give --users as all, ranges like 1-150,200, or @ids.txt",
+    "reason_required": "say why with --reason TEXT",
+    "approval_check_failed": "see the order with: workctl show ORDER_ID",
+    "config_invalid": "fix the file named above; see the effective configuration with: workctl config",
+    "config_missing": "check --config / WORKCTL_CONFIG, or leave both unset to use ./workctl.toml",
+    "source_invalid": "fix the [sources.NAME] table named above; see: workctl sources list",
+    "source_not_configured": "add a [sources.NAME] table to workctl.toml; see: workctl sources list",
+    "secret_missing": "export the environment variable named above",
+    "secret_invalid": "set the variable to the token alone, without newlines or control characters",
+    "conflict": "see the current state with: workctl status",
+    "illegal_transition": "see the order's state with: workctl status ORDER_ID",
+    "order_not_submitted": "wait until every item is submitted; progress: workctl status ORDER_ID",
+    "order_not_applied": "only an applied order can be reverted; see: workctl show ORDER_ID",
+    "order_changed": "run the command again",
+    "already_applied": "nothing to do; see the diff with: workctl show ORDER_ID",
+    "already_reverted": "nothing to do; see: workctl log ORDER_ID",
+    "not_retryable": "see which items failed with: workctl status ORDER_ID",
+    "not_leased": "check the item out first: workctl checkout",
+    "lease_lost": "check out again with: workctl checkout",
+    "lease_held_by_other": "act as the agent that checked it out: --agent ID or WORKCTL_AGENT_ID",
+    "lease_expired": "check out again with: workctl checkout (heartbeat sooner next time)",
+    "stale_lease_token": "the item was checked out again since; use the token of the latest checkout",
+    "idempotency_mismatch": "use a new --idempotency-key for a different request",
+    "token_exists": "choose another --name, or revoke the old one: workctl tokens revoke NAME",
+    "order_cancelled": "stop working on it; check out other work with: workctl checkout",
+    "not_cancellable": "see the order's state with: workctl status ORDER_ID",
+    "store_not_empty": "import into a new store: --db new.db (or a new PostgreSQL database)",
+    "approval_held": "review the diff and approve by hand: workctl approve ORDER_ID",
+    "remote_error": "check the source or webhook named above; see: workctl sources check NAME",
+    "sync_incomplete": "see what failed with: workctl failures; then run sync again",
+    "run_incomplete": "see the failed items with: workctl status ORDER_ID; then run again",
+    "source_unavailable": "check the source with: workctl sources check NAME; then run sync again",
+    "order_failed": "retry it with: workctl retry --order ORDER_ID, or cancel it: workctl cancel ORDER_ID",
+    "source_unreachable": "check the source's base_url and that it is up: workctl sources list",
+    "source_auth": "check the token in the environment variable the source names: workctl sources list",
+    "store_error": "run it again with WORKCTL_DEBUG=1 and report it",
+    "store_missing": "create it with: workctl init (or point --db / WORKCTL_DB at the right store)",
+    "store_locked": "wait for the other writer, or raise its busy timeout; see who holds it with: fuser STORE",
+    "store_read_only": "make the store file and its directory writable by this user",
+    "store_full": "free disk space (workctl maintain prunes old events), then run it again",
+    "store_corrupt": "check --db points at a workctl store; restore from a backup if it does",
+    "store_unavailable": "check --db / WORKCTL_DB and that the database is up",
+    "store_replaced": "run the command again: it will open the new file",
+    "store_too_new": "upgrade workctl: pip install -U workctl",
+}
+
+
 class WorkctlError(Exception):
     """A failure the user can act on: a machine code, a message, optional details, an exit code."""
 
     exit_code: ExitCode = ExitCode.ERROR
     default_code: str = "internal_error"
 
-    def __init__(self, message: str, *, code: str | None = None, details: list[dict[str, Any]] | None = None):
+    def __init__(self, message: str, *, code: str | None = None, details: list[dict[str, Any]] | None = None,
+                 hint: str | None = None):
         super().__init__(message)
         self.message = message
         self.code = code or self.default_code
         self.details = details or []
+        self._hint = hint
+
+    @property
+    def hint(self) -> str:
+        """What to do next: the raiser's own words, else the registry's for the error's code."""
+        return getattr(self, "_hint", None) or NEXT_STEPS.get(self.code, "")
 
     # True when the JSON error document is already part of what was printed (an agent run's report).
     json_shown: bool = False

@@ -42,11 +42,12 @@ class SyncReport:
     seconds: float = 0.0
     approved: list[dict[str, Any]] = field(default_factory=list)
     resumed: bool = False
+    proposed: bool = False  # this run created the order it synced (sync --source … / --retry-failed)
     unavailable: dict[str, str] = field(default_factory=dict)  # source -> why (the run's circuit breaker)
     released_unavailable: int = 0
 
     def to_dict(self, tally: Tally) -> dict[str, Any]:
-        return {"orders": self.orders, "resumed": self.resumed,
+        return {"orders": self.orders, "resumed": self.resumed, "proposed": self.proposed,
                 "items": {"submitted": tally.submitted, "released": tally.released, "lost": tally.lost,
                           "cancelled": tally.cancelled, "released_unavailable": self.released_unavailable},
                 "unavailable_sources": self.unavailable, "held": tally.held,
@@ -195,6 +196,8 @@ class Syncer(AgentLoop):
         options = self.options
         if options.retry_failed:
             options.order_id = self.wc.retry_failed(options.retry_failed)["order"]["id"]
+            self.report.orders.append(options.order_id)
+            self.report.proposed = True
         elif options.source or options.users:
             proposed = propose_from_source(self.wc, source=options.source, users=options.users, fields=options.fields,
                                            batch_size=options.batch_size, delta=options.delta, since=options.since,
@@ -202,6 +205,7 @@ class Syncer(AgentLoop):
             options.order_id = proposed["order"]["id"]
             self.report.orders.append(options.order_id)
             self.report.resumed = bool(proposed.get("resumed"))
+            self.report.proposed = not self.report.resumed
             if self.report.resumed:
                 self.listener.message(f"resuming order {options.order_id} "
                                       f"({proposed['order']['state']}; --new proposes a new one)")

@@ -45,7 +45,9 @@ SYNTAX: dict[str, tuple[tuple[tuple[str, bool], ...], dict[str, tuple[str, bool]
     "release": ((("item_id", True),), {**_FENCED, "--error": ("error", True)},
                 {"agent": "WORKCTL_AGENT_ID", "lease_token": "WORKCTL_LEASE_TOKEN"}),
     "submit": ((("item_id", True),), {**_FENCED, "--result": ("result", True),
-                                      "--idempotency-key": ("idempotency_key", True)},
+                                      "--idempotency-key": ("idempotency_key", True), "--next": ("next_", False),
+                                      "--next-order": ("next_order", True), "--next-type": ("next_type", True),
+                                      "--ttl": ("ttl", True)},
                {"agent": "WORKCTL_AGENT_ID", "lease_token": "WORKCTL_LEASE_TOKEN"}),
     # Only the JSON form: the human view renders with rich, and --watch/--interval loop; both fall back.
     "status": ((("order_id", False),), {"--json": ("json_", False)}, {}),
@@ -173,7 +175,8 @@ HANDLERS: dict[str, tuple[Call, Show]] = {
                                          lease_token=a["lease_token"]),
                 lambda r, a: render.show_release(r, a["item_id"], a["json_"])),
     "submit": (lambda wc, a: wc.submit(a["item_id"], a["result"], agent=a["agent"], lease_token=a["lease_token"],
-                                       idempotency_key=a["idempotency_key"]),
+                                       idempotency_key=a["idempotency_key"], next=a["next_"],
+                                       next_order=a["next_order"], next_type=a["next_type"], ttl=a["ttl"]),
                lambda r, a: render.show_submit(r, a["item_id"], a["json_"])),
     "status": (lambda wc, a: wc.status(a["order_id"]), lambda r, a: render.print_json(r)),
 }

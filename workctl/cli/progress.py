@@ -1,5 +1,6 @@
 """Progress for long runs (sync, run --exec), on stderr: a rich live bar on a terminal, one plain line
-per batch otherwise (cron logs), nothing with --quiet."""
+per batch otherwise (cron logs), nothing with --quiet; --verbose: plain lines everywhere, one more
+when each batch starts."""
 
 from __future__ import annotations
 
@@ -14,9 +15,9 @@ from ..agents.loop import Quiet
 class LineProgress:
     """No animation: one line per finished batch and per wait, for logs."""
 
-    def __init__(self, stream: Any = None, *, unit: str = "batch", counted: str = "users"):
+    def __init__(self, stream: Any = None, *, unit: str = "batch", counted: str = "users", verbose: bool = False):
         # sync counts batches and users; run --exec counts items and results.
-        self.unit, self.counted = unit, counted
+        self.unit, self.counted, self.verbose = unit, counted, verbose
         self.stream = stream or sys.stderr
         self.done = self.ok = self.failed = 0
         self.total: int | None = None
@@ -33,7 +34,8 @@ class LineProgress:
         self.started_at = time.monotonic()
 
     def item_started(self, item: dict[str, Any]) -> None:
-        pass
+        if self.verbose:
+            self._write(f"workctl: {self.unit} {item.get('id')} of order {item.get('order_id')} started")
 
     def item_finished(self, item: dict[str, Any], outcome: str, synced: int, failed: int) -> None:
         self.done += 1
@@ -97,7 +99,10 @@ class RichProgress(LineProgress):
         self.bar.stop()
 
 
-def make_progress(*, quiet: bool, unit: str = "batch", counted: str = "users") -> LineProgress | Quiet:
+def make_progress(*, quiet: bool, unit: str = "batch", counted: str = "users",
+                  verbose: bool = False) -> LineProgress | Quiet:
     if quiet:
         return Quiet()
+    if verbose:
+        return LineProgress(unit=unit, counted=counted, verbose=True)
     return RichProgress(unit=unit, counted=counted) if sys.stderr.isatty() else LineProgress(unit=unit, counted=counted)

@@ -28,7 +28,13 @@ def console() -> Console:
 
 
 def print_json(document: Any) -> None:
-    sys.stdout.write(json.dumps(document, indent=2, ensure_ascii=False, default=str) + "\n")
+    """One JSON document: indented for a person at a terminal, one compact line for a pipe or file (an
+    ``orders --json`` of many orders stays one parseable line, a fraction of the bytes)."""
+    if sys.stdout.isatty():
+        text = json.dumps(document, indent=2, ensure_ascii=False, default=str)
+    else:
+        text = json.dumps(document, ensure_ascii=False, separators=(",", ":"), default=str)
+    sys.stdout.write(text + "\n")
     sys.stdout.flush()
 
 
@@ -44,6 +50,12 @@ def line(text: str = "") -> None:
 
 
 def table(title: str | None, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
+    """A table: rich on a terminal; plain aligned columns otherwise (a pipe, a file, ``watch``), with every
+    cell whole — ids are never cut — and without importing rich, which costs more start-up than the
+    command's own work."""
+    if not sys.stdout.isatty():
+        plain_table(title, columns, rows)
+        return
     from rich.table import Table
     from rich.text import Text
 
@@ -55,10 +67,28 @@ def table(title: str | None, columns: Sequence[str], rows: Iterable[Sequence[Any
     console().print(grid)
 
 
+def plain_table(title: str | None, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
+    cells = [[str(column) for column in columns]]
+    cells += [["" if cell is None else " ".join(str(cell).splitlines()) for cell in row] for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(columns))]
+    out = [title] if title else []
+    out += ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip() for row in cells]
+    sys.stdout.write("\n".join(out) + "\n")
+
+
+def more(shown: int, total: int, *, what: str = "more", advice: str = "raise --limit to see them") -> None:
+    """The line under a listing cut by ``--limit``: how many rows were left out and how to see them
+    (nothing when the listing is whole). Shared by every listing command."""
+    if total > shown:
+        line(f"… {total - shown:,} {what} ({advice})")
+
+
 def error(exc: WorkctlError, *, as_json: bool) -> None:
     if as_json and not exc.json_shown:
         print_json(exc.to_dict())
     sys.stderr.write(f"workctl: error: {exc.message}\n")
+    if exc.hint:  # the second line: what to do next
+        sys.stderr.write(f"workctl: next: {exc.hint}\n")
     for detail in exc.details[:20]:
         if "path" in detail and "message" in detail:
             sys.stderr.write(f"  {detail['path']}: {detail['message']}\n")
@@ -145,3 +175,8 @@ def show_submit(response: dict[str, Any], item_id: str, json_: bool) -> None:
         return
     order = response["order"]
     line(f"Submitted item {item_id}; order {order['id']} is {order['state']}")
+    if "next" in response:  # submit --next
+        if response["next"] is None:
+            line("No next item to lease (nothing queued in scope)")
+        else:
+            show_checkout({"item": response["next"]}, False)

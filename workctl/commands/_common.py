@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Callable, TypeVar
 import typer
 
 from ..cli import render
-from ..limits import MAX_TTL_SECONDS
+from ..limits import MAX_LIST_LIMIT, MAX_TTL_SECONDS
 
 if TYPE_CHECKING:
     from ..api import Workctl
@@ -27,7 +27,18 @@ LeaseToken = Annotated[str | None, typer.Option(
     help="Fence with the token from checkout: refused if the item was checked out again since.")]
 Ttl = Annotated[int | None, typer.Option("--ttl", min=1, max=MAX_TTL_SECONDS,
                                          help="Lease length in seconds (default 600).")]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress on stderr.")]
+Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Progress as plain lines, one more as each batch "
+                                       "starts (also on a terminal).")]
+Limit = Annotated[int, typer.Option("--limit", min=1, max=MAX_LIST_LIMIT,
+                                    help="At most this many rows; a cut listing says how many more there are.")]
+DEFAULT_LIMIT = 100  # every listing's --limit default, so `orders`, `log` and `failures` agree
 Yes = Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation on a terminal.")]
+
+
+def example_epilog(*examples: str) -> str:
+    """A help page's closing example; ``\\b`` keeps Click from re-wrapping the command line."""
+    return "\b\nExample:\n" + "\n".join(f"  $ {example}" for example in examples)
 
 
 def interactive() -> bool:

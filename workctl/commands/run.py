@@ -1,4 +1,4 @@
-"""workctl run [ORDER_ID] --exec CMD [--parallel N] [--agent A] [--max-items K] [--timeout S] [--json]"""
+"""workctl run [ORDER_ID] --exec CMD [--workers N] [--agent A] [--max-items K] [--timeout S] [--json]"""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import typer
 
 from ..cli import render
 from ..errors import run_error
-from ._common import Agent, Json, Ttl, boundary, open_workctl
+from ._common import Agent, Json, Quiet, Ttl, Verbose, boundary, open_workctl
 
 
 @boundary
@@ -17,13 +17,17 @@ def run(
     order_id: Annotated[str | None, typer.Argument(help="Only items of this order.")] = None,
     exec_: Annotated[str, typer.Option("--exec", help="Shell command: item JSON on stdin, result JSON on stdout.")] = "",
     type_name: Annotated[str | None, typer.Option("--type", help="Only items of orders of this type.")] = None,
-    parallel: Annotated[int, typer.Option("--parallel", min=1, help="Commands running at once.")] = 1,
+    workers: Annotated[int | None, typer.Option("--workers", "-w", min=1, show_default=False,
+                                                help="Commands running at once (default 1).")] = None,
+    parallel: Annotated[int | None, typer.Option("--parallel", min=1, hidden=True,
+                                                 help="The old name of --workers.")] = None,
     agent: Agent = None,
     max_items: Annotated[int | None, typer.Option("--max-items", min=1, help="Stop after this many items.")] = None,
     timeout: Annotated[float | None, typer.Option("--timeout", min=0.1, help="Kill a command after this many seconds.")] = None,
     approve: Annotated[bool, typer.Option("--approve", help="Approve each order once all its items are submitted, if the approve rules of the config let it.")] = False,
     ttl: Ttl = None,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress on stderr.")] = False,
+    quiet: Quiet = False,
+    verbose: Verbose = False,
     json_: Json = False,
 ) -> None:
     """Check out items and run CMD for each; submit its stdout, release on failure. Exit 0 when every item
@@ -34,12 +38,14 @@ def run(
     from ..agents.exec import RunOptions
 
     if not exec_.strip():
-        raise Usage("--exec CMD is required")
+        raise Usage("--exec CMD is required", hint="e.g. workctl run --exec ./agent.sh")
+    if workers is not None and parallel is not None and workers != parallel:
+        raise Usage("--parallel is the old name of --workers: give one of them")
     with open_workctl(ctx) as wc:
-        progress = make_progress(quiet=quiet or json_, unit="item", counted="results")
+        progress = make_progress(quiet=quiet or json_, unit="item", counted="results", verbose=verbose)
         try:
             report = wc.run_exec(RunOptions(command=exec_, order_id=order_id, type_name=type_name, agent=agent,
-                                            parallel=parallel, max_items=max_items, ttl=ttl, timeout=timeout,
+                                            parallel=workers or parallel or 1, max_items=max_items, ttl=ttl, timeout=timeout,
                                             approve=approve),
                                  listener=progress)
         finally:

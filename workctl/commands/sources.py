@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from ..cli import render
-from ._common import Globals, Json, boundary
+from ._common import Globals, Json, boundary, example_epilog
 
 app = typer.Typer(help="External sources: list, check, and the built-in sample server.", no_args_is_help=True)
 
@@ -18,37 +18,55 @@ def _raw(ctx: typer.Context) -> dict:
     return load_config(options.config).raw
 
 
-@app.command("list")
+@app.command("list", epilog=example_epilog("workctl sources list --json"))
 @boundary
 def list_(ctx: typer.Context, json_: Json = False) -> None:
-    """Configured sources (secrets named by their variable, never shown)."""
+    """Configured sources (secrets named by their variable, never shown); `sources check` probes them."""
     from ..sources.check import list_sources
 
     listed = list_sources(_raw(ctx))
     if json_:
         render.print_json({"sources": listed})
         return
-    render.table(None, ["source", "base url", "auth", "rate/s", "concurrency", "status"],
+    # "config": whether the settings are usable; whether the source answers is `sources check`.
+    render.table(None, ["source", "base url", "auth", "rate/s", "concurrency", "config"],
                  [(s["name"], s.get("base_url"), s.get("auth"), s.get("rate_limit"), s.get("concurrency"),
-                   "ok" if s["ok"] else s["error"]) for s in listed])
+                   "valid" if s["ok"] else s["error"]) for s in listed])
 
 
-@app.command("check")
+@app.command("check", epilog=example_epilog("workctl sources check", "workctl sources check crm --json"))
 @boundary
-def check(ctx: typer.Context, name: Annotated[str, typer.Argument(help="Source name, e.g. crm.")],
+def check(ctx: typer.Context,
+          names: Annotated[list[str] | None, typer.Argument(metavar="[NAME]...",
+                                                           help="Source names, e.g. crm (default: every configured source).",
+                                                           show_default=False)] = None,
           json_: Json = False) -> None:
-    """One request to the source: reachability, auth status and latency (exit 7 if it fails)."""
-    from ..sources.check import check_source
+    """Probe each source with one request: reachable, credentials accepted, latency (exit 7 if one fails).
 
-    report = check_source(name, _raw(ctx))
+    Secrets are never printed: the URL is shown with its credentials and query values masked.
+    """
+    from ..errors import Invalid, run_error
+    from ..sources.check import check_sources
+
+    checked = check_sources(names or None, _raw(ctx))
+    if not checked["sources"]:
+        raise Invalid("no source is configured", code="source_not_configured",
+                    hint="add a [sources.NAME] table with base_url to workctl.toml, or set WORKCTL_SOURCE_CRM_URL")
     if json_:
-        render.print_json(report)
-        return
-    render.line(f"{report['name']}: {report['status']}, auth {report['auth']}, {report['latency_ms']} ms "
-                f"({report['base_url']})")
+        render.print_json(checked)
+    else:
+        for report in checked["sources"]:
+            if report["status"] == "failed":
+                render.line(f"{report['name']}: FAILED: {report['error']['message']}")
+            else:
+                render.line(f"{report['name']}: {report['status']}, auth {report['auth']}, "
+                            f"{report['latency_ms']} ms ({report['base_url']})")
+    error = run_error(checked, json_shown=json_)  # the first failure's code and exit code (5 config, 7 remote)
+    if error is not None:
+        raise error
 
 
-@app.command("serve-sample")
+@app.command("serve-sample", epilog=example_epilog("workctl sources serve-sample --port 8765 --latency 0.02"))
 @boundary
 def serve_sample(
     host: Annotated[str, typer.Option("--host", help="Address to listen on.")] = "127.0.0.1",

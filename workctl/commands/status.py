@@ -35,6 +35,28 @@ def status(
                 live.update(build(wc.status(order_id)), refresh=True)
 
 
+def layout(data: dict[str, Any]) -> list[Any]:
+    """The status view as lines and (title, columns, rows) tables: printed plainly, or as one rich
+    renderable for a terminal and --watch."""
+    if "order" not in data:
+        return [
+            ("orders", ["state", "count"], [[k, v] for k, v in data["orders"].items() if v]),
+            ("items", ["state", "count"], [[k, v] for k, v in data["items"].items() if v]),
+            f"leases held {data['leases']['held']}, expired waiting {data['leases']['expired_waiting']}, "
+            f"items backing off before a retry {data['retry_waiting']}  (as of {data['as_of']})",
+        ]
+    order, progress = data["order"], data["progress"]
+    return [
+        f"order {order['id']} ({order['type']}) is {order['state']}: {progress['done']}/{progress['total']} items done",
+        ("items", ["#", "item", "state", "attempts", "agent", "lease expires"],
+         [[it["seq"] + 1, it["id"], it["state"], f"{it['attempts']}/{it['max_attempts']}",
+           it["leased_by"] or it["submitted_by"], it["lease_expires_at"]] for it in data["items"][:50]]),
+        ("last events", ["time", "entity", "event", "from → to", "actor"],
+         [[e["created_at"], e["entity"], e["event"], f"{e['from'] or ''} → {e['to'] or ''}",
+           f"{e['actor_type']}:{e['actor_id']}"] for e in data["events"]]),
+    ]
+
+
 def build(data: dict[str, Any]) -> Any:
     from rich.console import Group
     from rich.table import Table
@@ -48,24 +70,12 @@ def build(data: dict[str, Any]) -> Any:
             table.add_row(*(Text("" if cell is None else str(cell)) for cell in row))
         return table
 
-    if "order" not in data:
-        return Group(
-            grid("orders", ["state", "count"], [[k, v] for k, v in data["orders"].items() if v]),
-            grid("items", ["state", "count"], [[k, v] for k, v in data["items"].items() if v]),
-            Text(f"leases held {data['leases']['held']}, expired waiting {data['leases']['expired_waiting']}, "
-                 f"items backing off before a retry {data['retry_waiting']}  (as of {data['as_of']})"),
-        )
-    order, progress = data["order"], data["progress"]
-    header = Text(f"order {order['id']} ({order['type']}) is {order['state']}: "
-                  f"{progress['done']}/{progress['total']} items done")
-    items = grid("items", ["#", "item", "state", "attempts", "agent", "lease expires"],
-                 [[it["seq"] + 1, it["id"], it["state"], f"{it['attempts']}/{it['max_attempts']}",
-                   it["leased_by"] or it["submitted_by"], it["lease_expires_at"]] for it in data["items"][:50]])
-    events = grid("last events", ["time", "entity", "event", "from → to", "actor"],
-                  [[e["created_at"], e["entity"], e["event"], f"{e['from'] or ''} → {e['to'] or ''}",
-                    f"{e['actor_type']}:{e['actor_id']}"] for e in data["events"]])
-    return Group(header, items, events)
+    return Group(*(Text(part) if isinstance(part, str) else grid(*part) for part in layout(data)))
 
 
 def render_status(data: dict[str, Any]) -> None:
-    render.console().print(build(data))
+    for part in layout(data):  # render.table: rich on a terminal, plain (and rich-free) otherwise
+        if isinstance(part, str):
+            render.line(part)
+        else:
+            render.table(*part)

@@ -11,7 +11,7 @@ import typer
 
 from ..cli import render
 from ..errors import run_error
-from ._common import Agent, Json, Ttl, boundary, open_workctl
+from ._common import Agent, Json, Quiet, Ttl, Verbose, boundary, open_workctl
 from .approve import render_diff
 
 
@@ -33,7 +33,8 @@ def sync(
     max_items: Annotated[int | None, typer.Option("--max-items", min=1, help="Stop after this many batches.")] = None,
     approve: Annotated[bool, typer.Option("--approve", help="Approve each order once all its items are submitted, if the approve rules of the config let it.")] = False,
     ttl: Ttl = None,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress on stderr.")] = False,
+    quiet: Quiet = False,
+    verbose: Verbose = False,
     json_: Json = False,
 ) -> None:
     """Fetch and submit batches until no work is left: exit 0 when every batch taken was submitted (and
@@ -54,7 +55,7 @@ def sync(
                           delta=delta, since=since, retry_failed=retry_failed, new=new, agent=agent,
                           concurrency=concurrency, max_items=max_items, approve=approve, ttl=ttl, workers=workers)
     with open_workctl(ctx) as wc:
-        progress = make_progress(quiet=quiet or json_)
+        progress = make_progress(quiet=quiet or json_, verbose=verbose)
         try:
             report = wc.sync(options, listener=progress)
         finally:
@@ -73,8 +74,6 @@ def render_report(report: dict[str, Any], *, sensitive: frozenset[str] = frozens
     from ..types.user_data_sync.masking import Masker
 
     items, users = report["items"], report["users"]
-    if report.get("resumed") and report["orders"]:
-        render.line(f"resumed order {report['orders'][0]}")
     rows = [("orders", len(report["orders"])), ("batches submitted", items["submitted"]),
             ("batches released", items["released"]), ("batches released, source unavailable",
                                                       items["released_unavailable"]),
@@ -89,3 +88,21 @@ def render_report(report: dict[str, Any], *, sensitive: frozenset[str] = frozens
     for approved in report["approved"]:
         render.line(f"order {approved['order_id']}:")
         render_diff(approved["diff"], mask=Masker(sensitive))
+    render_orders(report)
+
+
+def render_orders(report: dict[str, Any]) -> None:
+    """The ids of the orders the run created, resumed or worked on — in full: the next command needs
+    one — and that next command."""
+    approved = {a["order_id"] for a in report["approved"]}
+    for index, order_id in enumerate(report["orders"]):
+        first = index == 0
+        verb = ("created" if report.get("proposed") else "resumed" if report.get("resumed") else "synced") \
+            if first else "synced"
+        render.line(f"{verb} order {order_id}")
+        if order_id in approved:
+            render.line(f"  next: see what changed with: workctl show {order_id}")
+        else:
+            render.line(f"  next: review with: workctl diff {order_id}, then apply with: workctl approve {order_id}")
+    if not report["orders"]:
+        render.line("no order had work to sync")

@@ -7,12 +7,12 @@ from typing import Annotated
 import typer
 
 from ..cli import render
-from ._common import Json, boundary, open_workctl
+from ._common import Json, boundary, example_epilog, open_workctl
 
 app = typer.Typer(help="Bearer tokens for `workctl serve` (shown once, stored hashed).", no_args_is_help=True)
 
 
-@app.command("create")
+@app.command("create", epilog=example_epilog("workctl tokens create --scope agent --name bot-1 --expires 90d"))
 @boundary
 def create(
     ctx: typer.Context,
@@ -34,7 +34,7 @@ def create(
     render.line("Store it now: it is not shown again. Use it as 'Authorization: Bearer <token>'.")
 
 
-@app.command("list")
+@app.command("list", epilog=example_epilog("workctl tokens list --json"))
 @boundary
 def list_(ctx: typer.Context, json_: Json = False) -> None:
     """List tokens (names, scopes, states — never their secrets)."""
@@ -47,7 +47,7 @@ def list_(ctx: typer.Context, json_: Json = False) -> None:
                  [(t["name"], t["scope"], t["state"], t["created_at"], t["expires_at"] or "never") for t in listed])
 
 
-@app.command("revoke")
+@app.command("revoke", epilog=example_epilog("workctl tokens revoke bot-1"))
 @boundary
 def revoke(ctx: typer.Context, name: Annotated[str, typer.Argument(help="The token's name.")],
            json_: Json = False) -> None:

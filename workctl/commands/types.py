@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from ..cli import render
-from ._common import Json, boundary, open_workctl
+from ._common import Json, boundary, example_epilog, open_workctl
 
 app = typer.Typer(help="List registered order types, or show one's JSON Schema.", invoke_without_command=True)
 
@@ -25,7 +25,7 @@ def types(ctx: typer.Context, json_: Json = False) -> None:
     render.table(None, ["type", "description"], [(t["name"], t["description"]) for t in listed])
 
 
-@app.command("show")
+@app.command("show", epilog=example_epilog("workctl types show user.data.sync --json"))
 @boundary
 def show(ctx: typer.Context, type_name: Annotated[str, typer.Argument(metavar="TYPE")], json_: Json = False) -> None:
     """Show an order type's JSON Schema."""

@@ -49,6 +49,11 @@ def list_orders(s: Session, *, state: str | None = None, type_name: str | None =
         yield order_summary(row)
 
 
+def count_orders(s: Session, *, state: str | None = None, type_name: str | None = None) -> int:
+    clause, params = where(state=state or None, type=type_name or None)
+    return int(s.conn.execute(f"SELECT count(*) FROM orders {clause}", params).fetchone()[0])
+
+
 def show(s: Session, order_id: str) -> dict[str, Any]:
     row = s.order_row(order_id)
     order = order_summary(row)

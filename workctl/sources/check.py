@@ -50,3 +50,26 @@ def check_source(name: str, raw: Mapping[str, Any], *, user_id: int = 1) -> dict
         raise RemoteError(f"source {name} refused our credentials (from ${config.token_env})", code="source_auth",
                           details=[report])
     return report
+
+
+def check_sources(names: list[str] | None, raw: Mapping[str, Any]) -> dict[str, Any]:
+    """Probe each named source (default: every configured one), one request each. Returns
+    ``{"sources": [report | {"name", "status": "failed", "error": {code, message}}], "failed": N}``, plus
+    ``"error"`` (the first failure's code) when one failed: one source being down does not hide the
+    others."""
+    from ..errors import WorkctlError
+
+    reports: list[dict[str, Any]] = []
+    for name in names or configured_sources(raw):
+        try:
+            reports.append(check_source(name, raw))
+        except WorkctlError as exc:
+            reports.append({"name": name, "status": "failed", "error": exc.to_dict()["error"]})
+    failed = [r for r in reports if r["status"] == "failed"]
+    checked: dict[str, Any] = {"sources": reports, "failed": len(failed)}
+    if failed:  # the run's verdict, as an agent run's report carries it (errors.run_error)
+        checked["error"] = {"code": failed[0]["error"]["code"],
+                            "message": f"{len(failed)} of {len(reports)} sources failed the check: "
+                            + "; ".join(f"{r['name']}: {r['error']['message']}" for r in failed),
+                            "details": [{"source": r["name"], **r["error"]} for r in failed]}
+    return checked
