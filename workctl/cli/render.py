@@ -38,6 +38,29 @@ def print_nl(documents: Iterable[Any]) -> None:
     sys.stdout.flush()
 
 
+def print_json_stream(head: dict[str, Any], key: str, rows: Iterable[Any],
+                      tail: Callable[[], dict[str, Any]] = dict) -> None:
+    """One JSON document ``{**head, key: [rows…], **tail()}`` written row by row: a listing of any length in
+    constant memory (``tail`` is called after the rows, e.g. for a page's "more" count)."""
+    out = sys.stdout
+    opening = json.dumps(head, ensure_ascii=False, default=str)[:-1]
+    out.write(opening + (", " if head else "") + json.dumps(key) + ": [")
+    first = True
+    for row in rows:
+        out.write(("\n  " if first else ",\n  ") + json.dumps(row, ensure_ascii=False, default=str))
+        first = False
+    rest = json.dumps(tail(), ensure_ascii=False, default=str)
+    out.write(("" if first else "\n") + "]" + ("}" if rest == "{}" else ", " + rest[1:]) + "\n")
+    out.flush()
+
+
+def more_line(count: int, hint: str, *, to_stderr: bool = False) -> None:
+    """The "… N more" line of a listing cut by ``--limit`` (on stderr when stdout carries JSON)."""
+    if count:
+        text = f"… {count} more ({hint})\n"
+        (sys.stderr if to_stderr else sys.stdout).write(text)
+
+
 def line(text: str = "") -> None:
     """A plain line for humans (no markup)."""
     sys.stdout.write(text + "\n")
