@@ -91,9 +91,10 @@ def workctl_command() -> list[str]:
     return [str(script)] if script.exists() else [sys.executable, "-m", "workctl"]
 
 
-def peak_rss_of(code: str, env: dict[str, str] | None = None) -> int:
-    """Peak RSS in bytes of a fresh interpreter running ``code`` (ru_maxrss of that child alone)."""
-    wrapper = (f"import sys; sys.path.insert(0, {str(ROOT / 'bench')!r}); sys.path.insert(0, {str(ROOT)!r})\n"
+def peak_rss_of(code: str, env: dict[str, str] | None = None, root: Path | str = ROOT) -> int:
+    """Peak RSS in bytes of a fresh interpreter running ``code`` (ru_maxrss of that child alone), importing
+    workctl from ``root`` (another checkout, for a before/after pair)."""
+    wrapper = (f"import sys; sys.path.insert(0, {str(ROOT / 'bench')!r}); sys.path.insert(0, {str(root)!r})\n"
                f"{code}\nimport resource; print('RSS', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)")
     proc = subprocess.run([sys.executable, "-c", wrapper], capture_output=True, text=True,
                           env={**os.environ, **(env or {})})

@@ -171,7 +171,7 @@ _EVENT_COLUMNS = ("id, order_id, item_id, entity, event, from_state, to_state, a
 def log(s: Session, order_id: str, *, after_id: int = 0, limit: int | None = None,
         newest_first: bool = False) -> list[dict[str, Any]]:
     """Every event of the order and its items, oldest first (or the newest ``limit``)."""
-    s.order_row(order_id)
+    s.order_head(order_id)
     direction = "DESC" if newest_first else "ASC"
     sql = (f"SELECT {_EVENT_COLUMNS} FROM events WHERE order_id = ? AND id > ? ORDER BY id {direction}"
            + (" LIMIT ?" if limit else ""))
@@ -183,7 +183,7 @@ def log_page(s: Session, order_id: str, *, after_id: int = 0, since: str | None 
              limit: int | None = None) -> Page:
     """The order's events oldest first, streamed: after event ``after_id``, created at or after ``since``,
     at most ``limit`` (``more()`` counts the rest)."""
-    order_state(s, order_id)  # not_found first; the payload (megabytes) is not read
+    s.order_head(order_id)  # not_found first; the payload (megabytes) is not read
     cond, params = "order_id = ? AND id > ?", [order_id, after_id]
     if since is not None:
         cond += " AND created_at >= ?"
@@ -202,11 +202,11 @@ def log_page(s: Session, order_id: str, *, after_id: int = 0, since: str | None 
 def pending_sources(s: Session, type_name: str, order_id: str | None = None) -> list[str]:
     """The distinct payload sources of orders of this type that still have work to hand out."""
     if order_id:
-        row = s.order_row(order_id)
+        row = s.order_head(order_id)  # the source column: the payload is megabytes at 1M users
         if row["type"] != type_name:
             raise Invalid(f"order {order_id} is a {row['type']} order; this command handles {type_name}",
                           code="wrong_order_type")
-        return [loads(row["payload"])["source"]]
+        return [row["source"] if row["source"] is not None else loads(s.order_row(order_id)["payload"])["source"]]
     return [r[0] for r in s.conn.execute(
         "SELECT DISTINCT source FROM orders WHERE type = ? AND source IS NOT NULL "
         "AND state IN ('queued', 'in_progress') ORDER BY 1", (type_name,))]
@@ -237,7 +237,7 @@ def has_leased(s: Session, agent_prefix: str, *, order_id: str | None = None, it
     if item_id is not None:
         order_id = s.item_row(item_id)["order_id"]
     elif order_id is not None:
-        s.order_row(order_id)
+        s.order_head(order_id)
     prefix = agent_prefix + "/"  # compared exactly (LIKE would be case-insensitive and see wildcards)
     sql = ("SELECT 1 FROM events WHERE order_id = ? AND event = 'leased' AND actor_type = 'agent' "
            "AND (actor_id = ? OR substr(actor_id, 1, ?) = ?)")

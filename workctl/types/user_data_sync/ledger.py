@@ -68,7 +68,7 @@ def failures_page(s: Session, order_id: str | None = None, *, source: str | None
     """The newest ``limit`` ledger rows, oldest first, and ``more``: how many older ones match too."""
     bounded_int(limit, "limit", 1, MAX_LIST_LIMIT)
     if order_id:
-        s.order_row(order_id)  # order_not_found (exit 4) for an unknown id
+        s.order_head(order_id)  # order_not_found (exit 4) for an unknown id
     clause, params = where(order_id=order_id or None, source=source or None, error_class=error_class or None)
     if since is not None:
         clause = f"{clause} AND created_at >= ?" if clause else "WHERE created_at >= ?"
