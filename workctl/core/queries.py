@@ -70,15 +70,33 @@ def order_status(s: Session, order_id: str, *, events: int = 10, limit: int | No
     """One order: its counters per item state, progress and an ETA from the throughput observed since it
     started, a page of its items (by seq; ``items_more`` counts those after the page), its last events.
     O(page), whatever the number of items."""
-    order = order_summary(s.order_row(order_id))
-    page = item_page(s, order_id, limit=limit, after_seq=after_seq, detail=False)
-    items = list(page)
+    order = _order_brief(s, order_id)
     counts = _order_counts(s, order_id)
     total = sum(counts.values())
+    # Items after a seq, from the counters: propose numbers an order's items 0..n-1 (no count over them).
+    page = item_page(s, order_id, limit=limit, after_seq=after_seq, detail=False,
+                     count_after=lambda seq: max(total - seq - 1, 0))
+    items = list(page)
     done = sum(n for st, n in counts.items() if st in ITEM_DONE_STATES)
     return {"order": order, "items": items, "items_more": page.more(), "counts": counts,
             "progress": {"done": done, "total": total}, "eta": _eta(s, order_id, counts, done),
             "events": list(reversed(log(s, order_id, limit=events, newest_first=True)))}
+
+
+STATUS_PAYLOAD_BYTES = 65_536  # a larger payload (1M user ids: megabytes) is left to `show`
+
+
+def _order_brief(s: Session, order_id: str) -> dict[str, Any]:
+    """The order's summary; its payload only when small (``payload_bytes`` says how large it is)."""
+    row = s.conn.execute("SELECT id, type, state, priority, item_count, requested_by, created_at, updated_at, "
+                         "length(payload) AS payload_bytes, CASE WHEN length(payload) <= ? THEN payload END "
+                         "AS payload FROM orders WHERE id = ?", (STATUS_PAYLOAD_BYTES, order_id)).fetchone()
+    if row is None:
+        raise NotFound(f"no order with id '{order_id}'", code="order_not_found")
+    brief = order_summary(row)
+    if row["payload"] is None and row["payload_bytes"]:
+        brief["payload_bytes"] = row["payload_bytes"]
+    return brief
 
 
 def _order_counts(s: Session, order_id: str) -> dict[str, int]:
@@ -108,7 +126,7 @@ def _eta(s: Session, order_id: str, counts: dict[str, int], done: int) -> dict[s
 
 
 def item_page(s: Session, order_id: str, *, limit: int | None = None, after_seq: int = -1,
-              detail: bool = True) -> Page:
+              detail: bool = True, count_after: Callable[[int], int] | None = None) -> Page:
     """The order's items by seq, streamed; ``detail`` adds each item's input and result."""
     tail, extra = _limit_sql(limit)
     rows = s.conn.stream(ITEM_SELECT + " WHERE i.order_id = ? AND i.seq > ? ORDER BY i.seq" + tail,
@@ -121,11 +139,11 @@ def item_page(s: Session, order_id: str, *, limit: int | None = None, after_seq:
                 item.update({"input": loads(r["input"]), "result": loads(r["result"])})
             yield item
 
-    def count_after(seq: int) -> int:
+    def counted_after(seq: int) -> int:
         return int(s.conn.execute("SELECT count(*) FROM items WHERE order_id = ? AND seq > ?",
                                   (order_id, seq)).fetchone()[0])
 
-    return Page(items(), limit=limit, key="seq", count_after=count_after)
+    return Page(items(), limit=limit, key="seq", count_after=count_after or counted_after)
 
 
 def list_orders(s: Session, *, state: str | None = None, type_name: str | None = None,
