@@ -39,6 +39,7 @@ from typing import Any, Callable
 from _common import ROOT, out_path, table, write
 
 NOW = "2026-06-01T00:00:00Z"
+BUILT = "2025-05-01T00:00:00Z"
 OLD = "2025-06-01T00:00:00.000000Z"
 RECENT = "2026-05-31T00:00:00.000000Z"
 
@@ -53,9 +54,11 @@ def _events(order_id: str, item_id: str, count: int, at: str) -> Any:
 
 def build(target: str, items: int, events: int, pg: bool) -> dict[str, str]:
     from workctl import Workctl
+    from workctl.clock import fixed_clock, parse
     from workctl.config import Config
 
-    with Workctl(target, config=Config(), create=True) as wc:
+    # The orders' own events are dated before the bulk ones (an audit trail only grows in time).
+    with Workctl(target, config=Config(), create=True, clock=fixed_clock(parse(BUILT))) as wc:
         q = wc.propose("task.batch", {"tasks": [f"t{i}" for i in range(items)]})["order"]["id"]
         big_log = wc.propose("task.batch", {"tasks": [f"t{i}" for i in range(10)]})
         pruned = wc.propose("task.batch", {"tasks": [f"t{i}" for i in range(10)]})
@@ -98,16 +101,17 @@ def run(code_root: str, store: str, args: list[str], config: str, mem_limit: int
     started = time.perf_counter()
     proc = subprocess.Popen([sys.executable, "-m", "workctl", "--db", store, *args], env=env, cwd=code_root,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=limit)
-    lines = 0
+    lines, tail = 0, b""
     assert proc.stdout is not None
-    for _ in proc.stdout:  # read as it comes: the output is as long as the listing
+    for line in proc.stdout:  # read as it comes: the output is as long as the listing
         lines += 1
+        tail = (tail + line)[-2000:]
     stderr = proc.stderr.read().decode() if proc.stderr else ""
     _, status, usage = os.wait4(proc.pid, 0)
     elapsed = time.perf_counter() - started
     code = os.waitstatus_to_exitcode(status)
     over = code != 0 and ("MemoryError" in stderr or "Cannot allocate" in stderr or code < 0)
-    return {"s": elapsed, "rss_mib": usage.ru_maxrss / 1024, "exit": code, "lines": lines,
+    return {"s": elapsed, "rss_mib": usage.ru_maxrss / 1024, "exit": code, "lines": lines, "tail": tail.decode()[-300:],
             "over_limit": over, "stderr": stderr[-400:] if code else ""}
 
 
@@ -198,7 +202,7 @@ def main(argv: list[str] | None = None) -> dict:
                 results["maintain"].setdefault(variant, {})[size] = {"first": first, "repeat": repeat}
                 print(f"maintain {variant:<6} {size:<5} first {first['s']:.3f} s "
                       f"(other writer waited ≤ {first.get('other_writer_max_wait_s', float('nan')):.3f} s), "
-                      f"repeat {repeat['s']:.3f} s", flush=True)
+                      f"repeat {repeat['s']:.3f} s; pruned {_pruned(first)} then {_pruned(repeat)}", flush=True)
                 if not args.pg:
                     os.remove(store)
     finally:
@@ -206,6 +210,13 @@ def main(argv: list[str] | None = None) -> dict:
     report(results)
     write(out_path("read_paths_pg" if args.pg else "read_paths", args.out), "read paths", results)
     return results
+
+
+def _pruned(m: dict[str, Any]) -> Any:
+    try:
+        return json.loads(m["tail"][m["tail"].index("{"):])["events_pruned"]
+    except (ValueError, KeyError):
+        return "?"
 
 
 def _cell(m: dict[str, Any]) -> str:
