@@ -198,3 +198,15 @@ def test_failures_listing_cut_by_limit_says_how_many_more(wc, db_path, limit):
     assert f"… {3 - limit} more" in run(db_path, "failures", order_id, "--limit", str(limit)).stdout
     since = run(db_path, "failures", order_id, "--json", "--since", "2026-01-01T00:00:01Z").json
     assert [f["user_id"] for f in since["failures"]] == [1, 2] and since["more"] == 0
+
+
+def test_status_and_show_leave_a_large_payload_to_show_json(wc, db_path):
+    order_id = tasks(wc, 12_000)  # a payload of about 100 KB: status and the table do not read it whole
+    status = wc.status(order_id, limit=1)
+    assert status["order"]["payload"] is None and status["order"]["payload_bytes"] > 65_536
+    assert status["order"]["payload_head"].startswith('{"tasks":') and len(status["order"]["payload_head"]) == 200
+    assert status["items_more"] == 11_999
+    human = run(db_path, "show", order_id, "--limit", "1")
+    assert "characters; --json for all" in human.stdout and "… 11999 more" in human.stdout
+    whole = run(db_path, "show", order_id, "--json", "--limit", "1").json
+    assert len(whole["order"]["payload"]["tasks"]) == 12_000

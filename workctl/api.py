@@ -383,9 +383,10 @@ class Workctl:
         return queries.show(self.session, order_id)
 
     @_store_errors
-    def show_page(self, order_id: str, *, limit: int | None = None) -> dict[str, Any]:
-        """The order in full; its items a ``queries.Page`` streamed from the store (at most ``limit``)."""
-        return queries.show_page(self.session, order_id, limit=limit)
+    def show_page(self, order_id: str, *, limit: int | None = None, brief: bool = False) -> dict[str, Any]:
+        """The order in full (``brief``: its summary, a large payload left out); its items a ``queries.Page``
+        streamed from the store (at most ``limit``)."""
+        return queries.show_page(self.session, order_id, limit=limit, brief=brief)
 
     @_store_errors
     def order_state(self, order_id: str) -> str:

@@ -28,7 +28,7 @@ def show(
     if limit is None and not (json_ or nl):
         limit = HUMAN_ROWS
     with open_workctl(ctx) as wc:
-        detail = wc.show_page(order_id, limit=limit)
+        detail = wc.show_page(order_id, limit=limit, brief=not json_)
         page = detail["items"]
         if json_:
             render.print_json_stream({"order": detail["order"]}, "items", page,
@@ -41,10 +41,15 @@ def show(
         order = detail["order"]
         render.line(f"order {order['id']} ({order['type']}) is {order['state']}, priority {order['priority']}, "
                     f"requested by {order['requested_by']} at {order['created_at']}")
-        render.line(f"payload: {render.compact(order['payload'], 200)}")
+        if "payload_bytes" in order:  # megabytes (1M user ids): its start, the whole of it with --json
+            render.line(f"payload: {order['payload_head']}… ({order['payload_bytes']:,} characters; --json for all)")
+        else:
+            render.line(f"payload: {render.compact(order['payload'], 200)}")
         render.table(None, ["#", "item", "state", "attempts", "agent", "input"],
                      [(it["seq"] + 1, it["id"], it["state"], f"{it['attempts']}/{it['max_attempts']}",
                        it["leased_by"] or it["submitted_by"], render.compact(it["input"])) for it in page])
         render.more_line(page.more(), "--limit N for more, --json or --nl for all")
         if order["diff"]:
             render.line(f"diff: {order['diff'].get('summary')} ({len(order['diff'].get('changes', []))} changes)")
+        elif order.get("diff_bytes"):
+            render.line(f"diff: {order['diff_bytes']:,} characters (workctl diff {order['id']})")

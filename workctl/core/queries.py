@@ -90,12 +90,13 @@ def _order_brief(s: Session, order_id: str) -> dict[str, Any]:
     """The order's summary; its payload only when small (``payload_bytes`` says how large it is)."""
     row = s.conn.execute("SELECT id, type, state, priority, item_count, requested_by, created_at, updated_at, "
                          "length(payload) AS payload_bytes, CASE WHEN length(payload) <= ? THEN payload END "
-                         "AS payload FROM orders WHERE id = ?", (STATUS_PAYLOAD_BYTES, order_id)).fetchone()
+                         "AS payload, substr(payload, 1, 200) AS payload_head FROM orders WHERE id = ?",
+                         (STATUS_PAYLOAD_BYTES, order_id)).fetchone()
     if row is None:
         raise NotFound(f"no order with id '{order_id}'", code="order_not_found")
     brief = order_summary(row)
     if row["payload"] is None and row["payload_bytes"]:
-        brief["payload_bytes"] = row["payload_bytes"]
+        brief.update(payload_bytes=row["payload_bytes"], payload_head=row["payload_head"])
     return brief
 
 
@@ -168,9 +169,18 @@ def show(s: Session, order_id: str) -> dict[str, Any]:
     return {"order": order_detail(s, order_id), "items": list(item_page(s, order_id))}
 
 
-def show_page(s: Session, order_id: str, *, limit: int | None = None, after_seq: int = -1) -> dict[str, Any]:
-    """The order in full with its items as a Page (streamed, at most ``limit``)."""
-    order = order_detail(s, order_id)
+def show_page(s: Session, order_id: str, *, limit: int | None = None, after_seq: int = -1,
+              brief: bool = False) -> dict[str, Any]:
+    """The order in full with its items as a Page (streamed, at most ``limit``). ``brief``: the order's
+    summary without a large payload or diff (for a table or a listing of the items), not its whole detail."""
+    if brief:
+        order = _order_brief(s, order_id)
+        diff_bytes, diff = s.conn.execute(
+            "SELECT length(diff), CASE WHEN length(diff) <= ? THEN diff END FROM orders WHERE id = ?",
+            (STATUS_PAYLOAD_BYTES * 16, order_id)).fetchone()
+        order.update(diff=loads(diff), **({"diff_bytes": diff_bytes} if diff_bytes and diff is None else {}))
+    else:
+        order = order_detail(s, order_id)
     return {"order": order, "items": item_page(s, order_id, limit=limit, after_seq=after_seq)}
 
 
