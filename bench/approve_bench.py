@@ -29,12 +29,11 @@ import os
 import shutil
 import sqlite3
 import tempfile
-import threading
 import time
 from contextlib import contextmanager
 from typing import Any, Iterator
 
-from _common import median, out_path, table, verdict, write
+from _common import median, other_writer, out_path, table, verdict, write
 
 TARGET = 0.5
 EQUAL_TARGET = 0.8  # against the equal-work baseline (issue 15)
@@ -159,26 +158,11 @@ def lock_time(path: str, order: str) -> dict[str, float]:
         finally:
             prepared.append(time.perf_counter() - started)
 
-    stop, waits = threading.Event(), [0.0]
-
-    def contender() -> None:
-        conn = sqlite3.connect(path, isolation_level=None, timeout=120)
-        while not stop.is_set():
-            started = time.perf_counter()
-            conn.execute("BEGIN IMMEDIATE")
-            waits.append(time.perf_counter() - started)
-            conn.execute("COMMIT")
-            time.sleep(0.002)
-        conn.close()
-
     approving.write_tx, approving._prepare = timed_tx, timed_prepare  # type: ignore[assignment]
-    thread = threading.Thread(target=contender, daemon=True)
     try:
-        thread.start()
-        elapsed, _ = time_approve(path, order)
+        with other_writer(path) as waits:
+            elapsed, _ = time_approve(path, order)
     finally:
-        stop.set()
-        thread.join()
         approving.write_tx, approving._prepare = original_tx, original_prepare  # type: ignore[assignment]
     return {"approve_s": elapsed, "prepare_s": sum(prepared), "lock_held_s": sum(held),
             "lock_held_max_s": max(held), "other_writer_max_wait_s": max(waits)}

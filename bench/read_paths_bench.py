@@ -28,15 +28,13 @@ import json
 import os
 import resource
 import shutil
-import sqlite3
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from typing import Any, Callable
 
-from _common import ROOT, out_path, table, write
+from _common import ROOT, other_writer, out_path, pg_schema, table, write
 
 NOW = "2026-06-01T00:00:00Z"
 BUILT = "2025-05-01T00:00:00Z"
@@ -80,16 +78,6 @@ def build(target: str, items: int, events: int, pg: bool) -> dict[str, str]:
     return {"Q": q, "L": big_log["order"]["id"], "P": pruned["order"]["id"]}
 
 
-def pg_schema(admin_url: str, label: str) -> str:
-    import psycopg
-
-    schema = f"bench_read_{label}"
-    with psycopg.connect(admin_url, autocommit=True) as conn:
-        conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
-        conn.execute(f"CREATE SCHEMA {schema}")
-    return f"{admin_url}?options=-csearch_path%3D{schema}"
-
-
 # -- one measured process -----------------------------------------------------------------------------
 def run(code_root: str, store: str, args: list[str], config: str, mem_limit: int) -> dict[str, Any]:
     env = {**os.environ, "PYTHONPATH": code_root, "WORKCTL_NOW": NOW, "WORKCTL_CONFIG": config,
@@ -119,25 +107,8 @@ def with_lock_prober(path: str | None, fn: Callable[[], dict[str, Any]]) -> dict
     """Run ``fn`` while another connection takes the SQLite write lock in a loop; add its longest wait."""
     if path is None:
         return fn()
-    stop, waits = threading.Event(), [0.0]
-
-    def prober() -> None:
-        conn = sqlite3.connect(path, isolation_level=None, timeout=120)
-        while not stop.is_set():
-            started = time.perf_counter()
-            conn.execute("BEGIN IMMEDIATE")
-            waits.append(time.perf_counter() - started)
-            conn.execute("COMMIT")
-            time.sleep(0.002)
-        conn.close()
-
-    thread = threading.Thread(target=prober)
-    thread.start()
-    try:
+    with other_writer(path) as waits:
         result = fn()
-    finally:
-        stop.set()
-        thread.join()
     return {**result, "other_writer_max_wait_s": max(waits)}
 
 
@@ -175,7 +146,7 @@ def main(argv: list[str] | None = None) -> dict:
         for size, (items, events) in sizes.items():
             print(f"building the {size} store: {items:,} items, {events:,} events", flush=True)
             started = time.perf_counter()
-            templates[size] = pg_schema(args.pg, size) if args.pg else os.path.join(scratch, f"{size}.db")
+            templates[size] = pg_schema(args.pg, f"bench_read_{size}") if args.pg else os.path.join(scratch, f"{size}.db")
             ids[size] = build(templates[size], items, events, bool(args.pg))
             print(f"  built in {time.perf_counter() - started:.0f} s", flush=True)
         for name, argv_of, after_only in OPERATIONS:
@@ -191,7 +162,7 @@ def main(argv: list[str] | None = None) -> dict:
             for size in sizes:
                 label = f"{size}_{variant}"
                 if args.pg:  # a store of its own, built the same way (a SQLite store is a copy of the bytes)
-                    store = pg_schema(args.pg, label)
+                    store = pg_schema(args.pg, f"bench_read_{label}")
                     build(store, *sizes[size], True)
                 else:
                     store = shutil.copy(templates[size], os.path.join(scratch, f"{label}.db"))
