@@ -203,10 +203,10 @@ def test_failures_listing_cut_by_limit_says_how_many_more(wc, db_path, limit):
 def test_status_and_show_leave_a_large_payload_to_show_json(wc, db_path):
     order_id = tasks(wc, 12_000)  # a payload of about 100 KB: status and the table do not read it whole
     status = wc.status(order_id, limit=1)
-    assert status["order"]["payload"] is None and status["order"]["payload_bytes"] > 65_536
+    assert status["order"]["payload"] is None and status["order"]["payload_omitted"] is True
     assert status["order"]["payload_head"].startswith('{"tasks":') and len(status["order"]["payload_head"]) == 200
     assert status["items_more"] == 11_999
     human = run(db_path, "show", order_id, "--limit", "1")
-    assert "characters; --json for all" in human.stdout and "… 11999 more" in human.stdout
+    assert "(large: --json shows it all)" in human.stdout and "… 11999 more" in human.stdout
     whole = run(db_path, "show", order_id, "--json", "--limit", "1").json
     assert len(whole["order"]["payload"]["tasks"]) == 12_000

@@ -41,8 +41,8 @@ def show(
         order = detail["order"]
         render.line(f"order {order['id']} ({order['type']}) is {order['state']}, priority {order['priority']}, "
                     f"requested by {order['requested_by']} at {order['created_at']}")
-        if "payload_bytes" in order:  # megabytes (1M user ids): its start, the whole of it with --json
-            render.line(f"payload: {order['payload_head']}… ({order['payload_bytes']:,} characters; --json for all)")
+        if order.get("payload_omitted"):  # megabytes (1M user ids): its start, the whole of it with --json
+            render.line(f"payload: {order['payload_head']}… (large: --json shows it all)")
         else:
             render.line(f"payload: {render.compact(order['payload'], 200)}")
         render.table(None, ["#", "item", "state", "attempts", "agent", "input"],

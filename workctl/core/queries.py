@@ -83,21 +83,23 @@ def order_status(s: Session, order_id: str, *, events: int = 10, limit: int | No
             "events": list(reversed(log(s, order_id, limit=events, newest_first=True)))}
 
 
-STATUS_PAYLOAD_BYTES = 65_536  # a larger payload (1M user ids: megabytes) is left to `show`
+STATUS_PAYLOAD_BYTES = 65_536  # characters; a larger payload (1M user ids: megabytes) is left to `show --json`
 
 
 def _order_brief(s: Session, order_id: str) -> dict[str, Any]:
-    """The order's summary; its payload only when small (``payload_bytes`` says how large it is)."""
+    """The order's summary; its payload only when small, else its first 200 characters (``payload_head``,
+    with ``payload_omitted``). The payload is read once, and only up to the bound."""
     row = s.conn.execute("SELECT id, type, state, priority, item_count, requested_by, created_at, updated_at, "
-                         "length(payload) AS payload_bytes, CASE WHEN length(payload) <= ? THEN payload END "
-                         "AS payload, substr(payload, 1, 200) AS payload_head FROM orders WHERE id = ?",
-                         (STATUS_PAYLOAD_BYTES, order_id)).fetchone()
+                         "substr(payload, 1, ?) AS payload FROM orders WHERE id = ?",
+                         (STATUS_PAYLOAD_BYTES + 1, order_id)).fetchone()
     if row is None:
         raise NotFound(f"no order with id '{order_id}'", code="order_not_found")
-    brief = order_summary(row)
-    if row["payload"] is None and row["payload_bytes"]:
-        brief.update(payload_bytes=row["payload_bytes"], payload_head=row["payload_head"])
-    return brief
+    start = row["payload"]
+    if start is not None and len(start) > STATUS_PAYLOAD_BYTES:
+        brief = order_summary({**dict(zip(row.keys(), row, strict=True)), "payload": None})
+        brief.update(payload_omitted=True, payload_head=start[:200])
+        return brief
+    return order_summary(row)
 
 
 def _order_counts(s: Session, order_id: str) -> dict[str, int]:
