@@ -79,7 +79,31 @@ def build(target: str, items: int, events: int, pg: bool) -> dict[str, str]:
 
 
 # -- one measured process -----------------------------------------------------------------------------
-def run(code_root: str, store: str, args: list[str], config: str, mem_limit: int) -> dict[str, Any]:
+# maintain, in its own process, with its write transactions timed from inside (BEGIN IMMEDIATE returned
+# to COMMIT done): how long it held the lock at once, and in how many transactions.
+MAINTAIN_PROBE = """
+import json, sys, time
+from contextlib import contextmanager
+import workctl.core.maintain as m
+from workctl import Workctl
+from workctl.config import load_config
+held, original = [], m.write_tx
+@contextmanager
+def timed(conn):
+    with original(conn) as inside:
+        started = time.perf_counter()
+        yield inside
+    held.append(time.perf_counter() - started)
+m.write_tx = timed
+with Workctl(sys.argv[1], config=load_config(sys.argv[2])) as wc:
+    done = wc.maintain()
+print(json.dumps({"events_pruned": done["events_pruned"], "transactions": len(held), "lock_max_s": max(held),
+                  "lock_total_s": sum(held)}))
+"""
+
+
+def run(code_root: str, store: str, args: list[str], config: str, mem_limit: int,
+        probe: bool = False) -> dict[str, Any]:
     env = {**os.environ, "PYTHONPATH": code_root, "WORKCTL_NOW": NOW, "WORKCTL_CONFIG": config,
            "WORKCTL_LOAD_PLUGINS": "0"}
 
@@ -87,7 +111,8 @@ def run(code_root: str, store: str, args: list[str], config: str, mem_limit: int
         resource.setrlimit(resource.RLIMIT_AS, (mem_limit << 20, mem_limit << 20))
 
     started = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "workctl", "--db", store, *args], env=env, cwd=code_root,
+    argv = ["-c", MAINTAIN_PROBE, store, config] if probe else ["-m", "workctl", "--db", store, *args]
+    proc = subprocess.Popen([sys.executable, *argv], env=env, cwd=code_root,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=limit)
     lines, tail = 0, b""
     assert proc.stdout is not None
@@ -131,6 +156,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--before", default=None, metavar="DIR", help="a checkout of the code to compare")
     parser.add_argument("--mem-limit", type=int, default=2048, metavar="MIB")
     parser.add_argument("--pg", default=None, metavar="URL")
+    parser.add_argument("--only-maintain", action="store_true", help="skip the read operations")
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
     scratch = tempfile.mkdtemp(prefix="workctl-read-")
@@ -149,7 +175,7 @@ def main(argv: list[str] | None = None) -> dict:
             templates[size] = pg_schema(args.pg, f"bench_read_{size}") if args.pg else os.path.join(scratch, f"{size}.db")
             ids[size] = build(templates[size], items, events, bool(args.pg))
             print(f"  built in {time.perf_counter() - started:.0f} s", flush=True)
-        for name, argv_of, after_only in OPERATIONS:
+        for name, argv_of, after_only in [] if args.only_maintain else OPERATIONS:
             for variant, code_root in codes.items():
                 if after_only and variant == "before":
                     continue
@@ -167,12 +193,14 @@ def main(argv: list[str] | None = None) -> dict:
                 else:
                     store = shutil.copy(templates[size], os.path.join(scratch, f"{label}.db"))
                 first = with_lock_prober(None if args.pg else store,
-                                         lambda s=store, r=code_root: run(r, s, ["maintain", "--json"], config,
-                                                                          args.mem_limit))
+                                         lambda s=store, r=code_root: run(r, s, [], config, args.mem_limit,
+                                                                          probe=True))
+                first.update(json.loads(first["tail"]))
                 repeat = run(code_root, store, ["maintain", "--json"], config, args.mem_limit)
                 results["maintain"].setdefault(variant, {})[size] = {"first": first, "repeat": repeat}
-                print(f"maintain {variant:<6} {size:<5} first {first['s']:.3f} s "
-                      f"(other writer waited ≤ {first.get('other_writer_max_wait_s', float('nan')):.3f} s), "
+                print(f"maintain {variant:<6} {size:<5} first {first['s']:.3f} s, {first['transactions']} write "
+                      f"transactions, the longest {first['lock_max_s']:.3f} s "
+                      f"(another writer waited ≤ {first.get('other_writer_max_wait_s', float('nan')):.3f} s), "
                       f"repeat {repeat['s']:.3f} s; pruned {_pruned(first)} then {_pruned(repeat)}", flush=True)
                 if not args.pg:
                     os.remove(store)
@@ -208,6 +236,9 @@ def report(results: dict[str, Any]) -> None:
             small, big = sizes["small"][which], sizes["big"][which]
             rows.append([f"maintain ({which})", variant, _cell(small), _cell(big), f"{big['s'] / small['s']:.2f}×",
                          f"{big['rss_mib'] / small['rss_mib']:.2f}×"])
+        holds = [sizes[s]["first"] for s in ("small", "big")]
+        rows.append(["maintain (first): its longest write transaction (of n)", variant,
+                     *(f"{h['lock_max_s']:.3f} s (of {h['transactions']:,})" for h in holds), "", ""])
         waits = [sizes[s]["first"].get("other_writer_max_wait_s") for s in ("small", "big")]
         if waits[0] is not None:
             rows.append(["maintain (first): another writer's longest wait", variant, f"{waits[0]:.3f} s",

@@ -3,6 +3,7 @@ keys, prune old events of finished orders. (Webhook delivery follows it, in ``Wo
 
 from __future__ import annotations
 
+import time
 from contextlib import nullcontext
 from datetime import timedelta
 from itertools import takewhile
@@ -70,7 +71,10 @@ def _counts(leases: dict[str, int], dead: list[Any], purged: int, pruned: int) -
             "items_dead_lettered": len(dead), "idempotency_keys_purged": purged, "events_pruned": pruned}
 
 
-PRUNE_BATCH = 2000    # events per write transaction: a few ms of write lock on either backend
+PRUNE_BATCH = 1000    # events per write transaction: a few ms of write lock on either backend
+# Between two batches the lock is free for this long: SQLite's lock is not fair (a writer waiting in its
+# busy handler sleeps, and a loop that takes the lock again at once would keep it from ever getting in).
+PRUNE_PAUSE = 0.005
 _ORDER_PAGE = 500     # finished orders read per query (ids only)
 _FINISHED = "('completed', 'rejected', 'cancelled')"
 
@@ -116,3 +120,5 @@ def prune_events(s: Session, cutoff: str, *, batch: int = PRUNE_BATCH, dry_run: 
                     current, after = next(orders, None), 0
         if found:
             yield found
+            if not dry_run and current is not None:
+                time.sleep(PRUNE_PAUSE)
