@@ -13,7 +13,7 @@ from ..clock import iso
 from ..store import write_tx
 from . import idempotency
 from .leases import reclaim_expired
-from .lifecycle import Actor, append_event, move_item, refresh_order
+from .lifecycle import FINISHED_ORDER_STATES, Actor, append_event, move_item, refresh_order
 from .session import Session
 
 
@@ -76,7 +76,7 @@ PRUNE_BATCH = 1000    # events per write transaction: a few ms of write lock on 
 # busy handler sleeps, and a loop that takes the lock again at once would keep it from ever getting in).
 PRUNE_PAUSE = 0.005
 _ORDER_PAGE = 500     # finished orders read per query (ids only)
-_FINISHED = "('completed', 'rejected', 'cancelled')"
+_FINISHED = "(" + ", ".join(f"'{state}'" for state in sorted(FINISHED_ORDER_STATES)) + ")"
 
 
 def _finished_orders(conn: Any) -> Iterator[str]:
