@@ -510,5 +510,4 @@ def _since(text: str | None) -> str | None:
     try:
         return iso(parse(text))
     except ValueError:
-        raise Usage(f"--since: '{text[:40]}' is not an ISO-8601 date-time (e.g. 2026-11-28T09:00:00Z)",
-                    code="invalid_since") from None
+        raise Usage(f"--since: '{text[:40]}' is not an ISO-8601 date-time (e.g. 2026-11-28T09:00:00Z)") from None
