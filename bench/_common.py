@@ -16,9 +16,11 @@ import sqlite3
 import statistics
 import subprocess
 import sys
+import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
@@ -91,9 +93,10 @@ def workctl_command() -> list[str]:
     return [str(script)] if script.exists() else [sys.executable, "-m", "workctl"]
 
 
-def peak_rss_of(code: str, env: dict[str, str] | None = None) -> int:
-    """Peak RSS in bytes of a fresh interpreter running ``code`` (ru_maxrss of that child alone)."""
-    wrapper = (f"import sys; sys.path.insert(0, {str(ROOT / 'bench')!r}); sys.path.insert(0, {str(ROOT)!r})\n"
+def peak_rss_of(code: str, env: dict[str, str] | None = None, root: Path | str = ROOT) -> int:
+    """Peak RSS in bytes of a fresh interpreter running ``code`` (ru_maxrss of that child alone), importing
+    workctl from ``root`` (another checkout, for a before/after pair)."""
+    wrapper = (f"import sys; sys.path.insert(0, {str(ROOT / 'bench')!r}); sys.path.insert(0, {str(root)!r})\n"
                f"{code}\nimport resource; print('RSS', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)")
     proc = subprocess.run([sys.executable, "-c", wrapper], capture_output=True, text=True,
                           env={**os.environ, **(env or {})})
@@ -104,3 +107,38 @@ def peak_rss_of(code: str, env: dict[str, str] | None = None) -> int:
 
 def self_rss() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+@contextmanager
+def other_writer(path: str) -> Iterator[list[float]]:
+    """While the block runs, another connection takes the SQLite write lock in a loop (what a concurrent
+    ``checkout`` does); yields its waits, whose longest is how long the block held the lock at once."""
+    stop, waits = threading.Event(), [0.0]
+
+    def contender() -> None:
+        conn = sqlite3.connect(path, isolation_level=None, timeout=120)
+        while not stop.is_set():
+            started = time.perf_counter()
+            conn.execute("BEGIN IMMEDIATE")
+            waits.append(time.perf_counter() - started)
+            conn.execute("COMMIT")
+            time.sleep(0.002)
+        conn.close()
+
+    thread = threading.Thread(target=contender, daemon=True)
+    thread.start()
+    try:
+        yield waits
+    finally:
+        stop.set()
+        thread.join()
+
+
+def pg_schema(admin_url: str, schema: str) -> str:
+    """A fresh schema on the PostgreSQL server (dropped first if a run left it), as a store URL."""
+    import psycopg
+
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+        conn.execute(f"CREATE SCHEMA {schema}")
+    return f"{admin_url}?options=-csearch_path%3D{schema}"

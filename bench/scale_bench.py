@@ -27,7 +27,7 @@ import tempfile
 import time
 import uuid
 
-from _common import median, out_path, table, verdict, write
+from _common import median, out_path, pg_schema, table, verdict, write
 
 LATENCY_TARGET = 1.5
 PROPOSE_TARGET = 2.0
@@ -45,13 +45,7 @@ def open_store(path: str):
 
 def pg_store(admin_url: str, label: str) -> str:
     """A fresh schema on the PostgreSQL server, as a store URL (dropped first if a run left it)."""
-    import psycopg
-
-    schema = f"bench_p5_{label}"
-    with psycopg.connect(admin_url, autocommit=True) as conn:
-        conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
-        conn.execute(f"CREATE SCHEMA {schema}")
-    return f"{admin_url}?options=-csearch_path%3D{schema}"
+    return pg_schema(admin_url, f"bench_p5_{label}")
 
 
 def checkout_latency(scratch: str, small: int, big: int, checkouts: int, pg: str | None = None) -> dict:

@@ -26,18 +26,20 @@ SCRIPTS = {
     "run_exec_bench.py": ["--items", "4", "--baseline-items", "2", "--runs", "1"],
     "memory_bench.py": ["--propose-sizes", "1000,2000", "--sync-sizes", "100"],
     "watermarks_bench.py": ["--users", "300", "--runs", "1"],
+    "read_paths_bench.py": ["--items", "200", "--events", "400", "--scale", "4"],
 }
 # What each script's JSON must carry (its figure, against its baseline).
 KEYS = {
     "peers_bench.py": ("results", "ratios", "skipped"),
     "startup_bench.py": ("ratio", "median_ms", "imports_beyond_baseline"),
     "startup_revisions_bench.py": ("ratio_after_before", "median_ms", "runs_ms"),
-    "approve_bench.py": ("ratio", "median_raw_s", "median_approve_s"),
+    "approve_bench.py": ("ratio", "median_raw_s", "median_approve_s", "equal_work_ratio", "wal_bytes"),
     "sync_bench.py": ("ratio_vs_seed_loop", "ratio_vs_bare_loop"),
     "scale_bench.py": ("checkout_latency", "propose"),
     "run_exec_bench.py": ("ratio", "median_items_per_s"),
     "memory_bench.py": ("propose", "sync", "propose_marginal_bytes_per_id"),
     "watermarks_bench.py": ("ratio", "median_s", "bytes_per_user"),
+    "read_paths_bench.py": ("sizes", "operations", "maintain"),
 }
 
 

@@ -98,3 +98,17 @@ def test_missing_secret_names_the_variable_not_a_value(monkeypatch):
     with pytest.raises(Invalid) as caught:
         config.secret()
     assert caught.value.code == "secret_missing" and "CRM_SECRET" in caught.value.message
+
+
+def test_a_plain_http_source_loads_no_ca_bundle_and_would_refuse_any_tls_peer():
+    """Loading the CA bundle costs about 0.25 s per sync run; an http source never does TLS, so its
+    transport gets a context with no CA at all, still verifying: an https peer would fail closed."""
+    import ssl
+
+    from workctl.sources.client import _tls_for
+
+    assert _tls_for("https://crm.example/api") is True  # the default: the CA bundle, verified
+    context = _tls_for("http://127.0.0.1:8080/crm")
+    assert isinstance(context, ssl.SSLContext)
+    assert context.verify_mode == ssl.CERT_REQUIRED and context.check_hostname
+    assert context.cert_store_stats()["x509_ca"] == 0

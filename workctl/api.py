@@ -310,12 +310,19 @@ class Workctl:
     # -- failures, delta cursors, webhooks (user.data.sync variations 1, 4, 5) -------------------
     @_store_errors
     def failures(self, order_id: str | None = None, *, source: str | None = None, error_class: str | None = None,
-                 limit: int = 1000) -> list[dict[str, Any]]:
+                 since: str | None = None, limit: int = 1000) -> list[dict[str, Any]]:
         """The per-user error ledger: every failed user of every submitted, refused or released batch (oldest
         first). An unknown ``source`` or ``error_class`` is a usage error listing the valid ones."""
+        return list(self.failures_page(order_id, source=source, error_class=error_class, since=since,
+                                       limit=limit)["failures"])
+
+    @_store_errors
+    def failures_page(self, order_id: str | None = None, *, source: str | None = None,
+                      error_class: str | None = None, since: str | None = None, limit: int = 1000) -> dict[str, Any]:
+        """``failures`` (the newest ``limit``, at or after ``since``) and ``more``: how many older ones match."""
         from .core.filters import ERROR_CLASSES, check_choice, is_error_class
         from .sources.config import KNOWN_SOURCES, configured_sources
-        from .types.user_data_sync.ledger import list_failures
+        from .types.user_data_sync.ledger import failures_page
 
         conn = self.session.conn
         if source is not None:
@@ -324,7 +331,8 @@ class Workctl:
         if error_class is not None and not is_error_class(error_class):
             seen = [r[0] for r in conn.execute("SELECT DISTINCT error_class FROM sync_failures")]
             check_choice("--class", error_class, [*ERROR_CLASSES, "http_<status>"], also=seen)
-        return list_failures(self.session, order_id, source=source, error_class=error_class, limit=limit)
+        return failures_page(self.session, order_id, source=source, error_class=error_class, since=_since(since),
+                             limit=limit)
 
     @_store_errors
     def retry_failed(self, order_id: str, *, idempotency_key: str | None = None) -> dict[str, Any]:
@@ -399,8 +407,12 @@ class Workctl:
 
     # -- views -----------------------------------------------------------------------------------
     @_store_errors
-    def status(self, order_id: str | None = None) -> dict[str, Any]:
-        return queries.status(self.session, order_id)
+    def status(self, order_id: str | None = None, *, limit: int | None = 100) -> dict[str, Any]:
+        """Counts per state (from the orders' counters: O(orders)); or one order with a page of ``limit``
+        items (``items_more`` says how many follow), its counters, progress and ETA."""
+        if order_id:
+            return queries.order_status(self.session, order_id, limit=limit)
+        return queries.status(self.session)
 
     @_store_errors
     def orders(self, *, state: str | None = None, type_name: str | None = None,
@@ -431,6 +443,12 @@ class Workctl:
         return queries.show(self.session, order_id)
 
     @_store_errors
+    def show_page(self, order_id: str, *, limit: int | None = None, brief: bool = False) -> dict[str, Any]:
+        """The order in full (``brief``: its summary, a large payload left out); its items a ``queries.Page``
+        streamed from the store (at most ``limit``)."""
+        return queries.show_page(self.session, order_id, limit=limit, brief=brief)
+
+    @_store_errors
     def order_state(self, order_id: str) -> str:
         """The order's state (one indexed read of one column; NotFound for an unknown id)."""
         return queries.order_state(self.session, order_id)
@@ -457,6 +475,13 @@ class Workctl:
     @_store_errors
     def log(self, order_id: str, *, after_id: int = 0) -> list[dict[str, Any]]:
         return queries.log(self.session, order_id, after_id=after_id)
+
+    @_store_errors
+    def log_page(self, order_id: str, *, after_id: int = 0, since: str | None = None,
+                 limit: int | None = None) -> queries.Page:
+        """The order's events oldest first, streamed (constant memory): after ``after_id``, at or after the
+        ISO-8601 time ``since``, at most ``limit``; the page's ``more()`` counts the rest."""
+        return queries.log_page(self.session, order_id, after_id=after_id, since=_since(since), limit=limit)
 
     @_store_errors
     def item_log(self, item_id: str, *, limit: int = 100) -> dict[str, Any]:
@@ -545,3 +570,16 @@ class Workctl:
         """Fields whose values human output masks (``[types."<type>"] sensitive_fields``)."""
         from .types.user_data_sync.masking import sensitive_fields
         return sensitive_fields(self.config.type_settings(type_name))
+
+
+def _since(text: str | None) -> str | None:
+    """``--since`` as the store writes times (so that text comparison is time order); a usage error else."""
+    if text is None:
+        return None
+    from .clock import iso, parse
+    from .errors import Usage
+
+    try:
+        return iso(parse(text))
+    except ValueError:
+        raise Usage(f"--since: '{text[:40]}' is not an ISO-8601 date-time (e.g. 2026-11-28T09:00:00Z)") from None

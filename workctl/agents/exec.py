@@ -107,7 +107,7 @@ class RunOptions:
 
 
 class RunHandle(Handle, Protocol):
-    def show(self, order_id: str) -> dict[str, Any]: ...
+    def order_state(self, order_id: str) -> str: ...
     def pending_item_count(self, order_id: str | None = None, type_name: str | None = None) -> int: ...
 
 
@@ -132,7 +132,7 @@ class Runner(AgentLoop):
     def run(self) -> Runner:
         started = time.monotonic()
         if self.options.order_id:
-            self.wc.show(self.options.order_id)  # NotFound before any work
+            self.wc.order_state(self.options.order_id)  # NotFound before any work (reads one column)
         self.listener.started(self.wc.pending_item_count(self.options.order_id, self.options.type_name))
         try:
             self.run_loop()

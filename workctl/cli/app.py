@@ -68,8 +68,9 @@ COMMANDS: dict[str, Command] = {
                       "(attempts kept).", "workctl reject 9b1d47e2 --reason 'wrong field mapping' --requeue"),
     "cancel": Command("cancel", "cancel", "Withdraw an order: it and its open items become cancelled; agents "
                       "still working on them are stopped.", "workctl cancel 9b1d47e2 --reason 'duplicate' --yes"),
-    "status": Command("status", "status", "Counts of orders and items per state and leases held; or one order, "
-                      "its items and last events.", "workctl status 9b1d47e2"),
+    "status": Command("status", "status", "Counts of orders and items per state and leases held; or one order: "
+                      "its counts, progress and ETA, its items (a page of --limit) and last events.",
+                      "workctl status 9b1d47e2"),
     "orders": Command("orders", "orders", "List orders, newest first.",
                       "workctl orders --state submitted --limit 20"),
     "show": Command("show", "show", "An order in full: payload, items with inputs and results, and its diff "

@@ -54,7 +54,7 @@ SYNTAX: dict[str, tuple[tuple[tuple[str, bool], ...], dict[str, tuple[str, bool]
 }
 _GLOBAL = {"--db": "db", "--config": "config"}
 # Options of the Typer commands that the fast path deliberately leaves to Typer (they render with rich).
-FALLBACK_ONLY = {"status": frozenset({"--watch", "--interval"})}
+FALLBACK_ONLY = {"status": frozenset({"--watch", "--interval", "--limit"})}
 
 
 def _value_ok(value: str) -> bool:

@@ -38,10 +38,39 @@ def print_json(document: Any) -> None:
     sys.stdout.flush()
 
 
+# One encoder for every line: json.dumps with non-default options builds a new one per call, which is a
+# third of the cost of a streamed listing's line (log --nl of millions of events).
+_compact = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), default=str).encode
+
+
 def print_nl(documents: Iterable[Any]) -> None:
+    write = sys.stdout.write
     for document in documents:
-        sys.stdout.write(json.dumps(document, ensure_ascii=False, separators=(",", ":"), default=str) + "\n")
+        write(_compact(document) + "\n")
     sys.stdout.flush()
+
+
+def print_json_stream(head: dict[str, Any], key: str, rows: Iterable[Any],
+                      tail: Callable[[], dict[str, Any]] = dict) -> None:
+    """One JSON document ``{**head, key: [rows…], **tail()}`` written row by row: a listing of any length in
+    constant memory (``tail`` is called after the rows, e.g. for a page's "more" count)."""
+    out = sys.stdout
+    opening = json.dumps(head, ensure_ascii=False, default=str)[:-1]
+    out.write(opening + (", " if head else "") + json.dumps(key) + ": [")
+    first = True
+    for row in rows:
+        out.write(("\n  " if first else ",\n  ") + _compact(row))
+        first = False
+    rest = json.dumps(tail(), ensure_ascii=False, default=str)
+    out.write(("" if first else "\n") + "]" + ("}" if rest == "{}" else ", " + rest[1:]) + "\n")
+    out.flush()
+
+
+def more_line(count: int, hint: str, *, to_stderr: bool = False) -> None:
+    """The "… N more" line of a listing cut by ``--limit`` (on stderr when stdout carries JSON)."""
+    if count:
+        text = f"… {count} more ({hint})\n"
+        (sys.stderr if to_stderr else sys.stdout).write(text)
 
 
 def line(text: str = "") -> None:

@@ -1,4 +1,4 @@
-"""workctl failures [ORDER_ID] [--source S] [--class C] [--limit N] [--json|--nl]"""
+"""workctl failures [ORDER_ID] [--source S] [--class C] [--since T] [--limit N] [--json|--nl]"""
 
 from __future__ import annotations
 
@@ -18,18 +18,22 @@ def failures(
     order_id: Annotated[str | None, typer.Argument(help="Only this order (default: the newest failures).")] = None,
     source: Annotated[str | None, typer.Option("--source", help="Only failures from this source.")] = None,
     error_class: Annotated[str | None, typer.Option("--class", help="Only this error class (e.g. not_found).")] = None,
+    since: Annotated[str | None, typer.Option("--since", help="Only failures at or after this ISO-8601 time.")] = None,
     limit: Annotated[int, typer.Option("--limit", min=1, max=MAX_LIST_LIMIT, help="At most this many (the newest).")] = 1000,
     json_: Json = False,
     nl: Nl = False,
 ) -> None:
     """The per-user error ledger: every failed user of every submitted batch."""
     with open_workctl(ctx) as wc:
-        listed = wc.failures(order_id, source=source, error_class=error_class, limit=limit)
+        page = wc.failures_page(order_id, source=source, error_class=error_class, since=since, limit=limit)
+    listed, more = page["failures"], page["more"]
+    hint = "older ones: a larger --limit"
     if nl:
         render.print_nl(listed)
+        render.more_line(more, hint, to_stderr=True)
         return
     if json_:
-        render.print_json({"failures": listed})
+        render.print_json(page)
         return
     # One order: no order or source column. Times to the second; the whole message is in --json.
     columns = ["user", "class", "attempt", "failed at (UTC)", "message"]
@@ -42,5 +46,6 @@ def failures(
     classes = Counter(f["error_class"] for f in listed)
     by_class = ", ".join(f"{name} {count}" for name, count in sorted(classes.items()))
     render.line(f"{len(listed)} failed users" + (f" ({by_class})" if listed else ""))
+    render.more_line(more, hint)
     if order_id and listed:
         render.line(f"Retry exactly these users: workctl sync --retry-failed {order_id}")

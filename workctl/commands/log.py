@@ -1,13 +1,14 @@
-"""workctl log ORDER_ID [--json|--nl] [--follow]"""
+"""workctl log ORDER_ID [--since T] [--limit N] [--json|--nl] [--follow]"""
 
 from __future__ import annotations
 
 import time
-from typing import Annotated, Any
+from typing import Annotated, Any, Iterable
 
 import typer
 
 from ..cli import render
+from ..limits import MAX_LIST_LIMIT
 from ._common import Json, Nl, boundary, open_workctl
 
 
@@ -15,29 +16,34 @@ from ._common import Json, Nl, boundary, open_workctl
 def log(
     ctx: typer.Context,
     order_id: Annotated[str, typer.Argument(help="The order.")],
+    since: Annotated[str | None, typer.Option("--since", help="Only events at or after this ISO-8601 time.")] = None,
+    limit: Annotated[int | None, typer.Option("--limit", min=1, max=MAX_LIST_LIMIT,
+                                              help="At most this many events (the oldest); says how many more.")] = None,
     follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new events until Ctrl-C.")] = False,
     interval: Annotated[float, typer.Option("--interval", min=0.1, help="Seconds between --follow polls.")] = 1.0,
     json_: Json = False,
     nl: Nl = False,
 ) -> None:
-    """The audit trail of an order: every transition with actor, time and payload."""
+    """The audit trail of an order: every transition with actor, time and payload (streamed: any length)."""
     with open_workctl(ctx) as wc:
-        events = wc.log(order_id)
+        page = wc.log_page(order_id, since=since, limit=limit)
         if json_ and not follow:
-            render.print_json({"events": events})
+            render.print_json_stream({}, "events", page, lambda: {"more": page.more()} if limit else {})
             return
         emit = render.print_nl if (nl or json_) else _print_events
-        emit(events)
-        last = events[-1]["id"] if events else 0
+        emit(page)
+        last = page.last or 0
+        if not follow:
+            render.more_line(page.more(), f"next page: --since or a larger --limit; after event {last}",
+                             to_stderr=nl or json_)
         while follow:
             time.sleep(interval)  # polling the file for new events
-            fresh = wc.log(order_id, after_id=last)
-            if fresh:
-                emit(fresh)
-                last = fresh[-1]["id"]
+            fresh = wc.log_page(order_id, after_id=last)
+            emit(fresh)
+            last = fresh.last or last
 
 
-def _print_events(events: list[dict[str, Any]]) -> None:
+def _print_events(events: Iterable[dict[str, Any]]) -> None:
     for e in events:
         subject = f"item {e['item_id']}" if e["item_id"] else "order"
         move = f"{e['from'] or '∅'} → {e['to']}" if e["to"] else ""

@@ -36,7 +36,7 @@ def checkout(s: Session, *, agent: str, order_id: str | None = None, type_name: 
     needed); raise NoWork (exit 3) when there is none."""
     ttl = lease_ttl(s, ttl)
     if order_id:
-        s.order_row(order_id)  # NotFound before taking any lock
+        s.order_head(order_id)  # NotFound before taking any lock (the payload is not read)
     if type_name:
         get_type(type_name)  # an unknown type is exit 4, not "no work"
     now = s.now()

@@ -39,6 +39,14 @@ class Session:
             raise NotFound(f"no order with id '{order_id}'", code="order_not_found")
         return row
 
+    def order_head(self, order_id: str) -> Row:
+        """The order's id, type, state and source, not its payload (megabytes for a large sync order, which a
+        per-batch existence check would read and copy each time); NotFound for an unknown id."""
+        row = self.conn.execute("SELECT id, type, state, source FROM orders WHERE id = ?", (order_id,)).fetchone()
+        if row is None:
+            raise NotFound(f"no order with id '{order_id}'", code="order_not_found")
+        return row
+
     def type_settings(self, name: str, known: frozenset[str] | None = None) -> dict[str, Any]:
         """What an order type is given of the config: its ``[types."<name>"]`` table, plus the
         ``[target]`` table as ``target_config`` (``allow_fields``, ``max_value_chars``). With ``known``

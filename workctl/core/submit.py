@@ -98,7 +98,7 @@ def _claim(s: Session, then: Next | None, agent: str) -> Claim | None:
     if then is None:
         return None
     if then.order_id:
-        s.order_row(then.order_id)
+        s.order_head(then.order_id)
     if then.type_name:
         get_type(then.type_name)
     return Claim(agent=agent, token=new_token(), expires=after(s.clock(), lease_ttl(s, then.ttl)),

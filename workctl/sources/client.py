@@ -220,14 +220,26 @@ class _DeadlineBackend(httpcore.NetworkBackend):
         self._backend.sleep(seconds)
 
 
-def _deadline_transport(limits: httpx.Limits) -> tuple[httpx.HTTPTransport, bool]:
+def _tls_for(base_url: str) -> Any:
+    """What the transport verifies TLS with. An ``https`` source: the default (the CA bundle, about 0.25 s
+    to load). A plain ``http`` source never does TLS (paths are relative to its base URL and redirects
+    are not followed), so it gets a context that verifies against no CA at all: it costs nothing to make,
+    and should an https URL ever reach it, verification fails closed."""
+    if base_url.lower().startswith("https:"):
+        return True
+    import ssl
+
+    return ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # check_hostname and CERT_REQUIRED: on by default
+
+
+def _deadline_transport(limits: httpx.Limits, base_url: str = "https:") -> tuple[httpx.HTTPTransport, bool]:
     """httpx's own transport with the deadline backend underneath; (transport, installed).
 
     httpx has no public way to pass httpcore a network backend, so this sets the pool's attribute.
     Should a later httpx lay out its transport differently, the deadline still holds between body
     chunks and every read is capped at the time left; only a source dripping its headers could
     then outlast it (``tests/test_hostile_sources.py`` fails if that happens)."""
-    transport = httpx.HTTPTransport(limits=limits)
+    transport = httpx.HTTPTransport(limits=limits, verify=_tls_for(base_url))
     pool = getattr(transport, "_pool", None)
     backend = getattr(pool, "_network_backend", None)
     if isinstance(pool, httpcore.ConnectionPool) and isinstance(backend, httpcore.NetworkBackend):
@@ -293,7 +305,7 @@ class SourceClient:
         limits = httpx.Limits(max_connections=config.concurrency, max_keepalive_connections=config.concurrency)
         self.deadline_backend = False  # whether even a source dripping its headers is cut off at the deadline
         if transport is None:
-            transport, self.deadline_backend = _deadline_transport(limits)
+            transport, self.deadline_backend = _deadline_transport(limits, config.base_url)
         self.http = httpx.Client(base_url=config.base_url, headers=headers, params=params, auth=auth,
                                  timeout=config.timeout, limits=limits, transport=transport, follow_redirects=False)
         self.bucket = TokenBucket(config.rate_limit, config.burst, clock=clock, sleep=sleep)

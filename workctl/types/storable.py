@@ -62,26 +62,33 @@ def scalar_problem(value: Any, max_chars: int = DEFAULT_MAX_CHARS) -> str | None
     return f"a {kind.__name__} is not a JSON value"
 
 
+_WHOLE = object()  # the key of an entry whose path is already whole
+
+
 def _walk(value: Any, path: str, max_chars: int) -> Iterator[tuple[str, str]]:
-    stack: list[tuple[Any, str]] = [(value, path)]
+    # Each entry keeps its parent's path and its key: the path string is built only for a container (its
+    # children need it) or a problem, never for the many scalars that are fine (a submit walks thousands).
+    stack: list[tuple[Any, str, Any]] = [(value, path, _WHOLE)]
     while stack:
-        current, where = stack.pop()
+        current, parent, name = stack.pop()
         kind = type(current)
         if kind is dict:
+            where = parent if name is _WHOLE else _join(parent, name)
             for key, sub in reversed(list(current.items())):
                 if type(key) is not str:
                     yield _join(where, key), "object keys must be strings"
                 elif len(key) > max_chars:
                     yield where, f"an object key is longer than the limit of {max_chars:,} characters"
                 else:
-                    stack.append((sub, _join(where, key)))
+                    stack.append((sub, where, key))
         elif kind is list:
             if not _uniform_ok(current, max_chars):
-                stack.extend((sub, _join(where, i)) for i, sub in reversed(list(enumerate(current))))
+                where = parent if name is _WHOLE else _join(parent, name)
+                stack.extend((sub, where, i) for i, sub in reversed(list(enumerate(current))))
         else:
             problem = scalar_problem(current, max_chars)
             if problem:
-                yield where, problem
+                yield (parent if name is _WHOLE else _join(parent, name)), problem
 
 
 def _uniform_ok(values: list[Any], max_chars: int) -> bool:

@@ -58,16 +58,29 @@ def _row(r: Row | tuple[Any, ...]) -> dict[str, Any]:
 
 
 def list_failures(s: Session, order_id: str | None = None, *, source: str | None = None,
-                  error_class: str | None = None, limit: int = 1000) -> list[dict[str, Any]]:
-    """Ledger rows, oldest first: all of them for an order, else the newest ``limit``."""
+                  error_class: str | None = None, since: str | None = None, limit: int = 1000) -> list[dict[str, Any]]:
+    """Ledger rows, oldest first: the newest ``limit`` (recorded at or after ``since``)."""
+    return failures_page(s, order_id, source=source, error_class=error_class, since=since, limit=limit)["failures"]
+
+
+def failures_page(s: Session, order_id: str | None = None, *, source: str | None = None,
+                  error_class: str | None = None, since: str | None = None, limit: int = 1000) -> dict[str, Any]:
+    """The newest ``limit`` ledger rows, oldest first, and ``more``: how many older ones match too."""
     bounded_int(limit, "limit", 1, MAX_LIST_LIMIT)
     if order_id:
-        s.order_row(order_id)  # order_not_found (exit 4) for an unknown id
+        s.order_head(order_id)  # order_not_found (exit 4) for an unknown id
     clause, params = where(order_id=order_id or None, source=source or None, error_class=error_class or None)
+    if since is not None:
+        clause = f"{clause} AND created_at >= ?" if clause else "WHERE created_at >= ?"
+        params = [*params, since]
     rows = s.conn.execute(
         "SELECT id, order_id, item_id, user_id, source, error_class, message, attempt, created_at "
         f"FROM sync_failures {clause} ORDER BY id DESC LIMIT ?", (*params, limit)).fetchall()
-    return [_row(r) for r in reversed(rows)]
+    more = 0
+    if len(rows) == limit:
+        older = f"{clause} AND id < ?" if clause else "WHERE id < ?"
+        more = int(s.conn.execute(f"SELECT count(*) FROM sync_failures {older}", (*params, rows[-1][0])).fetchone()[0])
+    return {"failures": [_row(r) for r in reversed(rows)], "more": more}
 
 
 def _synced_by(s: Session, order_ids: list[str]) -> set[int]:

@@ -387,10 +387,13 @@ def stage(store: Connection, order: Mapping[str, Any], changes: list[dict[str, A
         if not chunk:
             break
         with write_tx(store) as conn:
+            # The table's largest id before and after (one seek each): min/max over the attempt's rows
+            # read every row staged so far, each chunk again (quadratic in the order's changes). Rows of
+            # others inside the range are caught where it is used (a count of the range must equal ours).
+            before = conn.execute("SELECT coalesce(max(id), 0) FROM provenance").fetchone()[0]
             conn.executemany(_INSERT, chunk)
-            first, last = conn.execute("SELECT min(id), max(id) FROM provenance WHERE attempt = ?",
-                                       (attempt,)).fetchone()
-        staged.first_id = staged.first_id if staged.first_id is not None else first
+            last = conn.execute("SELECT max(id) FROM provenance").fetchone()[0]
+        staged.first_id = staged.first_id if staged.first_id is not None else before + 1
         staged.last_id = last
     return staged
 
