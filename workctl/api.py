@@ -28,7 +28,8 @@ from .core.lifecycle import Actor
 from .core.session import Session
 from .core.submit import Next, submit
 from .errors import ExitCode, Invalid, WorkctlError
-from .store import default_location, is_url, open_store
+from .limits import INT64_MAX, INT64_MIN, bounded_int, checked_name, checked_text
+from .store import checked_location, is_url, open_store
 
 __all__ = ["Workctl", "default_agent"]
 
@@ -60,6 +61,12 @@ def _store_errors(method: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+def _names(**values: str | None) -> None:
+    """Every identifier a call takes from outside, checked before anything is read or written."""
+    for what, value in values.items():
+        checked_name(value, f"the {what.replace('_', ' ')}")
+
+
 class Workctl:
     """The library facade. Only operations that create work (``init``, ``propose``, and ``sync`` when it
     proposes) create a missing SQLite store; everything else raises ``store_missing`` (exit 8) and
@@ -68,7 +75,7 @@ class Workctl:
 
     def __init__(self, db: str | os.PathLike[str] | None = None, *, config: Config | None = None,
                  clock: Clock | None = None, user: str | None = None, create: bool = False):
-        self.db_path = str(db or default_location())
+        self.db_path = checked_location(db)
         self.config = config if config is not None else load_config()
         self.clock = clock or clock_from_env()
         self.user = user or os.environ.get("USER") or "operator"
@@ -158,6 +165,7 @@ class Workctl:
         """Propose an order; with ``resume``, return the open order of the same scope instead if there is one
         (``"resumed": true``)."""
         from .core.propose import propose
+        checked_name(idempotency_key, "the idempotency key")
         self._open(create=True)  # proposing creates work, so it may create the store
         return propose(self.session, type_name, payload, priority=priority, actor=self._operator(),
                        idempotency_key=idempotency_key, resume=resume)
@@ -165,12 +173,14 @@ class Workctl:
     @_store_errors
     def checkout(self, order_id: str | None = None, *, agent: str | None = None, type_name: str | None = None,
                  ttl: int | None = None) -> dict[str, Any]:
+        _names(order_id=order_id, agent=agent, type=type_name)
         return leases.checkout(self.session, agent=agent or default_agent(), order_id=order_id,
                                type_name=type_name, ttl=ttl)
 
     @_store_errors
     def heartbeat(self, item_id: str, *, agent: str | None = None, ttl: int | None = None,
                   lease_token: str | None = None) -> dict[str, Any]:
+        _names(item_id=item_id, agent=agent, lease_token=lease_token)
         return leases.heartbeat(self.session, item_id, agent=agent or default_agent(), ttl=ttl, token=lease_token)
 
     @_store_errors
@@ -179,6 +189,8 @@ class Workctl:
                 failed_users: list[dict[str, Any]] | None = None) -> dict[str, Any]:
         """Give a lease back. ``error`` counts the attempt, unless ``unavailable`` names the source that
         could not be reached (an outage is not the item's fault); ``failed_users`` go to the failure ledger."""
+        _names(item_id=item_id, agent=agent, lease_token=lease_token)
+        checked_text(error, "the error")
         result = leases.release(self.session, item_id, agent=agent or default_agent(), error=error,
                                 token=lease_token, unavailable=unavailable, failed_users=failed_users)
         if result["order"]["state"] in ("failed", "dead_lettered"):  # rare: the order.failed alert goes out now
@@ -192,6 +204,7 @@ class Workctl:
         """Submit a leased item's result. With ``next`` (or ``next_order``/``next_type``), also lease the next
         item in the same transaction — one commit per item for an agent working through a queue — and
         return it as ``"next"`` (None when there is no work)."""
+        _names(item_id=item_id, agent=agent, lease_token=lease_token, idempotency_key=idempotency_key)
         then = Next(order_id=next_order, type_name=next_type, ttl=ttl) if next or next_order or next_type else None
         return submit(self.session, item_id, result, agent=agent or default_agent(), token=lease_token,
                       idempotency_key=idempotency_key, then=then)
@@ -203,6 +216,7 @@ class Workctl:
         committed, before any webhook is sent (the CLI prints the result there); the deliveries that follow
         never change the outcome."""
         from .core.approve import approve
+        _names(order_id=order_id, idempotency_key=idempotency_key)
         response = approve(self.session, order_id, actor=self._operator(), dry_run=dry_run,
                            idempotency_key=idempotency_key)
         if dry_run:
@@ -229,6 +243,8 @@ class Workctl:
     def reject(self, order_id: str, *, reason: str, requeue: bool = False,
                idempotency_key: str | None = None) -> dict[str, Any]:
         from .core.reject import reject
+        _names(order_id=order_id, idempotency_key=idempotency_key)
+        checked_text(reason, "the reason")
         return reject(self.session, order_id, reason=reason, requeue=requeue, actor=self._operator(),
                       idempotency_key=idempotency_key)
 
@@ -236,6 +252,8 @@ class Workctl:
     def cancel(self, order_id: str, *, reason: str | None = None) -> dict[str, Any]:
         """Withdraw an order that was not applied: it and its open items become ``cancelled``."""
         from .core.cancel import cancel
+        _names(order_id=order_id)
+        checked_text(reason, "the reason")
         result = cancel(self.session, order_id, reason=reason, actor=self._operator())
         return self._after_commit(result, order_id=order_id)
 
@@ -248,6 +266,7 @@ class Workctl:
     @_store_errors
     def retry(self, item_id: str | None = None, *, order_id: str | None = None) -> dict[str, Any]:
         from .core.retry import retry
+        _names(item_id=item_id, order_id=order_id)
         return retry(self.session, item_id=item_id, order_id=order_id, actor=self._operator())
 
     @_store_errors
@@ -268,6 +287,7 @@ class Workctl:
         from .sources.config import KNOWN_SOURCES, configured_sources
         from .types.user_data_sync.ledger import list_failures
 
+        _names(order_id=order_id)
         conn = self.session.conn
         if source is not None:
             seen = [r[0] for r in conn.execute("SELECT DISTINCT source FROM sync_failures")]
@@ -351,6 +371,7 @@ class Workctl:
     # -- views -----------------------------------------------------------------------------------
     @_store_errors
     def status(self, order_id: str | None = None) -> dict[str, Any]:
+        _names(order_id=order_id)
         return queries.status(self.session, order_id)
 
     @_store_errors
@@ -425,6 +446,7 @@ class Workctl:
         """Run a shell command per item (workctl.agents.exec); returns the run's report (with ``"error"``
         when it did not succeed)."""
         from .agents.exec import Runner
+        checked_text(getattr(options, "command", None), "the --exec command")
         runner = Runner(self, options, listener=listener).run()
         return self._finish_run("run", runner.to_dict(), runner.error)
 
@@ -467,6 +489,8 @@ class Workctl:
     def why(self, user_id: int, field: str | None = None) -> dict[str, Any]:
         """The recorded history of a user's fields (every value, when, by which order/source/agent)."""
         from .types.user_data_sync.provenance import history
+        bounded_int(user_id, "the user id", INT64_MIN, INT64_MAX)
+        _names(field=field)
         return history(self.session, user_id, field)
 
     def sensitive_fields(self, type_name: str = "user.data.sync") -> frozenset[str]:

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 import typer
 
 from ..cli import render
-from ._common import Json, Nl, boundary, open_workctl
+from ._common import boundary, finite, Json, MAX_WAIT_SECONDS, Nl, open_workctl
 
 
 @boundary
@@ -16,7 +16,7 @@ def log(
     ctx: typer.Context,
     order_id: Annotated[str, typer.Argument(help="The order.")],
     follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new events until Ctrl-C.")] = False,
-    interval: Annotated[float, typer.Option("--interval", min=0.1, help="Seconds between --follow polls.")] = 1.0,
+    interval: Annotated[float, typer.Option("--interval", min=0.1, max=MAX_WAIT_SECONDS, callback=finite, help="Seconds between --follow polls.")] = 1.0,
     json_: Json = False,
     nl: Nl = False,
 ) -> None:

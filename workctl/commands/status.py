@@ -8,7 +8,7 @@ from typing import Annotated, Any
 import typer
 
 from ..cli import render
-from ._common import Json, boundary, open_workctl
+from ._common import boundary, finite, Json, MAX_WAIT_SECONDS, open_workctl
 
 
 @boundary
@@ -16,7 +16,7 @@ def status(
     ctx: typer.Context,
     order_id: Annotated[str | None, typer.Argument(help="One order in detail.")] = None,
     watch: Annotated[bool, typer.Option("--watch", help="Refresh a live view until Ctrl-C.")] = False,
-    interval: Annotated[float, typer.Option("--interval", min=0.2, help="Seconds between --watch refreshes.")] = 2.0,
+    interval: Annotated[float, typer.Option("--interval", min=0.2, max=MAX_WAIT_SECONDS, callback=finite, help="Seconds between --watch refreshes.")] = 2.0,
     json_: Json = False,
 ) -> None:
     """Counts of orders and items per state and leases held; or one order, its items and last events."""
