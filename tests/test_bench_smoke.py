@@ -24,6 +24,7 @@ SCRIPTS = {
     "scale_bench.py": ["--big", "2000", "--small", "100", "--checkouts", "40", "--ids", "3000", "--runs", "1"],
     "run_exec_bench.py": ["--items", "4", "--baseline-items", "2", "--runs", "1"],
     "memory_bench.py": ["--propose-sizes", "1000,2000", "--sync-sizes", "100"],
+    "serve_bench.py": ["--items", "6", "--cli-items", "4", "--runs", "1"],
 }
 # What each script's JSON must carry (its figure, against its baseline).
 KEYS = {
@@ -34,6 +35,7 @@ KEYS = {
     "scale_bench.py": ("checkout_latency", "propose"),
     "run_exec_bench.py": ("ratio", "median_items_per_s"),
     "memory_bench.py": ("propose", "sync", "propose_marginal_bytes_per_id"),
+    "serve_bench.py": ("cycles_per_s", "summary"),
 }
 
 
