@@ -52,15 +52,15 @@ def store(backend: str, scratch: str, pg: str | None) -> Iterator[str]:
         return
     import psycopg
 
+    from scale_bench import pg_store
+
     assert pg is not None
-    schema = f"bench_serve_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(pg, autocommit=True) as conn:
-        conn.execute(f"CREATE SCHEMA {schema}")
+    label = f"serve_{uuid.uuid4().hex[:10]}"
     try:
-        yield f"{pg}?options=-csearch_path%3D{schema}"
+        yield pg_store(pg, label)
     finally:
         with psycopg.connect(pg, autocommit=True) as conn:
-            conn.execute(f"DROP SCHEMA {schema} CASCADE")
+            conn.execute(f"DROP SCHEMA bench_p5_{label} CASCADE")
 
 
 def fill(path: str, items: int) -> None:

@@ -35,7 +35,7 @@ from typing import Any, Callable
 
 import pytest
 
-from helpers import NOW, file_snapshot, make_users, run
+from helpers import NOW, build_pinned, file_snapshot, make_users, run
 
 ALLOWED = {2, 5, 8}
 SYNC = {"source": "crm", "user_ids": list(range(1, 21)), "fields": ["email", "phone"], "batch_size": 10}
@@ -79,14 +79,7 @@ def _world(folder: Path) -> dict[str, Any]:
 @pytest.fixture(scope="module")
 def template(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
     folder = tmp_path_factory.mktemp("matrix")
-    with pytest.MonkeyPatch.context() as mp:
-        for name in ("WORKCTL_DB", "WORKCTL_CONFIG", "WORKCTL_TARGET_DB", "WORKCTL_AGENT_ID", "WORKCTL_LEASE_TOKEN"):
-            mp.delenv(name, raising=False)
-        mp.setenv("WORKCTL_LOAD_PLUGINS", "0")
-        mp.setenv("WORKCTL_NOW", NOW)
-        mp.chdir(folder)
-        ids = _world(folder)
-    return folder / "w.db", ids
+    return folder / "w.db", build_pinned(folder, _world)
 
 
 @pytest.fixture
