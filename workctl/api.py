@@ -180,7 +180,7 @@ class Workctl:
     @_store_errors
     def heartbeat(self, item_id: str, *, agent: str | None = None, ttl: int | None = None,
                   lease_token: str | None = None) -> dict[str, Any]:
-        _names(item_id=item_id, agent=agent, lease_token=lease_token)
+        _names(item_id=item_id, agent=agent, lease_token=lease_token or None)  # none: lease_token_required
         return leases.heartbeat(self.session, item_id, agent=agent or default_agent(), ttl=ttl, token=lease_token)
 
     @_store_errors
@@ -189,7 +189,7 @@ class Workctl:
                 failed_users: list[dict[str, Any]] | None = None) -> dict[str, Any]:
         """Give a lease back. ``error`` counts the attempt, unless ``unavailable`` names the source that
         could not be reached (an outage is not the item's fault); ``failed_users`` go to the failure ledger."""
-        _names(item_id=item_id, agent=agent, lease_token=lease_token)
+        _names(item_id=item_id, agent=agent, lease_token=lease_token or None)  # none: lease_token_required
         checked_text(error, "the error")
         result = leases.release(self.session, item_id, agent=agent or default_agent(), error=error,
                                 token=lease_token, unavailable=unavailable, failed_users=failed_users)
@@ -204,7 +204,7 @@ class Workctl:
         """Submit a leased item's result. With ``next`` (or ``next_order``/``next_type``), also lease the next
         item in the same transaction — one commit per item for an agent working through a queue — and
         return it as ``"next"`` (None when there is no work)."""
-        _names(item_id=item_id, agent=agent, lease_token=lease_token, idempotency_key=idempotency_key)
+        _names(item_id=item_id, agent=agent, lease_token=lease_token or None, idempotency_key=idempotency_key)
         then = Next(order_id=next_order, type_name=next_type, ttl=ttl) if next or next_order or next_type else None
         return submit(self.session, item_id, result, agent=agent or default_agent(), token=lease_token,
                       idempotency_key=idempotency_key, then=then)
