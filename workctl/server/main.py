@@ -65,5 +65,4 @@ def listen(host: str, port: int) -> socket.socket:
         return socket.create_server((host, port), family=family, backlog=2048)
     except (OSError, UnicodeError, ValueError) as exc:
         reason = getattr(exc, "strerror", None) or str(exc)
-        raise Usage(f"cannot listen on {host[:80]}:{port}: {reason}; choose another --host or --port",
-                    code="cannot_listen") from None
+        raise Usage(f"cannot listen on {host[:80]}:{port}: {reason}; choose another --host or --port") from None
