@@ -50,3 +50,10 @@ def checked_text(value: str | None, name: str) -> str | None:
 
 def _shown(value: str) -> str:
     return "an empty string" if not value else f"{len(value)} characters starting {value[:20]!r}"
+
+
+def clean_text(value: str) -> str:
+    """Text workctl composes from what others sent (a command's stderr, a source's error) made fit for
+    ``checked_text``: control characters other than newline and tab replaced, cut at MAX_TEXT_CHARS."""
+    kept = "".join(c if c in "\n\t" or c.isprintable() else "\ufffd" for c in value[:MAX_TEXT_CHARS])
+    return kept or "(no message)"
