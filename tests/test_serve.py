@@ -332,3 +332,16 @@ def test_serve_refuses_a_port_in_use_with_exit_8_not_1(tmp_path: Path) -> None:
     for bad in ("0", "65536", "http", ""):
         out = run(db, "serve", "--port", bad)
         assert out.exit_code == 2, (bad, out.stderr)
+
+
+def test_the_listening_socket_says_tcp_so_responses_are_not_held_by_nagle() -> None:
+    """asyncio turns Nagle off (TCP_NODELAY) on accepted connections only for a socket whose proto is
+    IPPROTO_TCP; with proto 0 every response waited ~40 ms for a delayed ACK (measured: 44 ms vs 2.3 ms
+    median for GET /openapi.json)."""
+    from workctl.server.main import listen
+
+    sock = listen("127.0.0.1", 0)
+    try:
+        assert sock.proto == socket.IPPROTO_TCP
+    finally:
+        sock.close()

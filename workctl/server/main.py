@@ -61,8 +61,19 @@ def listen(host: str, port: int) -> socket.socket:
     """The listening socket, bound here rather than by uvicorn: a port in use or a host that does not
     resolve is a usage error naming the address (exit 2), where uvicorn would log it and exit 1 or 3."""
     try:
-        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
-        return socket.create_server((host, port), family=family, backlog=2048)
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                                             proto=socket.IPPROTO_TCP)[0]
+        # proto must say TCP: asyncio sets TCP_NODELAY on accepted connections only when the socket's proto
+        # is IPPROTO_TCP, and without it every response waits ~40 ms for a delayed ACK (Nagle).
+        sock = socket.socket(family, kind, proto)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(address)
+            sock.listen(2048)
+        except BaseException:
+            sock.close()
+            raise
+        return sock
     except (OSError, UnicodeError, ValueError) as exc:
         reason = getattr(exc, "strerror", None) or str(exc)
         raise Usage(f"cannot listen on {host[:80]}:{port}: {reason}; choose another --host or --port") from None
