@@ -205,7 +205,7 @@ def test_field_map_names_and_values_from_the_config(tmp_path, monkeypatch):
     conn.close()
     email = columns.index("email")  # users_rows(db, "*") rows start with the id column again
     for uid, row in after.items():  # only the requested field moved
-        assert [c for c, (old, new) in enumerate(zip(users[uid], row)) if old != new] == [email]
+        assert [c for c, (old, new) in enumerate(zip(users[uid], row, strict=True)) if old != new] == [email]
 
 
 # -- mass assignment ---------------------------------------------------------------------------------------
