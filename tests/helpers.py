@@ -21,7 +21,7 @@ from collections import defaultdict
 from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 from typer.testing import CliRunner
 
@@ -54,6 +54,21 @@ def run_process(db: Path | str, *args: str, env: dict[str, str] | None = None, i
     proc = subprocess.run([sys.executable, "-m", "workctl", "--db", str(db), *args], capture_output=True,
                           text=True, env=full_env, input=input, timeout=120)
     return Ran(proc.returncode, proc.stdout, proc.stderr)
+
+
+def build_pinned(folder: Path, build: Callable[[Path], Any]) -> Any:
+    """``build(folder)`` with time pinned to NOW, no plugins, nothing from the environment and ``folder``
+    as the working directory: how module-scoped template stores are made (the per-test fixtures of
+    conftest.py do not reach a module-scoped fixture)."""
+    import pytest
+
+    with pytest.MonkeyPatch.context() as mp:
+        for name in ("WORKCTL_DB", "WORKCTL_CONFIG", "WORKCTL_TARGET_DB", "WORKCTL_AGENT_ID", "WORKCTL_LEASE_TOKEN"):
+            mp.delenv(name, raising=False)
+        mp.setenv("WORKCTL_LOAD_PLUGINS", "0")
+        mp.setenv("WORKCTL_NOW", NOW)
+        mp.chdir(folder)
+        return build(folder)
 
 
 def child_env(**extra: str) -> dict[str, str]:

@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 
 import workctl.cli.jsoninput
-from helpers import NOW, figure, file_snapshot, make_users, newer_store, result_for_users, run, run_process
+from helpers import NOW, build_pinned, figure, file_snapshot, make_users, newer_store, result_for_users, run, run_process
 
 SYNC = {"source": "crm", "user_ids": list(range(1, 101)), "fields": ["email", "phone", "company"]}
 FUTURE = "2099-01-01T00:00:00Z"
@@ -87,14 +87,7 @@ def build_world(folder: Path) -> dict:
 @pytest.fixture(scope="module")
 def world_template(tmp_path_factory):
     folder = tmp_path_factory.mktemp("world-template")
-    with pytest.MonkeyPatch.context() as mp:
-        for name in ("WORKCTL_DB", "WORKCTL_CONFIG", "WORKCTL_TARGET_DB", "WORKCTL_AGENT_ID", "WORKCTL_LEASE_TOKEN"):
-            mp.delenv(name, raising=False)
-        mp.setenv("WORKCTL_LOAD_PLUGINS", "0")
-        mp.setenv("WORKCTL_NOW", NOW)
-        mp.chdir(folder)
-        ids = build_world(folder)
-    return folder / "w.db", ids
+    return folder / "w.db", build_pinned(folder, build_world)
 
 
 @pytest.fixture()

@@ -27,6 +27,7 @@ SCRIPTS = {
     "memory_bench.py": ["--propose-sizes", "1000,2000", "--sync-sizes", "100"],
     "watermarks_bench.py": ["--users", "300", "--runs", "1"],
     "read_paths_bench.py": ["--items", "200", "--events", "400", "--scale", "4"],
+    "serve_bench.py": ["--items", "6", "--cli-items", "4", "--runs", "1"],
 }
 # What each script's JSON must carry (its figure, against its baseline).
 KEYS = {
@@ -40,6 +41,7 @@ KEYS = {
     "memory_bench.py": ("propose", "sync", "propose_marginal_bytes_per_id"),
     "watermarks_bench.py": ("ratio", "median_s", "bytes_per_user"),
     "read_paths_bench.py": ("sizes", "operations", "maintain"),
+    "serve_bench.py": ("cycles_per_s", "summary"),
 }
 
 

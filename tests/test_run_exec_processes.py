@@ -100,3 +100,16 @@ def test_a_lost_lease_stops_the_command(tmp_path):
     assert time.monotonic() - started < 15
     assert out.exit_code == 7 and out.json["items"]["lost"] == 1
     assert query(db, "SELECT state, leased_by FROM items") == [("leased", "other")]
+
+
+def test_a_command_writing_escape_codes_and_a_flood_to_stderr_is_released_with_a_clean_error(tmp_path):
+    """The error recorded for a failed command is composed from its stderr: escape sequences and 50,000
+    characters must not make the release itself refused (which would leave the item leased)."""
+    db = tmp_path / "w.db"
+    order_id = propose(db)
+    out = run(db, "run", order_id, "--exec", r"printf '\033[2J\033[31mred\007'; head -c 50000 /dev/zero | tr '\0' x >&2;"
+              r" printf '\033[2J' >&2; exit 3", "--json", env={"WORKCTL_NOW": "2026-03-01T00:00:00Z"})
+    assert out.exit_code == 7, out.stderr
+    error = query(db, "SELECT error FROM item_results WHERE error IS NOT NULL")[0][0]
+    assert "\x1b" not in error and len(error) <= 10_000, error[:200]
+    assert query(db, "SELECT state FROM items") == [("queued",)]

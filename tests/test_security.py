@@ -524,3 +524,45 @@ def test_webhook_signatures_verify_and_tampering_does_not(tmp_path, monkeypatch)
     assert secret not in "\n".join(conn.iterdump())
     conn.close()
     figure("R6-webhooks", delivered=len(received), verified=True)
+
+
+@pytest.mark.parametrize("content", [b"1 2 3 password=hunter2-SECRET\n", b"\xff\xfehunter2-SECRET",
+                                     b"1,2,hunter2-SECRET," + b"9" * 40])
+def test_users_from_a_file_never_echo_the_files_content(tmp_path, monkeypatch, content):
+    """`sync --users @file` on a file that is not an id list: exit 5 naming the file and where, never what
+    it holds (it may be any file: a .env, a key)."""
+    db = tmp_path / "w.db"
+    make_users(db, 5)
+    assert run(db, "init").exit_code == 0
+    ids = tmp_path / "ids.txt"
+    ids.write_bytes(content)
+    monkeypatch.setenv("WORKCTL_SOURCE_CRM_URL", "http://127.0.0.1:9/crm")
+    before = file_snapshot(db)
+    out = run(db, "sync", "--source", "crm", "--users", f"@{ids}", "--json")
+    assert out.exit_code == 5, out.stderr
+    assert "ids.txt" in out.stderr and out.json["error"]["code"] in ("invalid_users", "invalid_json")
+    assert "hunter2" not in out.stdout + out.stderr and "9" * 40 not in out.stdout + out.stderr
+    assert file_snapshot(db) == before
+
+
+def test_the_lease_token_of_run_exec_is_never_on_a_command_line(tmp_path):
+    """`run --exec` hands the lease token to its command in WORKCTL_LEASE_TOKEN (the documented path,
+    CLI.md: "prefer the variable: it does not show in ps"), never as an argument: while the command runs,
+    no process's command line (what `ps` shows) holds it."""
+    import subprocess
+    import sys
+
+    db = tmp_path / "w.db"
+    assert run(db, "propose", "task.batch", "--payload", '{"tasks": [1]}').exit_code == 0
+    seen, argv_dump = tmp_path / "token.txt", tmp_path / "cmdlines.bin"
+    script = (f'printf %s "$WORKCTL_LEASE_TOKEN" > {seen}; cat /proc/[0-9]*/cmdline > {argv_dump} 2>/dev/null; '
+              "echo '{}'")
+    env = {**os.environ, "WORKCTL_LOAD_PLUGINS": "0"}
+    env.pop("WORKCTL_LEASE_TOKEN", None)
+    done = subprocess.run([sys.executable, "-m", "workctl", "--db", str(db), "run", "--exec", script, "--json"],
+                          capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr
+    token = seen.read_text()
+    assert len(token) >= 16
+    assert token.encode() not in argv_dump.read_bytes()
+    assert b"workctl" in argv_dump.read_bytes()  # the dump did see the running processes, run included

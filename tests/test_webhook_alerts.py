@@ -222,6 +222,15 @@ def test_ctrl_c_while_sending_leaves_the_rest_in_the_outbox_and_exits_0(tmp_path
         while not receiver.deliveries:  # the apply committed and the first delivery is in flight
             assert time.monotonic() < deadline and proc.poll() is None
             time.sleep(0.05)
+        # The row in flight is claimed for longer than its deadline (20 s): no other sender may take it
+        # before this attempt has certainly ended (issue 12: two senders never send the same row at once).
+        from datetime import datetime, timezone
+
+        from workctl.clock import parse
+
+        claimed_until = parse(query(db, "SELECT max(next_attempt_at) FROM outbox WHERE state = 'pending' "
+                                        "AND next_attempt_at != ''")[0][0])
+        assert (claimed_until - datetime.now(timezone.utc)).total_seconds() > 20
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=30)
     assert proc.returncode == 0, err

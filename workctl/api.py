@@ -28,7 +28,8 @@ from .core import queries
 from .core.lifecycle import Actor
 from .core.session import Session
 from .errors import ExitCode, Invalid, WorkctlError
-from .store import default_location, is_url, open_store
+from .limits import INT64_MAX, INT64_MIN, bounded_int, checked_name, checked_text
+from .store import checked_location, is_url, open_store
 
 __all__ = ["Workctl", "default_agent"]
 
@@ -101,6 +102,12 @@ def effective_config(*, db: str | None = None, db_origin: str = "default", confi
     return report(db=db, db_origin=db_origin, config=config, config_origin=config_origin)
 
 
+def _names(**values: str | None) -> None:
+    """Every identifier a call takes from outside, checked before anything is read or written."""
+    for what, value in values.items():
+        checked_name(value, f"the {what.replace('_', ' ')}")
+
+
 class Workctl:
     """The library facade. Only operations that create work (``init``, ``propose``, and ``sync`` when it
     proposes) create a missing SQLite store; everything else raises ``store_missing`` (exit 8) and
@@ -109,7 +116,7 @@ class Workctl:
 
     def __init__(self, db: str | os.PathLike[str] | None = None, *, config: Config | None = None,
                  clock: Clock | None = None, user: str | None = None, create: bool = False):
-        self.db_path = str(db or default_location())
+        self.db_path = checked_location(db)
         self.config = config if config is not None else load_config()
         self.clock = clock or clock_from_env()
         self.user = user or os.environ.get("USER") or "operator"
@@ -199,6 +206,7 @@ class Workctl:
         """Propose an order; with ``resume``, return the open order of the same scope instead if there is one
         (``"resumed": true``)."""
         from .core.propose import propose
+        checked_name(idempotency_key, "the idempotency key")
         self._open(create=True)  # proposing creates work, so it may create the store
         return propose(self.session, type_name, payload, priority=priority, actor=self._operator(),
                        idempotency_key=idempotency_key, resume=resume)
@@ -208,6 +216,7 @@ class Workctl:
                  ttl: int | None = None) -> dict[str, Any]:
         from .core import leases  # the agent operations' modules: loaded by the agent commands only
 
+        _names(order_id=order_id, agent=agent, type=type_name)
         return leases.checkout(self.session, agent=agent or default_agent(), order_id=order_id,
                                type_name=type_name, ttl=ttl)
 
@@ -216,6 +225,7 @@ class Workctl:
                   lease_token: str | None = None) -> dict[str, Any]:
         from .core import leases
 
+        _names(item_id=item_id, agent=agent, lease_token=lease_token or None)  # none: lease_token_required
         return leases.heartbeat(self.session, item_id, agent=agent or default_agent(), ttl=ttl, token=lease_token)
 
     @_store_errors
@@ -226,6 +236,8 @@ class Workctl:
         could not be reached (an outage is not the item's fault); ``failed_users`` go to the failure ledger."""
         from .core import leases
 
+        _names(item_id=item_id, agent=agent, lease_token=lease_token or None)  # none: lease_token_required
+        checked_text(error, "the error")
         result = leases.release(self.session, item_id, agent=agent or default_agent(), error=error,
                                 token=lease_token, unavailable=unavailable, failed_users=failed_users)
         if result["order"]["state"] in ("failed", "dead_lettered"):  # rare: the order.failed alert goes out now
@@ -241,6 +253,7 @@ class Workctl:
         return it as ``"next"`` (None when there is no work)."""
         from .core.submit import Next, submit
 
+        _names(item_id=item_id, agent=agent, lease_token=lease_token or None, idempotency_key=idempotency_key)
         then = Next(order_id=next_order, type_name=next_type, ttl=ttl) if next or next_order or next_type else None
         return submit(self.session, item_id, result, agent=agent or default_agent(), token=lease_token,
                       idempotency_key=idempotency_key, then=then)
@@ -252,6 +265,7 @@ class Workctl:
         committed, before any webhook is sent (the CLI prints the result there); the deliveries that follow
         never change the outcome."""
         from .core.approve import approve
+        _names(order_id=order_id, idempotency_key=idempotency_key)
         response = approve(self.session, order_id, actor=self._operator(), dry_run=dry_run,
                            idempotency_key=idempotency_key)
         if dry_run:
@@ -278,6 +292,8 @@ class Workctl:
     def reject(self, order_id: str, *, reason: str, requeue: bool = False,
                idempotency_key: str | None = None) -> dict[str, Any]:
         from .core.reject import reject
+        _names(order_id=order_id, idempotency_key=idempotency_key)
+        checked_text(reason, "the reason")
         return reject(self.session, order_id, reason=reason, requeue=requeue, actor=self._operator(),
                       idempotency_key=idempotency_key)
 
@@ -285,6 +301,8 @@ class Workctl:
     def cancel(self, order_id: str, *, reason: str | None = None) -> dict[str, Any]:
         """Withdraw an order that was not applied: it and its open items become ``cancelled``."""
         from .core.cancel import cancel
+        _names(order_id=order_id)
+        checked_text(reason, "the reason")
         result = cancel(self.session, order_id, reason=reason, actor=self._operator())
         return self._after_commit(result, order_id=order_id)
 
@@ -297,6 +315,7 @@ class Workctl:
     @_store_errors
     def retry(self, item_id: str | None = None, *, order_id: str | None = None) -> dict[str, Any]:
         from .core.retry import retry
+        _names(item_id=item_id, order_id=order_id)
         return retry(self.session, item_id=item_id, order_id=order_id, actor=self._operator())
 
     @_store_errors
@@ -324,6 +343,7 @@ class Workctl:
         from .sources.config import KNOWN_SOURCES, configured_sources
         from .types.user_data_sync.ledger import failures_page
 
+        _names(order_id=order_id)
         conn = self.session.conn
         if source is not None:
             seen = [r[0] for r in conn.execute("SELECT DISTINCT source FROM sync_failures")]
@@ -410,6 +430,7 @@ class Workctl:
     def status(self, order_id: str | None = None, *, limit: int | None = 100) -> dict[str, Any]:
         """Counts per state (from the orders' counters: O(orders)); or one order with a page of ``limit``
         items (``items_more`` says how many follow), its counters, progress and ETA."""
+        _names(order_id=order_id)
         if order_id:
             return queries.order_status(self.session, order_id, limit=limit)
         return queries.status(self.session)
@@ -522,6 +543,7 @@ class Workctl:
         from .core.ids import resolve_prefix
         if options.order_id:
             options = replace(options, order_id=resolve_prefix(self.session.conn, "orders", options.order_id))
+        checked_text(getattr(options, "command", None), "the --exec command")
         runner = Runner(self, options, listener=listener).run()
         return self._finish_run("run", runner.to_dict(), runner.error)
 
@@ -564,6 +586,8 @@ class Workctl:
     def why(self, user_id: int, field: str | None = None) -> dict[str, Any]:
         """The recorded history of a user's fields (every value, when, by which order/source/agent)."""
         from .types.user_data_sync.provenance import history
+        bounded_int(user_id, "the user id", INT64_MIN, INT64_MAX)
+        _names(field=field)
         return history(self.session, user_id, field)
 
     def sensitive_fields(self, type_name: str = "user.data.sync") -> frozenset[str]:

@@ -38,14 +38,22 @@ class ManualClock:
         self.now = self.now + timedelta(seconds=seconds)
 
 
+PINNED_YEARS = (1970, 9000)
+
+
 def clock_from_env() -> Clock:
     """``WORKCTL_NOW`` pins the time (like faketime), so process-level tests need no sleeps."""
     pinned = os.environ.get("WORKCTL_NOW")
     if pinned:
         try:
-            return fixed_clock(parse(pinned))
+            moment = parse(pinned)
+            # Leases, retention and backoffs add up to a century to "now": a year outside this range would
+            # overflow a date deep inside an operation instead of being refused here.
+            if not PINNED_YEARS[0] <= moment.year <= PINNED_YEARS[1]:
+                raise ValueError(moment.year)
+            return fixed_clock(moment)
         except (ValueError, OverflowError):
-            raise Usage(f"WORKCTL_NOW={pinned[:40]!r} is not an ISO-8601 time (e.g. 2026-01-01T00:00:00Z); "
+            raise Usage(f"WORKCTL_NOW={pinned[:40]!r} is not an ISO-8601 time from 1970 to 9000 (e.g. 2026-01-01T00:00:00Z); "
                         "unset it to use the real clock") from None
     return system_clock
 

@@ -34,12 +34,14 @@ used (``sources.config``, ``core.outbox``); ``[types."<type>"]`` belongs to each
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .errors import Invalid
+from .limits import MAX_DAYS, MAX_SECONDS, MAX_TTL_SECONDS
 
 DEFAULT_CONFIG = "workctl.toml"
 
@@ -60,6 +62,14 @@ KNOWN_KEYS: dict[str, frozenset[str] | None] = {
     "types": None,      # one table per order type, read by the type
     "sources": None,    # one table per source, checked by workctl.sources.config
     "webhooks": None,   # an array of tables, checked by workctl.core.outbox
+}
+
+
+# The largest value of each numeric key (the smallest is given where it is read).
+NUMBER_RANGES: dict[str, float] = {
+    "ttl_seconds": MAX_TTL_SECONDS, "heartbeat_every_seconds": MAX_TTL_SECONDS,
+    "retry_backoff_seconds": MAX_SECONDS, "retry_backoff_cap_seconds": MAX_SECONDS,
+    "idempotency_days": MAX_DAYS, "event_days": MAX_DAYS, "dead_letter_after_seconds": MAX_SECONDS,
 }
 
 
@@ -144,9 +154,13 @@ def load_config(path: str | os.PathLike[str] | None = None) -> Config:
 
     def number(section: str, key: str, default: float, minimum: float = 0) -> Any:
         value = raw.get(section, {}).get(key, default)
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < minimum:
-            raise Invalid(f"config {candidate}: [{section}] {key} must be a number >= {minimum}",
-                          code="config_invalid")
+        # TOML has inf and nan (nan passes every comparison) and 1e300: each would overflow a date or an
+        # integer deep inside an operation, so every key has a finite range.
+        maximum = NUMBER_RANGES[key]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+                or not minimum <= value <= maximum:
+            raise Invalid(f"config {candidate}: [{section}] {key} must be a number from {minimum} to {maximum}, "
+                          f"not {str(value)[:40]}", code="config_invalid")
         return value
 
     target = raw.get("target", {}).get("db")

@@ -42,10 +42,12 @@ def run_demo(db_path: str | None = None, *, config_path: str | None = None, list
     from .api import Workctl
     from .config import load_config
     from .sources.sample_server import SampleServer
+    from .store import checked_location
     from .agents.sync import SyncOptions
 
     if db_path is None:
         db_path = str(Path(tempfile.mkdtemp(prefix="workctl-demo-")) / "demo.db")
+    db_path = checked_location(db_path)
     added = seed_users(db_path, users)
     base = load_config(config_path)
     with SampleServer() as server:

@@ -26,6 +26,7 @@ from typing import IO, Any, Protocol
 
 from ..config import default_agent
 from ..errors import Conflict, Invalid, NoWork, RemoteError, WorkctlError
+from ..limits import clean_text
 from .heartbeat import Held
 from .loop import AgentLoop, Handle, Listener
 
@@ -195,7 +196,7 @@ class Runner(AgentLoop):
                             self.approved.append(item["order_id"])
                 return None
         try:
-            released = wc.release(item["id"], agent=agent, error=problem, lease_token=item["lease_token"])
+            released = wc.release(item["id"], agent=agent, error=clean_text(problem), lease_token=item["lease_token"])
         except Conflict as exc:
             return self.gone(item, exc)
         with self.tally.lock:

@@ -18,7 +18,7 @@ from typing import Any, Callable, Protocol
 from ..clock import iso
 from ..config import default_agent
 from ..errors import Conflict, Invalid, NoWork, RemoteError, Usage, WorkctlError
-from ..limits import INT64_MAX
+from ..limits import INT64_MAX, clean_text
 from ..sources.client import TRANSPORT_CLASSES, SourceClient, UserOutcome
 from ..sources.config import SourceConfig, load_source
 from ..types.user_data_sync.delta import fetch_since
@@ -301,8 +301,8 @@ class Syncer(AgentLoop):
         """The source could not be reached for the whole batch: give it back without spending an attempt."""
         self._record_failures(item, failed)
         try:
-            wc.release(item["id"], agent=agent, lease_token=item["lease_token"], error=f"source {source} unavailable: "
-                       f"{why}", unavailable=source, failed_users=ledger or None)
+            wc.release(item["id"], agent=agent, lease_token=item["lease_token"], error=clean_text(f"source {source} "
+                       f"unavailable: {why}"), unavailable=source, failed_users=ledger or None)
         except Conflict as exc:
             self.gone(item, exc)
             return
@@ -327,7 +327,7 @@ class Syncer(AgentLoop):
         users go to the failure ledger with their class."""
         self._record_failures(item, failed)
         why = "; ".join(f"{d['path']}: {d['message']}" for d in exc.details[:3] if "path" in d) or exc.message
-        released = wc.release(item["id"], agent=agent, lease_token=item["lease_token"], error=why,
+        released = wc.release(item["id"], agent=agent, lease_token=item["lease_token"], error=clean_text(why),
                               failed_users=ledger or None)
         with self.tally.lock:
             self.tally.released += 1

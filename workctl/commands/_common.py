@@ -93,3 +93,17 @@ def boundary(fn: F) -> F:
             raise typer.Exit(render.failure_exit_code(exc, as_json=as_json)) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def finite(value: float | None) -> float | None:
+    """A float option's callback: Click's FloatRange lets NaN through (every comparison with it is
+    false), and inf would overflow a sleep or a deadline; both are usage errors (exit 2)."""
+    import math
+
+    if value is not None and not math.isfinite(value):
+        raise typer.BadParameter(f"{value} is not a finite number")
+    return value
+
+
+MAX_PARALLEL = 1024          # threads or processes at once: more is a typo, not a plan
+MAX_WAIT_SECONDS = 86_400    # polling intervals and command timeouts

@@ -8,6 +8,7 @@ import typer
 
 from ..cli import render
 from ..types.user_data_sync.masking import Masker
+from ..limits import MAX_LIST_LIMIT
 from ._common import Json, boundary, open_workctl
 from .approve import render_diff
 
@@ -16,7 +17,7 @@ from .approve import render_diff
 def diff(
     ctx: typer.Context,
     order_id: Annotated[str, typer.Argument(help="A submitted order (preview) or a completed one (what it did).")],
-    limit: Annotated[int, typer.Option("--limit", min=0, help="Changes to list (0 = all).")] = 0,
+    limit: Annotated[int, typer.Option("--limit", min=0, max=MAX_LIST_LIMIT, help="Changes to list (0 = all).")] = 0,
     json_: Json = False,
 ) -> None:
     """Show the exact field-level changes approve would make (old -> new per user and field)."""

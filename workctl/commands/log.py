@@ -9,7 +9,7 @@ import typer
 
 from ..cli import render
 from ..limits import MAX_LIST_LIMIT
-from ._common import Json, Nl, boundary, open_workctl
+from ._common import MAX_WAIT_SECONDS, Json, Nl, boundary, finite, open_workctl
 
 
 @boundary
@@ -20,7 +20,7 @@ def log(
     limit: Annotated[int | None, typer.Option("--limit", min=1, max=MAX_LIST_LIMIT,
                                               help="At most this many events (the oldest); says how many more.")] = None,
     follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new events until Ctrl-C.")] = False,
-    interval: Annotated[float, typer.Option("--interval", min=0.1, help="Seconds between --follow polls.")] = 1.0,
+    interval: Annotated[float, typer.Option("--interval", min=0.1, max=MAX_WAIT_SECONDS, callback=finite, help="Seconds between --follow polls.")] = 1.0,
     json_: Json = False,
     nl: Nl = False,
 ) -> None:

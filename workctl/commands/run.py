@@ -8,7 +8,8 @@ import typer
 
 from ..cli import render
 from ..errors import run_error
-from ._common import Agent, Json, Quiet, Ttl, Verbose, boundary, open_workctl
+from ..limits import INT64_MAX
+from ._common import MAX_PARALLEL, MAX_WAIT_SECONDS, Agent, Json, Quiet, Ttl, Verbose, boundary, finite, open_workctl
 
 
 @boundary
@@ -17,13 +18,13 @@ def run(
     order_id: Annotated[str | None, typer.Argument(help="Only items of this order.")] = None,
     exec_: Annotated[str, typer.Option("--exec", help="Shell command: item JSON on stdin, result JSON on stdout.")] = "",
     type_name: Annotated[str | None, typer.Option("--type", help="Only items of orders of this type.")] = None,
-    workers: Annotated[int | None, typer.Option("--workers", "-w", min=1, show_default=False,
+    workers: Annotated[int | None, typer.Option("--workers", "-w", min=1, max=MAX_PARALLEL, show_default=False,
                                                 help="Commands running at once (default 1).")] = None,
-    parallel: Annotated[int | None, typer.Option("--parallel", min=1, hidden=True,
+    parallel: Annotated[int | None, typer.Option("--parallel", min=1, max=MAX_PARALLEL, hidden=True,
                                                  help="The old name of --workers.")] = None,
     agent: Agent = None,
-    max_items: Annotated[int | None, typer.Option("--max-items", min=1, help="Stop after this many items.")] = None,
-    timeout: Annotated[float | None, typer.Option("--timeout", min=0.1, help="Kill a command after this many seconds.")] = None,
+    max_items: Annotated[int | None, typer.Option("--max-items", min=1, max=INT64_MAX, help="Stop after this many items.")] = None,
+    timeout: Annotated[float | None, typer.Option("--timeout", min=0.1, max=MAX_WAIT_SECONDS, callback=finite, help="Kill a command after this many seconds.")] = None,
     approve: Annotated[bool, typer.Option("--approve", help="Approve each order once all its items are submitted, if the approve rules of the config let it.")] = False,
     ttl: Ttl = None,
     quiet: Quiet = False,

@@ -7,7 +7,8 @@ from typing import Annotated
 import typer
 
 from ..cli import render
-from ._common import Globals, Json, boundary, example_epilog
+from ..limits import INT64_MAX
+from ._common import MAX_WAIT_SECONDS, Globals, Json, boundary, example_epilog, finite
 
 app = typer.Typer(help="External sources: list, check, and the built-in sample server.", no_args_is_help=True)
 
@@ -72,15 +73,15 @@ def serve_sample(
     host: Annotated[str, typer.Option("--host", help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", min=0, max=65535, help="Port (0 picks a free one).")] = 8765,
     token: Annotated[str | None, typer.Option("--token-env", help="Require Bearer auth with the token in this env var.")] = None,
-    fail_rate: Annotated[float, typer.Option("--fail-rate", min=0, max=1, help="Share of requests answered 500.")] = 0.0,
+    fail_rate: Annotated[float, typer.Option("--fail-rate", min=0, max=1, callback=finite, help="Share of requests answered 500.")] = 0.0,
     fail_first: Annotated[int, typer.Option("--fail-first", min=0, help="Answer the first N requests 503.")] = 0,
-    rate_limit: Annotated[float, typer.Option("--rate-limit", min=0, help="Requests/s before 429 + Retry-After.")] = 0.0,
+    rate_limit: Annotated[float, typer.Option("--rate-limit", min=0, max=1e9, callback=finite, help="Requests/s before 429 + Retry-After.")] = 0.0,
     retry_after: Annotated[str, typer.Option("--retry-after", help="Retry-After value sent with 429.")] = "1",
-    latency: Annotated[float, typer.Option("--latency", min=0, help="Seconds added to every response.")] = 0.0,
-    malformed_rate: Annotated[float, typer.Option("--malformed-rate", min=0, max=1, help="Share of truncated JSON bodies.")] = 0.0,
-    drop_rate: Annotated[float, typer.Option("--drop-rate", min=0, max=1, help="Share of connections dropped.")] = 0.0,
+    latency: Annotated[float, typer.Option("--latency", min=0, max=MAX_WAIT_SECONDS, callback=finite, help="Seconds added to every response.")] = 0.0,
+    malformed_rate: Annotated[float, typer.Option("--malformed-rate", min=0, max=1, callback=finite, help="Share of truncated JSON bodies.")] = 0.0,
+    drop_rate: Annotated[float, typer.Option("--drop-rate", min=0, max=1, callback=finite, help="Share of connections dropped.")] = 0.0,
     missing: Annotated[str, typer.Option("--missing", help="Comma-separated user ids that do not exist (404).")] = "",
-    max_user_id: Annotated[int, typer.Option("--max-user-id", min=1, help="Ids above this do not exist.")] = 10_000_000,
+    max_user_id: Annotated[int, typer.Option("--max-user-id", min=1, max=INT64_MAX, help="Ids above this do not exist.")] = 10_000_000,
 ) -> None:
     """Serve crm, analytics and billing sample data with fault injection, until Ctrl-C."""
     import os

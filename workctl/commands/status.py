@@ -9,7 +9,7 @@ import typer
 
 from ..cli import render
 from ..limits import MAX_LIST_LIMIT
-from ._common import Json, boundary, open_workctl
+from ._common import MAX_WAIT_SECONDS, Json, boundary, finite, open_workctl
 
 
 @boundary
@@ -17,7 +17,7 @@ def status(
     ctx: typer.Context,
     order_id: Annotated[str | None, typer.Argument(help="One order in detail.")] = None,
     watch: Annotated[bool, typer.Option("--watch", help="Refresh a live view until Ctrl-C.")] = False,
-    interval: Annotated[float, typer.Option("--interval", min=0.2, help="Seconds between --watch refreshes.")] = 2.0,
+    interval: Annotated[float, typer.Option("--interval", min=0.2, max=MAX_WAIT_SECONDS, callback=finite, help="Seconds between --watch refreshes.")] = 2.0,
     limit: Annotated[int, typer.Option("--limit", min=1, max=MAX_LIST_LIMIT,
                                        help="With ORDER_ID: at most this many items (by #); says how many more.")] = 100,
     json_: Json = False,

@@ -11,7 +11,8 @@ import typer
 
 from ..cli import render
 from ..errors import run_error
-from ._common import Agent, Json, Quiet, Ttl, Verbose, boundary, open_workctl
+from ..limits import INT64_MAX
+from ._common import MAX_PARALLEL, Agent, Json, Quiet, Ttl, Verbose, boundary, open_workctl
 from .approve import render_diff
 
 
@@ -28,9 +29,9 @@ def sync(
     new: Annotated[bool, typer.Option("--new", help="With --source: propose a new order even if an open one of the same source, users and fields exists.")] = False,
     retry_failed: Annotated[str | None, typer.Option("--retry-failed", metavar="ORDER_ID", help="Propose and sync a new order for exactly the failed users of ORDER_ID.")] = None,
     agent: Agent = None,
-    concurrency: Annotated[int | None, typer.Option("--concurrency", min=1, help="Parallel requests per source.")] = None,
-    workers: Annotated[int | None, typer.Option("--workers", min=1, help="Batches in flight (default: the source's concurrency).")] = None,
-    max_items: Annotated[int | None, typer.Option("--max-items", min=1, help="Stop after this many batches.")] = None,
+    concurrency: Annotated[int | None, typer.Option("--concurrency", min=1, max=MAX_PARALLEL, help="Parallel requests per source.")] = None,
+    workers: Annotated[int | None, typer.Option("--workers", min=1, max=MAX_PARALLEL, help="Batches in flight (default: the source's concurrency).")] = None,
+    max_items: Annotated[int | None, typer.Option("--max-items", min=1, max=INT64_MAX, help="Stop after this many batches.")] = None,
     approve: Annotated[bool, typer.Option("--approve", help="Approve each order once all its items are submitted, if the approve rules of the config let it.")] = False,
     ttl: Ttl = None,
     quiet: Quiet = False,

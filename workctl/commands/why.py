@@ -6,6 +6,7 @@ from typing import Annotated
 
 import typer
 
+from ..limits import INT64_MAX, INT64_MIN
 from ..cli import render
 from ..types.user_data_sync.masking import Masker
 from ._common import Json, boundary, open_workctl
@@ -14,7 +15,7 @@ from ._common import Json, boundary, open_workctl
 @boundary
 def why(
     ctx: typer.Context,
-    user_id: Annotated[int, typer.Argument(help="A local user id.")],
+    user_id: Annotated[int, typer.Argument(help="A local user id.", min=INT64_MIN, max=INT64_MAX)],
     field: Annotated[str | None, typer.Argument(help="Only this field.")] = None,
     json_: Json = False,
 ) -> None:

@@ -56,6 +56,8 @@ def create(s: Session, *, scope: str, name: str | None = None, expires: str | No
         raise Invalid(f"scope must be one of {', '.join(SCOPES)}, not {scope!r}", code="invalid")
     now = s.now()
     secret = PREFIX + base64.urlsafe_b64encode(os.urandom(32)).decode().rstrip("=")
+    if name == "":
+        raise Invalid("the token name is empty; give a name with --name or leave it out", code="invalid")
     name = name or f"{scope}-{secret[len(PREFIX):len(PREFIX) + 8].lower()}"
     if not _NAME.match(name):
         raise Invalid(f"token name {name!r} must be 1-64 letters, digits, '_', '.', '@' or '-'", code="invalid")

@@ -9,7 +9,6 @@ details}}`` with the HTTP status that matches their exit code; anything else is 
 from __future__ import annotations
 
 import contextlib
-import json
 import threading
 from typing import Any, AsyncIterator, Callable
 
@@ -20,7 +19,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from .. import strictjson
 from ..api import Workctl
+from ..limits import MAX_NAME_CHARS
 from ..clock import Clock
 from ..config import Config
 from ..errors import ExitCode, Forbidden, Invalid, NotFound, Unauthorized, Usage, WorkctlError
@@ -28,7 +29,7 @@ from .openapi import document
 from .routes import OPS, Call, Field, Op
 
 MAX_BODY_BYTES = 16 * 1024 * 1024     # a 1,000,000-id proposal is about 8 MB
-MAX_HEADER_CHARS = 200                # X-Agent-ID, X-Idempotency-Key, X-Lease-Token
+MAX_HEADER_CHARS = MAX_NAME_CHARS     # X-Agent-ID, X-Idempotency-Key, X-Lease-Token
 
 STATUS_BY_EXIT = {ExitCode.ERROR: 500, ExitCode.USAGE: 400, ExitCode.NO_WORK: 409, ExitCode.NOT_FOUND: 404,
                   ExitCode.INVALID: 422, ExitCode.CONFLICT: 409, ExitCode.REMOTE: 502, ExitCode.STORE: 503}
@@ -103,19 +104,14 @@ async def _body(request: Request, op: Op) -> dict[str, Any]:
         body: Any = {}
     else:
         try:
-            body = _parse_json(raw)
-        except ValueError as exc:
-            raise Invalid(f"the request body is not valid JSON: {exc}", code="invalid_json") from None
+            # The one strict reader (invariant 10): no NaN, integers within 64 bits, bounded depth, UTF-8.
+            body = strictjson.loads(raw, max_bytes=MAX_BODY_BYTES, what="the request body")
+        except strictjson.StrictJsonError as exc:
+            raise Invalid(f"the request body is not acceptable JSON: {exc.reason} at {exc.path}",
+                          code="invalid_json", details=[{"path": exc.path, "message": exc.reason}]) from None
     if not isinstance(body, dict):
         raise Invalid("the request body must be a JSON object", code="invalid_json")
     return _checked(body, op.body, where="body")
-
-
-def _parse_json(raw: bytes) -> Any:
-    def no_constant(name: str) -> Any:
-        raise ValueError(f"{name} is not JSON")
-
-    return json.loads(raw.decode("utf-8"), parse_constant=no_constant)
 
 
 def _query(request: Request, op: Op) -> dict[str, Any]:

@@ -7,14 +7,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
 
-from ..limits import MAX_TTL_SECONDS, PRIORITY_MAX, PRIORITY_MIN
+from ..limits import MAX_TEXT_CHARS, MAX_TTL_SECONDS, PRIORITY_MAX, PRIORITY_MIN
 
 if TYPE_CHECKING:
     from ..api import Workctl
 
 BASE = "/api/agent/work"
 MAX_LIMIT = 10_000             # GET /orders pages
-MAX_TEXT = 10_000              # reasons and error messages
+MAX_TEXT = MAX_TEXT_CHARS       # reasons and error messages
 
 
 @dataclass(frozen=True)
@@ -105,6 +105,10 @@ OPS: tuple[Op, ...] = (
        idempotency=True,
        body={"reason": Field("string", required=True, max_length=MAX_TEXT),
              "requeue": Field("boolean", description="Send the items back for rework (attempts kept).")}),
+    Op("cancel", "POST", "/orders/{order_id}/cancel", "operator",
+       "Withdraw an order that was not applied: it and its open items become cancelled.",
+       lambda wc, c: wc.cancel(c.params["order_id"], reason=c.body.get("reason")),
+       body={"reason": Field("string", max_length=MAX_TEXT, description="Why; kept in the audit trail.")}),
     Op("orders", "GET", "/orders", "operator", "List orders, newest first.",
        lambda wc, c: {"orders": wc.orders(state=c.query.get("state"), type_name=c.query.get("type"),
                                           limit=c.query.get("limit", 100))},

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from ..errors import Invalid
+from ..limits import MAX_SECONDS
 
 KNOWN_SOURCES = ("crm", "analytics", "billing")
 AUTH_KINDS = ("none", "bearer", "header", "query", "basic")
@@ -205,8 +206,7 @@ def load_source(name: str, raw: Mapping[str, Any]) -> SourceConfig:
     if not base_url:
         raise Invalid(f"source {name} is not configured: add [sources.{name}] with base_url to workctl.toml "
                       f"or set WORKCTL_SOURCE_{name.upper()}_URL", code="source_not_configured")
-    if not str(base_url).startswith(("http://", "https://")):
-        raise Invalid(f"source {name}: base_url must start with http:// or https://", code="source_invalid")
+    _check_url(name, str(base_url))
     if section.get("auth", "none") not in AUTH_KINDS:
         raise Invalid(f"source {name}: auth must be one of {', '.join(AUTH_KINDS)}", code="source_invalid")
     field_map = section.get("field_map", {})
@@ -219,20 +219,39 @@ def load_source(name: str, raw: Mapping[str, Any]) -> SourceConfig:
         config = SourceConfig(name=name, base_url=str(base_url).rstrip("/"), **section)
     except TypeError as exc:
         raise Invalid(f"source {name}: {exc}", code="source_invalid") from exc
-    for number in ("timeout", "rate_limit", "backoff_base", "backoff_cap", "retry_after_cap"):
-        value = getattr(config, number)
-        # TOML has inf and nan: an infinite timeout is no deadline, and nan passes every comparison.
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-            raise Invalid(f"source {name}: {number} must be a finite number >= 0", code="source_invalid")
-    if not config.timeout > 0:  # the timeout is each request's deadline: 0 would fail every request at once
-        raise Invalid(f"source {name}: timeout must be a number of seconds > 0", code="source_invalid")
-    for count in ("burst", "concurrency", "max_attempts"):
-        value = getattr(config, count)
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise Invalid(f"source {name}: {count} must be an integer >= 1", code="source_invalid")
+    _check_numbers(config)
     low, high = MAX_BODY_BYTES_RANGE
     body = config.max_body_bytes
     if isinstance(body, bool) or not isinstance(body, int) or not low <= body <= high:
         raise Invalid(f"source {name}: max_body_bytes must be an integer from {low} to {high} "
                       f"(default {DEFAULT_MAX_BODY_BYTES}, 32 MiB)", code="source_invalid")
     return config
+
+
+def _check_url(name: str, url: str) -> None:
+    if not url.isprintable() or any(c.isspace() for c in url):
+        raise Invalid(f"source {name}: base_url holds spaces or control characters; percent-encode them",
+                      code="source_invalid")
+    if not url.startswith(("http://", "https://")):
+        raise Invalid(f"source {name}: base_url must start with http:// or https://", code="source_invalid")
+
+
+MAX_COUNT = 1_000_000  # burst, concurrency and attempts: more is a typo (threads and retries are real costs)
+
+
+def _check_numbers(config: SourceConfig) -> None:
+    """Every number finite and within a range (TOML has inf and nan: an infinite timeout is no deadline,
+    nan passes every comparison, and 1e300 seconds overflows a deadline)."""
+    name = config.name
+    for number in ("timeout", "rate_limit", "backoff_base", "backoff_cap", "retry_after_cap"):
+        value = getattr(config, number)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+                or not 0 <= value <= MAX_SECONDS:
+            raise Invalid(f"source {name}: {number} must be a finite number from 0 to {MAX_SECONDS}",
+                          code="source_invalid")
+    if not config.timeout > 0:  # the timeout is each request's deadline: 0 would fail every request at once
+        raise Invalid(f"source {name}: timeout must be a number of seconds > 0", code="source_invalid")
+    for count in ("burst", "concurrency", "max_attempts"):
+        value = getattr(config, count)
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_COUNT:
+            raise Invalid(f"source {name}: {count} must be an integer from 1 to {MAX_COUNT}", code="source_invalid")

@@ -19,6 +19,20 @@ def default_location() -> str:
     return os.environ.get("WORKCTL_DB") or DEFAULT_DB
 
 
+def checked_location(db: str | os.PathLike[str] | None) -> str:
+    """The store location to open: ``db``, else the default; an empty one, or one holding a NUL byte (no
+    file system can name it), is a usage error rather than a ValueError deep inside."""
+    if db is None:
+        return default_location()
+    text = os.fspath(db)
+    if not text or "\x00" in text:
+        from ..errors import Usage
+
+        raise Usage(f"the store path {text[:80]!r} is not a file path (empty, or holds a NUL byte); "
+                    "give a file path or a postgresql:// URL with --db")
+    return text
+
+
 def is_url(location: str) -> bool:
     return location.startswith(("postgresql://", "postgres://"))
 

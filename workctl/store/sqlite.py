@@ -216,9 +216,15 @@ def connect(path: str | os.PathLike[str], *, create: bool,
             busy_timeout_ms: int = BUSY_TIMEOUT_MS) -> sqlite3.Connection:
     """Open (creating only when ``create``) and migrate the store; raise StoreError for anything we must
     refuse. Without ``create`` a missing file is ``store_missing`` and nothing (no -wal/-shm) is made."""
+    text = os.fspath(path)  # (an empty path or one holding NUL is refused by api.Workctl, as a usage error)
     db_path = Path(path)
-    real = Path(os.path.realpath(db_path))
-    if not real.exists():
+    try:
+        real = Path(os.path.realpath(db_path))
+        exists = real.exists()
+    except OSError as exc:  # e.g. a name longer than the file system allows
+        raise StoreError(f"the store path {text[:80]}… cannot be used: {exc.strerror or exc}",
+                         code="store_unavailable") from None
+    if not exists:
         if not create:
             raise store_missing(db_path)
         _create_private(real)
