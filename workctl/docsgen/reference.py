@@ -254,10 +254,11 @@ def _key_rows(described: dict[str, tuple[str, str]], settings: Any) -> list[str]
 
 
 def config_page() -> str:
-    from ..config import KNOWN_KEYS, ApproveRules, Config
+    from ..config import KNOWN_KEYS, NUMBER_RANGES, ApproveRules, Config
     from ..core.outbox import _KEYS as WEBHOOK_ACCEPTED
     from ..core.outbox import EVENTS, Webhook
     from ..sources.config import SourceConfig
+    from ..types.registry import get_type
     from ..types.storable import DEFAULT_MAX_CHARS
 
     accepted = {f"{table}.{key}" for table, keys in KNOWN_KEYS.items() if keys for key in keys}
@@ -296,9 +297,17 @@ def config_page() -> str:
         out += [f"## `[{table}]`\n", "| key | type | default | meaning |", "|---|---|---|---|"]
         for dotted in keys:
             kind, meaning = CONFIG_KEYS[dotted]
+            maximum = NUMBER_RANGES.get(dotted.split(".", 1)[1])
+            if maximum is not None:  # the range the loader enforces (finite, at most this)
+                kind += f", at most {maximum:,.0f}"
             out.append(f"| `{dotted.split('.', 1)[1]}` | {kind} | {default(dotted)} | {meaning} |")
         out.append("")
-    out += ['## `[types."user.data.sync"]`\n', "Read by the order type at propose and approve.\n",
+    read = get_type("user.data.sync").settings_keys or frozenset()
+    if set(TYPE_KEYS) != read:  # the page and the keys the type accepts must be the same list
+        raise SystemExit(f'docsgen: [types."user.data.sync"] keys described {sorted(TYPE_KEYS)} but the type '
+                         f"reads {sorted(read)}: update TYPE_KEYS in workctl/docsgen/reference.py")
+    out += ['## `[types."user.data.sync"]`\n', "Read by the order type at propose and approve; any other key is "
+            "refused (`config_invalid`, with a did-you-mean).\n",
             "| key | type | default | meaning |", "|---|---|---|---|"]
     out += [f"| `{key}` | {kind} | {dflt} | {meaning} |" for key, (kind, dflt, meaning) in TYPE_KEYS.items()]
     out += ["", "## `[sources.NAME]`\n",

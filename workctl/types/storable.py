@@ -137,7 +137,7 @@ def _integers(schema: Any, value: Any, path: str, problems: list[Problem]) -> No
     elif type(value) is list:
         prefix = schema.get("prefixItems") or []
         items = schema.get("items")
-        if not prefix and isinstance(items, dict) and not any(type(v) in (float, dict, list) for v in value):
-            return  # nothing in it could be a float where an integer belongs
+        if not prefix and isinstance(items, dict) and not set(map(type, value)) & {float, dict, list}:
+            return  # nothing in it could be a float where an integer belongs (map(type) runs at C speed: 1M ids)
         for i, sub in enumerate(value):
             _integers(prefix[i] if i < len(prefix) else items, sub, _join(path, i), problems)
