@@ -98,6 +98,16 @@ def python_cmd(script: str, *args: str) -> list[str]:
     return [sys.executable, "-c", textwrap.dedent(script), *args]
 
 
+def as_on_a_terminal() -> None:
+    """``preexec_fn`` for a process a test will Ctrl-C: SIGINT back to its default. A suite started as a
+    background job of a non-interactive shell (``cmd &``, as some CI runners do) ignores SIGINT, every
+    child inherits that, and Python then installs no KeyboardInterrupt handler; at a terminal it is never
+    ignored, which is what these tests stand for."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def kill9(proc: subprocess.Popen[Any]) -> None:
     """kill -9 the process and everything in its process group (start it with start_new_session=True)."""
     try:

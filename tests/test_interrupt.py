@@ -11,7 +11,7 @@ import sys
 import time
 
 from workctl.sources.sample_server import Faults, SampleServer
-from helpers import make_users, run
+from helpers import as_on_a_terminal, make_users, run
 
 
 def wait_for(condition, timeout=30.0):
@@ -38,7 +38,8 @@ def test_sigint_during_sync_finishes_the_batches_in_flight_and_exits_130(tmp_pat
                        '{"source": "crm", "user_ids": ' + str(list(range(1, 1001))) + ', "fields": ["email"]}')
         assert proposed.exit_code == 0
         proc = subprocess.Popen([sys.executable, "-m", "workctl", "--db", str(db), "sync", "--workers", "4",
-                                 "--quiet"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                                 "--quiet"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                preexec_fn=as_on_a_terminal)
         wait_for(lambda: len(server.log) >= 4)  # batches are in flight
         proc.send_signal(signal.SIGINT)
         proc.communicate(timeout=60)
@@ -59,7 +60,7 @@ def test_sigint_during_run_exec_takes_no_new_item_and_exits_130(tmp_path):
     command = f"cat >/dev/null; touch {marker}; exec sleep 0.3 && echo '{{}}'"
     proc = subprocess.Popen([sys.executable, "-m", "workctl", "--db", str(db), "run", "--exec", command,
                              "--parallel", "2", "--quiet"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, start_new_session=True)
+                            text=True, start_new_session=True, preexec_fn=as_on_a_terminal)
     wait_for(marker.exists)
     proc.send_signal(signal.SIGINT)  # to workctl only (its own session): the commands finish normally
     proc.communicate(timeout=60)
@@ -75,7 +76,8 @@ def test_log_follow_streams_new_events_until_ctrl_c(tmp_path):
     db = tmp_path / "w.db"
     order_id = run(db, "propose", "task.batch", "--payload", '{"tasks": [1, 2]}', "--json").json["order"]["id"]
     proc = subprocess.Popen([sys.executable, "-m", "workctl", "--db", str(db), "log", order_id, "--follow", "--nl",
-                             "--interval", "0.1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                             "--interval", "0.1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=as_on_a_terminal)
     first = [proc.stdout.readline() for _ in range(2)]  # proposed, planned
     assert [json.loads(line)["event"] for line in first] == ["proposed", "planned"]
     assert run(db, "checkout", order_id, "--agent", "a").exit_code == 0

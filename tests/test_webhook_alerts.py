@@ -20,7 +20,7 @@ from standardwebhooks import Webhook as Verifier
 
 from workctl.core import outbox
 from workctl.sources.sample_server import SampleServer
-from helpers import child_env, count, make_users, query, run, run_process, workctl_cmd
+from helpers import as_on_a_terminal, child_env, count, make_users, query, run, run_process, workctl_cmd
 
 RAW_SECRET = "raw-text-secret-7c1d"  # used as raw text
 WHSEC_SECRET = "whsec_" + base64.b64encode(b"sixteen-byte-key-for-hmac-0001").decode()
@@ -217,7 +217,7 @@ def test_ctrl_c_while_sending_leaves_the_rest_in_the_outbox_and_exits_0(tmp_path
     with Receiver(mode="slow", delay=8) as receiver:
         config = hooks_config(tmp_path, receiver, timeout=20)
         proc = subprocess.Popen(workctl_cmd(db, "--config", str(config), "approve", order_id), stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True, cwd=tmp_path, env=env())
+                                stderr=subprocess.PIPE, text=True, cwd=tmp_path, env=env(), preexec_fn=as_on_a_terminal)
         deadline = time.monotonic() + 30
         while not receiver.deliveries:  # the apply committed and the first delivery is in flight
             assert time.monotonic() < deadline and proc.poll() is None
