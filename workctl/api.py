@@ -42,10 +42,10 @@ _ID_PARAMETERS = {"order_id": "orders", "next_order": "orders", "item_id": "item
 
 
 def _id_positions(method: Callable[..., Any]) -> list[tuple[str, int, str]]:
-    """(name, positional index after self, table) of each id parameter of ``method``."""
-    import inspect
-
-    names = list(inspect.signature(method).parameters)[1:]
+    """(name, positional index after self, table) of each id parameter of ``method``. Read from its code
+    object, not ``inspect.signature``: this runs at import, on every command's start-up."""
+    code = method.__code__
+    names = list(code.co_varnames[1:code.co_argcount + code.co_kwonlyargcount])
     return [(name, index, _ID_PARAMETERS[name]) for index, name in enumerate(names) if name in _ID_PARAMETERS]
 
 

@@ -66,11 +66,16 @@ def print_json_stream(head: dict[str, Any], key: str, rows: Iterable[Any],
     out.flush()
 
 
-def more_line(count: int, hint: str, *, to_stderr: bool = False) -> None:
-    """The "… N more" line of a listing cut by ``--limit`` (on stderr when stdout carries JSON)."""
+def more_text(count: int, hint: str, *, what: str = "more") -> str:
+    """The "… N more" line of a listing cut by ``--limit`` ('' when nothing was cut): one wording for every
+    listing command."""
+    return f"… {count} {what} ({hint})" if count else ""
+
+
+def more_line(count: int, hint: str, *, what: str = "more", to_stderr: bool = False) -> None:
+    """Print ``more_text`` (on stderr when stdout carries JSON lines)."""
     if count:
-        text = f"… {count} more ({hint})\n"
-        (sys.stderr if to_stderr else sys.stdout).write(text)
+        (sys.stderr if to_stderr else sys.stdout).write(more_text(count, hint, what=what) + "\n")
 
 
 def line(text: str = "") -> None:
@@ -103,13 +108,6 @@ def plain_table(title: str | None, columns: Sequence[str], rows: Iterable[Sequen
     out = [title] if title else []
     out += ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip() for row in cells]
     sys.stdout.write("\n".join(out) + "\n")
-
-
-def more(shown: int, total: int, *, what: str = "more", advice: str = "raise --limit to see them") -> None:
-    """The line under a listing cut by ``--limit``: how many rows were left out and how to see them
-    (nothing when the listing is whole). Shared by every listing command."""
-    if total > shown:
-        line(f"… {total - shown:,} {what} ({advice})")
 
 
 def error(exc: WorkctlError, *, as_json: bool) -> None:

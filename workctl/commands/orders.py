@@ -34,5 +34,5 @@ def orders(
         render.table(None, ["order", "type", "state", "items", "priority", "created"],
                      [(o["id"], o["type"], o["state"], o["item_count"], o["priority"], o["created_at"])
                       for o in listed])
-        render.more(len(listed), len(listed) + listing["more"], what="more orders",
-                    advice=f"see them with --limit {len(listed) + listing['more']}")
+        render.more_line(listing["more"], f"see them with --limit {len(listed) + listing['more']}",
+                         what="more orders")

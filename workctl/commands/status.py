@@ -60,7 +60,7 @@ def layout(data: dict[str, Any]) -> list[Any]:
         ("items", ["#", "item", "state", "attempts", "agent", "lease expires"],
          [[it["seq"] + 1, it["id"], it["state"], f"{it['attempts']}/{it['max_attempts']}",
            it["leased_by"] or it["submitted_by"], it["lease_expires_at"]] for it in data["items"]]),
-        f"… {data['items_more']} more items (--limit N for more)" if data["items_more"] else "",
+        render.more_text(data["items_more"], "--limit N for more", what="more items"),
         ("last events", ["time", "entity", "event", "from → to", "actor"],
          [[e["created_at"], e["entity"], e["event"], f"{e['from'] or ''} → {e['to'] or ''}",
            f"{e['actor_type']}:{e['actor_id']}"] for e in data["events"]]),
