@@ -6,7 +6,6 @@ hot paths (``store/sqlite_hotpath.py``) and the PostgreSQL functions generated f
 
 from __future__ import annotations
 
-from typing import Iterable
 
 from .errors import IllegalTransition
 
@@ -95,12 +94,6 @@ def path_to(current: str, target: str) -> list[str]:
     raise IllegalTransition(f"order cannot get from '{current}' to '{target}'")
 
 
-
-
-def derived_from_counts(current: str, counts: Iterable[int]) -> str:
-    """``derived_order_state`` from the per-state item counts (in ITEM_STATES order) of the order."""
-    present = frozenset(state for state, n in zip(ITEM_STATES, counts, strict=True) if n)
-    return derived_order_state(current, present)
 
 
 def derivable_paths() -> dict[tuple[str, str], list[str]]:

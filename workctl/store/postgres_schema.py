@@ -207,11 +207,6 @@ def p001_schema(conn: Any) -> None:
 
 
 # -- the lifecycle, generated from workctl.states ------------------------------------------------------------
-def state_mask(present: frozenset[str] | set[str]) -> int:
-    """Which item states are present, as the bit mask the functions compute (bit i: ITEM_STATES[i])."""
-    return sum(1 << i for i, state in enumerate(ITEM_STATES) if state in present)
-
-
 def derivations() -> list[tuple[str, int, str]]:
     """(order state, mask, derived state) for every order state and every mask where the state moves."""
     rows = []

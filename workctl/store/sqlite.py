@@ -98,10 +98,6 @@ _SQLITE_READONLY, _SQLITE_BUSY, _SQLITE_LOCKED, _SQLITE_IOERR = 8, 5, 6, 10
 _SQLITE_CORRUPT, _SQLITE_FULL, _SQLITE_CANTOPEN, _SQLITE_NOTADB = 11, 13, 14, 26
 
 
-def default_db_path() -> str:
-    return os.environ.get("WORKCTL_DB") or DEFAULT_DB
-
-
 def absolute(path: str | os.PathLike[str]) -> str:
     """The path as messages show it: absolute (cron's working directory is rarely the one you think)."""
     return os.path.abspath(os.fspath(path))

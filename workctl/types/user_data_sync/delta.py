@@ -235,11 +235,3 @@ def cursors(conn: Connection) -> list[dict[str, Any]]:
                       "oldest": None if oldest is None else iso(from_micros(oldest)),
                       "newest": None if newest is None else iso(from_micros(newest))})
     return found
-
-
-def user_watermarks(conn: Connection, user_id: int) -> list[dict[str, Any]]:
-    """One user's watermarks, per scope (for ``workctl why`` and tests)."""
-    return [{"source": source, "fields": loads(fields), "synced_through": iso(from_micros(through))}
-            for source, fields, through in conn.execute(
-                "SELECT s.source, s.fields, w.synced_through FROM sync_watermarks w JOIN sync_scopes s "
-                "ON s.id = w.scope_id WHERE w.user_id = ? ORDER BY s.source, s.id", (user_id,))]

@@ -57,12 +57,6 @@ def _row(r: Row | tuple[Any, ...]) -> dict[str, Any]:
     return dict(zip(keys, tuple(r), strict=True))
 
 
-def list_failures(s: Session, order_id: str | None = None, *, source: str | None = None,
-                  error_class: str | None = None, since: str | None = None, limit: int = 1000) -> list[dict[str, Any]]:
-    """Ledger rows, oldest first: the newest ``limit`` (recorded at or after ``since``)."""
-    return failures_page(s, order_id, source=source, error_class=error_class, since=since, limit=limit)["failures"]
-
-
 def failures_page(s: Session, order_id: str | None = None, *, source: str | None = None,
                   error_class: str | None = None, since: str | None = None, limit: int = 1000) -> dict[str, Any]:
     """The newest ``limit`` ledger rows, oldest first, and ``more``: how many older ones match too."""
