@@ -90,7 +90,6 @@ def _write_lock(path: Path) -> threading.Lock:
     key = os.path.realpath(path)
     with _WRITE_LOCKS_GUARD:
         return _WRITE_LOCKS.setdefault(key, threading.Lock())
-DEFAULT_DB = "workctl.db"
 
 # SQLite's primary result codes (sqlite3 exceptions carry them as ``sqlite_errorcode``; the low byte is
 # the primary code, the rest the extended one).
