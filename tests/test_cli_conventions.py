@@ -179,7 +179,17 @@ def _pty_run(args: list[str], cwd: Path, env: dict[str, str]) -> str:
 def test_json_is_indented_on_a_terminal_and_one_compact_line_in_a_pipe(tmp_path):
     db = tmp_path / "w.db"
     for n in range(3):
-        assert run(db, "propose", "task.batch", "--payload", json.dumps({"tasks": [{"n": n}]})).exit_code == 0
+        proposed = run(db, "propose", "task.batch", "--payload", json.dumps({"tasks": [{"n": n}, {"n": -n}]}),
+                       "--json")
+        assert proposed.exit_code == 0
+    order_id = proposed.json["order"]["id"]
+    # show and log --json are streamed row by row (constant memory): the same rule holds for them
+    for argv in (["show", order_id, "--json"], ["log", order_id, "--json"]):
+        piped = process("--db", str(db), *argv)
+        assert piped.returncode == 0 and piped.stdout.count("\n") == 1, piped.stdout
+        on_terminal = _pty_run(["--db", str(db), *argv], tmp_path, {})
+        assert on_terminal.count("\n  ") >= 2  # a row per line
+        assert json.loads(on_terminal) == json.loads(piped.stdout)
     for argv in (["orders", "--json"], ["status", "--json"]):  # the Typer path and the fast path
         pinned = {"WORKCTL_NOW": "2026-06-01T00:00:00Z"}  # status says "as of" now
         piped = process("--db", str(db), *argv, env=pinned)

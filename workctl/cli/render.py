@@ -53,16 +53,19 @@ def print_nl(documents: Iterable[Any]) -> None:
 def print_json_stream(head: dict[str, Any], key: str, rows: Iterable[Any],
                       tail: Callable[[], dict[str, Any]] = dict) -> None:
     """One JSON document ``{**head, key: [rows…], **tail()}`` written row by row: a listing of any length in
-    constant memory (``tail`` is called after the rows, e.g. for a page's "more" count)."""
+    constant memory (``tail`` is called after the rows, e.g. for a page's "more" count). Like
+    ``print_json``: a row per line on a terminal, one compact line for a pipe or a file."""
     out = sys.stdout
-    opening = json.dumps(head, ensure_ascii=False, default=str)[:-1]
-    out.write(opening + (", " if head else "") + json.dumps(key) + ": [")
+    tty = out.isatty()
+    first_sep, sep, close, comma = ("\n  ", ",\n  ", "\n", ", ") if tty else ("", ",", "", ",")
+    opening = _compact(head)[:-1]
+    out.write(opening + (comma if head else "") + json.dumps(key) + ":" + (" " if tty else "") + "[")
     first = True
     for row in rows:
-        out.write(("\n  " if first else ",\n  ") + _compact(row))
+        out.write((first_sep if first else sep) + _compact(row))
         first = False
-    rest = json.dumps(tail(), ensure_ascii=False, default=str)
-    out.write(("" if first else "\n") + "]" + ("}" if rest == "{}" else ", " + rest[1:]) + "\n")
+    rest = _compact(tail())
+    out.write(("" if first else close) + "]" + ("}" if rest == "{}" else comma + rest[1:]) + "\n")
     out.flush()
 
 
